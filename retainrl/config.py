@@ -1,0 +1,187 @@
+"""Typed, validated params.yaml.
+
+params.yaml holds every knob. Its top level is:
+
+* ``profile``: which overlay to apply (``smoke``, ``default`` or ``paper``);
+* ``device``: ``auto`` | ``cpu`` | ``cuda``;
+* one section per environment family (``apple``, ...), each validated by the pydantic model
+  that the family's module exports as ``Params``;
+* ``profiles``: for each profile, a partial copy of the tree whose values replace the base ones.
+
+The base values are the ``default`` profile, so ``profiles.default`` is normally empty. A bad
+value fails here, before any compute, with the dotted key that is wrong.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+PROFILES = ("smoke", "default", "paper")
+#: Every retention method the library knows, plus the ``scratch`` baseline (random init, no retention).
+METHODS = ("scratch", "finetune", "l2", "ewc", "bc", "ks", "em")
+Method = Literal["scratch", "finetune", "l2", "ewc", "bc", "ks", "em"]
+
+DEFAULT_PARAMS = Path("params.yaml")
+COMMON_KEYS = {"profile", "device", "profiles"}
+
+
+class ConfigError(ValueError):
+    """A bad parameter or a missing input; the message names the offending key or path."""
+
+
+class Strict(BaseModel):
+    """Base for every params section: unknown keys are errors, not silently ignored typos."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class L2Params(Strict):
+    coef: float = Field(1.0, ge=0)
+
+
+class EWCParams(Strict):
+    coef: float = Field(1.0, ge=0)
+
+
+class BCParams(Strict):
+    coef: float = Field(1.0, ge=0)
+    batch_size: int = Field(64, gt=0)
+
+
+class KSParams(Strict):
+    coef: float = Field(1.0, ge=0)
+    decay: float = Field(0.999, gt=0, le=1)
+    floor: float = Field(0.0, ge=0)
+
+
+class EMParams(Strict):
+    #: Protected share of the replay buffer filled with pre-training transitions.
+    share: float = Field(0.1, gt=0, lt=1)
+
+
+class RetentionParams(Strict):
+    """Coefficients of every retention method for one environment family."""
+
+    #: Retention regularises the actor only (as in the study); set true to cover the critic too.
+    regularize_critic: bool = False
+    l2: L2Params = L2Params()
+    ewc: EWCParams = EWCParams()
+    bc: BCParams = BCParams()
+    ks: KSParams = KSParams()
+    em: EMParams = EMParams()
+
+
+class FisherParams(Strict):
+    #: ``exact``: expectation over the policy's own actions in closed form;
+    #: ``sampled``: one action drawn from the policy per state (Monte-Carlo).
+    estimator: Literal["exact", "sampled"] = "exact"
+    states: int = Field(512, gt=0)
+    min_value: float = Field(1e-5, ge=0)
+
+
+def deep_merge(base: dict, overlay: dict, path: str = "") -> dict:
+    """Return ``base`` with ``overlay``'s values put in; an overlay key absent from base is an error."""
+    out = copy.deepcopy(base)
+    for key, value in overlay.items():
+        dotted = f"{path}{key}"
+        if key not in out:
+            raise ConfigError(f"profiles: '{dotted}' is not a key of the base params (typo?)")
+        if isinstance(value, dict) and isinstance(out[key], dict):
+            out[key] = deep_merge(out[key], value, dotted + ".")
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def family_modules() -> dict[str, str]:
+    from retainrl.envs import FAMILIES
+
+    return FAMILIES
+
+
+def _format_validation(err: ValidationError, prefix: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in (prefix, *e["loc"]) if p != "")
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        got = e.get("input")
+        lines.append(f"{loc}: {msg}" + (f" (got {got!r})" if got is not None and e["type"] != "extra_forbidden" and not isinstance(got, dict) else ""))
+    return "; ".join(lines)
+
+
+def resolve_raw(raw: dict, profile: str | None = None) -> dict:
+    """Apply the active profile's overlay to the raw params tree (no validation of sections)."""
+    if not isinstance(raw, dict):
+        raise ConfigError("params.yaml must be a mapping")
+    profile = profile or raw.get("profile", "default")
+    if profile not in PROFILES:
+        raise ConfigError(f"profile: unknown profile {profile!r}; allowed: {', '.join(PROFILES)}")
+    profiles = raw.get("profiles") or {}
+    unknown = set(profiles) - set(PROFILES)
+    if unknown:
+        raise ConfigError(f"profiles: unknown profile(s) {sorted(unknown)}; allowed: {', '.join(PROFILES)}")
+    base = {k: v for k, v in raw.items() if k != "profiles"}
+    merged = deep_merge(base, profiles.get(profile) or {}, "")
+    merged["profile"] = profile
+    return merged
+
+
+def load_raw(path: str | Path = DEFAULT_PARAMS) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: params file not found (run from the repository root)")
+    with path.open() as fh:
+        return yaml.safe_load(fh) or {}
+
+
+class Params:
+    """The resolved, validated params: common keys plus one typed section per family."""
+
+    def __init__(self, profile: str, device: str, sections: dict[str, BaseModel]):
+        self.profile = profile
+        self.device = device
+        self.sections = sections
+
+    def section(self, name: str) -> BaseModel:
+        if name not in self.sections:
+            raise ConfigError(f"{name}: no such section in params.yaml (families present: {sorted(self.sections)})")
+        return self.sections[name]
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS, *, profile: str | None = None, only: str | None = None) -> Params:
+    """Load params.yaml, apply the profile, and validate.
+
+    ``only`` validates a single family section (a stage of one environment need not import the
+    others' heavy dependencies); the common keys are always checked.
+    """
+    merged = resolve_raw(load_raw(path), profile)
+    device = merged.get("device", "auto")
+    if device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"device: must be one of auto, cpu, cuda (got {device!r})")
+    families = family_modules()
+    unknown = set(merged) - COMMON_KEYS - set(families)
+    if unknown:
+        raise ConfigError(
+            f"{sorted(unknown)[0]}: unknown top-level key; allowed: {sorted(COMMON_KEYS | set(families))}"
+        )
+    names = [only] if only else [k for k in merged if k in families]
+    if only and only not in families:
+        raise ConfigError(f"env: unknown environment {only!r}; known: {', '.join(sorted(families))}")
+    sections = {}
+    for name in names:
+        if name not in merged:
+            raise ConfigError(f"{name}: section missing from params.yaml")
+        model = importlib.import_module(families[name]).Params
+        try:
+            sections[name] = model.model_validate(merged[name])
+        except ValidationError as err:
+            raise ConfigError(_format_validation(err, name)) from None
+    return Params(profile=merged["profile"], device=device, sections=sections)
