@@ -1,4 +1,9 @@
-"""Where each stage's artifacts live; dvc.yaml declares the same paths (a test keeps them in step)."""
+"""Where each stage's artifacts live; dvc.yaml declares the same paths (a test keeps them in step).
+
+Every artifact is a directory, so a family may put whatever files it needs inside (weights,
+metadata, several arrays) and a stage can write it atomically with
+``artifacts.atomic_path(path, directory=True)``.
+"""
 
 from __future__ import annotations
 
@@ -13,19 +18,19 @@ class Paths:
 
     @property
     def demos(self) -> Path:
-        return self.root / "data" / self.env / "demos.npz"
+        return self.root / "data" / self.env / "demos"
 
     @property
     def pretrained(self) -> Path:
-        return self.root / "models" / self.env / "pretrained.safetensors"
+        return self.root / "models" / self.env / "pretrained"
 
     @property
     def far_buffer(self) -> Path:
-        return self.root / "data" / self.env / "far_buffer.npz"
+        return self.root / "data" / self.env / "far_buffer"
 
     @property
     def fisher(self) -> Path:
-        return self.root / "data" / self.env / "fisher.safetensors"
+        return self.root / "data" / self.env / "fisher"
 
     @property
     def finetune_root(self) -> Path:
@@ -35,12 +40,11 @@ class Paths:
         return self.finetune_root / method
 
     @property
-    def reports(self) -> Path:
-        return self.root / "reports" / self.env
+    def evaluation(self) -> Path:
+        """Written by `evaluate`: metrics.json (for `dvc metrics`) and curves (for `dvc plots`)."""
+        return self.root / "reports" / self.env / "eval"
 
     @property
-    def metrics(self) -> Path:
-        return self.reports / "metrics.json"
-
-    def sweep(self, axis: str) -> Path:
-        return self.reports / f"sweep_{axis}.json"
+    def report(self) -> Path:
+        """Written by `report`: report.md and its PNG figures."""
+        return self.root / "reports" / self.env / "report"
