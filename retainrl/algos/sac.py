@@ -107,6 +107,22 @@ class SACAgent(RetainablePolicy):
         self.actor = StackedMLP(n_models, s.obs_dim, s.hidden, s.layers, s.n_stages * 2 * s.act_dim, generator)
         self.critic1 = StackedMLP(n_models, s.obs_dim + s.act_dim, s.hidden, s.layers, s.n_stages, generator)
         self.critic2 = StackedMLP(n_models, s.obs_dim + s.act_dim, s.hidden, s.layers, s.n_stages, generator)
+        # Fixed input standardisation (set once from the demonstrations, then never trained):
+        # object positions vary by a few centimetres, which an unscaled MLP barely resolves.
+        self.register_buffer("obs_shift", torch.zeros(n_models, 1, s.obs_dim))
+        self.register_buffer("obs_scale", torch.ones(n_models, 1, s.obs_dim))
+
+    def set_normalizer(self, obs: torch.Tensor, dims: int, min_scale: float = 0.05) -> None:
+        """Standardise the first ``dims`` observation entries with the mean/std of ``obs``
+        (the stage time and stage one-hot stay as they are)."""
+        with torch.no_grad():
+            self.obs_shift.zero_()
+            self.obs_scale.fill_(1.0)
+            self.obs_shift[..., :dims] = obs[:, :dims].mean(0)
+            self.obs_scale[..., :dims] = obs[:, :dims].std(0).clamp_min(min_scale)
+
+    def _norm(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.obs_shift) / self.obs_scale
 
     # -- shapes ---------------------------------------------------------------------------
     def _stack(self, obs: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
@@ -131,7 +147,7 @@ class SACAgent(RetainablePolicy):
     # -- policy ---------------------------------------------------------------------------
     def dist_params(self, obs: torch.Tensor) -> torch.Tensor:
         x, shape = self._stack(obs)
-        raw = self._head(self.actor(x), self.stage_of(x), 2 * self.spec.act_dim)
+        raw = self._head(self.actor(self._norm(x)), self.stage_of(x), 2 * self.spec.act_dim)
         mean, pre_std = raw.chunk(2, dim=-1)
         # A smooth squash keeps log σ in range and its gradient alive (a hard clamp kills it).
         log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(pre_std) + 1)
@@ -156,7 +172,7 @@ class SACAgent(RetainablePolicy):
     def q(self, obs: torch.Tensor, act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x, shape = self._stack(obs)
         a = act if act.dim() == 3 else act.unsqueeze(0).expand(self.n_models, -1, -1)
-        xa = torch.cat([x, a.reshape(x.shape[0], x.shape[1], -1)], -1)
+        xa = torch.cat([self._norm(x), a.reshape(x.shape[0], x.shape[1], -1)], -1)
         stage = self.stage_of(x)
         q1 = self._head(self.critic1(xa), stage, 1).squeeze(-1).reshape(shape)
         q2 = self._head(self.critic2(xa), stage, 1).squeeze(-1).reshape(shape)

@@ -196,6 +196,17 @@ def make_task_env(task: str, seed: int):
     return env
 
 
+#: Idle Meta-World envs by task. Building one costs ~0.4 s (XML parsing, MuJoCo compile), more
+#: than a whole evaluation episode; an env is fully re-initialised by ``reset(seed=...)``, so
+#: sequences hand theirs back on ``close()`` and the next sequence reuses them.
+_POOL: dict[str, list] = {}
+
+
+def acquire_task_env(task: str, seed: int):
+    free = _POOL.get(task)
+    return free.pop() if free else make_task_env(task, seed)
+
+
 def make_expert(task: str):
     import metaworld.policies as policies
 
@@ -217,7 +228,8 @@ class RoboticSequence:
     def __init__(self, env: EnvParams, seed: int, task_envs: list | None = None):
         self.p = env
         self.rng = np.random.default_rng(seed)
-        self.envs = task_envs if task_envs is not None else [make_task_env(t, seed + 7919 * i) for i, t in enumerate(env.tasks)]
+        self._pooled = task_envs is None
+        self.envs = task_envs if task_envs is not None else [None] * env.n_stages  # built on first entry
         self.start_stage = 0
         self.single = False
         self.reset()
@@ -230,6 +242,8 @@ class RoboticSequence:
     def _enter(self, stage: int) -> np.ndarray:
         self.stage = stage
         self.t = 0
+        if self.envs[stage] is None:
+            self.envs[stage] = acquire_task_env(self.p.tasks[stage], int(self.rng.integers(2**31)))
         raw, _ = self.envs[stage].reset(seed=int(self.rng.integers(2**31)))
         self.raw = raw
         return self._obs(raw)
@@ -262,15 +276,20 @@ class RoboticSequence:
         self.raw = raw
         return self._obs(raw), reward, terminal, terminal, out
 
+    def close(self) -> None:
+        """Hand the task envs back to the pool (the sequence must not be used afterwards)."""
+        if self._pooled:
+            for task, e in zip(self.p.tasks, self.envs):
+                if e is not None:
+                    _POOL.setdefault(task, []).append(e)
+            self.envs = [None] * self.p.n_stages
+            self._pooled = False
+
     def expert_action(self) -> np.ndarray:
         """The scripted Meta-World expert's action for the current stage and state (clipped)."""
         if not hasattr(self, "_experts"):
             self._experts = [make_expert(t) for t in self.p.tasks]
         return np.clip(self._experts[self.stage].get_action(self.raw), -1, 1).astype(np.float32)
-
-
-def make_sequences(env: EnvParams, n: int, seed: int) -> list[RoboticSequence]:
-    return [RoboticSequence(env, seed * 1000 + i) for i in range(n)]
 
 
 # --------------------------------------------------------------------------- rollouts
@@ -360,17 +379,24 @@ def make_demos(env: EnvParams, cfg: DemoParams) -> dict[str, np.ndarray]:
         log.info("expert on %s: %d/%d episodes successful", env.tasks[k], n_ok, cfg.episodes)
         if n_ok == 0:
             raise RuntimeError(f"the scripted expert never solved {env.tasks[k]!r}; cannot collect demonstrations")
+    seq.close()
     out = {k: np.asarray(v, np.float32 if k not in ("stage", "episode") else np.int64) for k, v in rec.items()}
     out["expert_success"] = np.asarray([kept[env.tasks[k]] / cfg.episodes for k in env.far_stages], np.float32)
     return out
 
 
 def _bc_loss(agent, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-    """Gaussian NLL of the expert's pre-tanh action plus an MSE on the squashed mean (sharp means)."""
+    """10 · MSE of the squashed mean to the expert's action, plus the Gaussian NLL of the pre-tanh
+    action with the mean detached (it only fits σ to the residuals).
+
+    Why not the plain NLL: the scripted experts are high-gain controllers whose actions hinge on
+    centimetre differences; under the NLL the network can explain them away as noise (large σ)
+    and π* ends up imprecise (0% on peg-unplug-side); fitting the mean by MSE gets 100%.
+    """
     mean, log_std = agent.dist_params(obs).chunk(2, -1)
     u = torch.atanh(act.clamp(-0.995, 0.995))
-    nll = (0.5 * ((u - mean) / log_std.exp()).pow(2) + log_std).sum(-1).mean()
-    return nll + (torch.tanh(mean) - act).pow(2).sum(-1).mean()
+    nll = (0.5 * ((u - mean.detach()) / log_std.exp()).pow(2) + log_std).sum(-1).mean()
+    return nll + 10.0 * (torch.tanh(mean) - act).pow(2).sum(-1).mean()
 
 
 def behaviour_clone(agent, obs: np.ndarray, act: np.ndarray, cfg: PretrainParams, gen: torch.Generator, opt=None, desc="bc"):
@@ -386,7 +412,7 @@ def behaviour_clone(agent, obs: np.ndarray, act: np.ndarray, cfg: PretrainParams
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    log.info("%s: final loss %.3f on %d pairs", desc, float(loss), o.shape[0])
+    log.info("%s: final loss %.3f on %d pairs", desc, loss.item(), o.shape[0])
     return opt
 
 
@@ -409,6 +435,7 @@ def collect_pi_star_transitions(agent, env: EnvParams, episodes: int, seed: int,
                     for key, v in (("obs", obs), ("act", a), ("rew", r), ("next_obs", nxt), ("terminal", term)):
                         rec[key].append(v)
                     obs = nxt
+    seq.close()
     return {k: np.asarray(v, np.float32) for k, v in rec.items() if v}
 
 
@@ -434,7 +461,7 @@ def fit_critic(agent, trans: dict[str, np.ndarray], steps: int, cfg: FinetunePar
         learner.critic_opt.step()
         with torch.no_grad():
             torch._foreach_lerp_(learner.target.critic_parameters(), agent.critic_parameters(), cfg.tau)
-    log.info("critic TD: final loss %.2f on %d transitions", float(loss), n)
+    log.info("critic TD: final loss %.2f on %d transitions", loss.item(), n)
 
 
 def agent_spec(p: Params):
@@ -450,6 +477,7 @@ def pretrain_agent(p: Params, demos: dict[str, np.ndarray], device) -> tuple:
     gen = torch.Generator().manual_seed(p.pretrain.seed)
     agent = SACAgent(agent_spec(p), 1, generator=gen).to(device)
     obs, act = demos["obs"], demos["act"]
+    agent.set_normalizer(torch.as_tensor(obs, device=device), BASE_OBS_DIM)
     opt = behaviour_clone(agent, obs, act, p.pretrain, gen, desc="bc round 0")
     td = {k: demos[k] for k in ("obs", "act", "rew", "next_obs", "terminal")}
     for r in range(1, p.pretrain.dagger_rounds + 1):
@@ -463,6 +491,7 @@ def pretrain_agent(p: Params, demos: dict[str, np.ndarray], device) -> tuple:
         fit_critic(agent, td, p.pretrain.critic_steps, p.finetune, p.pretrain, gen)
     seqs = [RoboticSequence(p.env, 40_000 + p.pretrain.seed)]
     scores = evaluate_agent(agent, seqs, p.env, p.pretrain.eval_episodes)
+    seqs[0].close()
     return agent, scores
 
 
@@ -558,6 +587,7 @@ def far_buffer(p: Params, paths, device) -> None:
             _, visited = rollout_stage_alone(agent, seq, k, 1, deterministic=False, generator=gen, record=True)
             got.extend(visited[0])
         states.extend(got[:per_stage])
+    seq[0].close()
     obs = torch.as_tensor(np.stack(states)[: p.far_buffer.size], device=device)
     with torch.no_grad():
         targets = agent.dist_params(obs)[0]
@@ -620,6 +650,9 @@ def finetune_seeds(method: str, p: Params, pretrained, far, fisher_diag, demos, 
         agent = pretrained.replicate(m)
     else:
         agent = sac.SACAgent(agent_spec(p), m, generator=gen).to(device)
+        with torch.no_grad():  # the same fixed input scaling as π* (preprocessing, not a skill)
+            agent.obs_shift.copy_(pretrained.obs_shift.expand_as(agent.obs_shift))
+            agent.obs_scale.copy_(pretrained.obs_scale.expand_as(agent.obs_scale))
     scfg = sac.SACConfig(
         batch_size=cfg.batch_size, lr=cfg.lr, gamma=cfg.gamma, tau=cfg.tau, init_alpha=cfg.init_alpha,
         update_every=cfg.update_every, updates_per_step=cfg.updates_per_step, random_steps=cfg.random_steps,
@@ -640,6 +673,8 @@ def finetune_seeds(method: str, p: Params, pretrained, far, fisher_diag, demos, 
             on_eval(step, scores, agent)
 
     sac.train(learner, venv, replay, steps, eval_every=cfg.eval_every, on_eval=evaluate, progress=progress, desc=f"robot {method}")
+    for seq in venv.envs + eval_seqs:
+        seq.close()
     out = {
         "step": np.asarray(curves["step"]),
         "success": np.stack(curves["success"], -1),  # (M, n_stages, K)
