@@ -6,7 +6,7 @@ task envs whose success step is scripted (exact, fast); one test uses real Meta-
 
 from __future__ import annotations
 
-import math
+import json
 import textwrap
 
 import numpy as np
@@ -391,7 +391,11 @@ def test_end_to_end_stage_functions(tmp_path):
         assert c["step"].tolist() == [0, 20, 40] and c["success"].shape == (2, 2, 3)
         assert len(list((paths.finetune(m) / "checkpoints").glob("actor_*.safetensors"))) == 2
     robot.evaluate(p, paths, dev)
-    metrics = load_json(paths.evaluation / "metrics.json", "metrics")
+    metrics = load_json(paths.evaluation / "summary.json", "summary")
+    scalars = load_json(paths.evaluation / "metrics.json", "metrics")
+    assert "per_seed" not in json.dumps(scalars) and "per_seed" in json.dumps(metrics)
+    rows = load_json(paths.evaluation / "success_push-wall.json", "rows")
+    assert [r["step"] for r in rows] == [0, 20, 40] and set(methods) <= set(rows[0])
     assert set(metrics["methods"]) == set(methods)
     assert "forgetting" in metrics["methods"]["finetune"]["push-wall"]
     assert "forward_transfer" in metrics["methods"]["bc"]["push"]
@@ -400,3 +404,9 @@ def test_end_to_end_stage_functions(tmp_path):
     text = (paths.report / "report.md").read_text()
     assert "| em |" in text and (paths.report / "success_curves.png").stat().st_size > 1000
     assert not list(tmp_path.rglob("*.tmp"))  # atomic writes left nothing behind
+
+
+def test_code_defaults_are_the_default_profile(root):
+    """Params() must equal the params.yaml robot section under the default profile."""
+    p = load_params(root / "params.yaml", profile="default", only="robot").section("robot")
+    assert p == robot.Params()

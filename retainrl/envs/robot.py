@@ -97,10 +97,10 @@ class PretrainParams(Strict):
     """BC of the actor (Gaussian likelihood of the expert's pre-tanh action) with DAgger rounds
     labelled by the scripted expert, then offline TD for the critics on π*'s own transitions."""
 
-    bc_steps: int = Field(3000, gt=0, description="BC gradient steps per round")
+    bc_steps: int = Field(2000, gt=0, description="BC gradient steps per round")
     dagger_rounds: int = Field(2, ge=0)
     dagger_episodes: int = Field(10, gt=0, description="π* episodes per FAR stage per DAgger round")
-    critic_steps: int = Field(2000, ge=0)
+    critic_steps: int = Field(1500, ge=0)
     lr: float = Field(1e-3, gt=0)
     batch_size: int = Field(256, gt=0)
     eval_episodes: int = Field(20, gt=0)
@@ -122,7 +122,7 @@ class NetParams(Strict):
 class FinetuneParams(Strict):
     methods: list[Method] = ["scratch", "finetune", "l2", "ewc", "bc", "ks", "em"]
     seeds: int = Field(3, gt=0)
-    steps: int = Field(6000, gt=0, description="env steps per seed")
+    steps: int = Field(4000, gt=0, description="env steps per seed")
     batch_size: int = Field(128, gt=0)
     replay_size: int = Field(100_000, gt=0)
     lr: float = Field(1e-3, gt=0)
@@ -130,12 +130,12 @@ class FinetuneParams(Strict):
     tau: float = Field(0.005, gt=0, le=1)
     init_alpha: float = Field(1.0, gt=0)
     update_every: int = Field(50, gt=0)
-    updates_per_step: float = Field(1.0, gt=0)
+    updates_per_step: float = Field(0.5, gt=0, description="SAC updates per env step (the study: 1)")
     random_steps: int = Field(1000, ge=0, description="uniform random actions at the start (scratch only)")
     eval_every: int = Field(1000, gt=0)
     eval_episodes: int = Field(5, gt=0)
     #: Save the actor of every model at these many evenly spaced points (plus the final full agent).
-    checkpoints: int = Field(3, ge=0)
+    checkpoints: int = Field(2, ge=0)
 
     @field_validator("methods")
     @classmethod
@@ -753,30 +753,44 @@ def summarize(p: Params, pi_star: dict, curves: dict[str, dict[str, np.ndarray]]
     return out
 
 
+def _wide_rows(curves: dict[str, dict[str, np.ndarray]], pick) -> list[dict]:
+    """Rows {step, <method>: mean, <method>_std: std over seeds} for `dvc plots` (one line per method)."""
+    steps = next(iter(curves.values()))["step"].tolist()
+    rows = [{"step": int(s)} for s in steps]
+    for m, c in curves.items():
+        if c["step"].tolist() != steps:
+            raise ValueError(f"{m}: evaluated at different steps from the other methods")
+        arr = pick(c)  # (seeds, checkpoints)
+        for j, row in enumerate(rows):
+            row[m] = float(arr[:, j].mean())
+            row[f"{m}_std"] = float(arr[:, j].std())
+    return rows
+
+
 def evaluate(p: Params, paths, device) -> None:
-    """Aggregate every method's curves into metrics.json (forgetting, transfer) and plot rows."""
-    from retainrl.artifacts import atomic_path, load_json, load_npz, save_json
+    """Aggregate every method's curves: summary.json (with per-seed values), metrics.json (scalars
+    for `dvc metrics`), one plot file per stage and the stacked curves for the report.
+
+    π*'s success (for forgetting) is its pretrain-stage score on each stage alone."""
+    from retainrl.artifacts import load_json, load_npz, save_json, save_npz
+    from retainrl.evaluation import scalar_metrics
 
     pi_star = load_json(paths.pretrained / "scores.json", "π* scores (pretrain stage)")
     curves = {
         m: load_npz(paths.finetune(m) / "curves.npz", f"{m} curves (finetune stage)", ("step", "success", "completed"))
         for m in p.finetune.methods
     }
-    metrics = {"pretrained": pi_star, "methods": summarize(p, pi_star, curves)}
-    with atomic_path(paths.evaluation, directory=True) as out:
-        save_json(out / "metrics.json", metrics)
-        for k, task in enumerate(p.env.tasks):
-            rows = [
-                {"step": int(s), "method": m, "success": float(c["success"][:, k, j].mean())}
-                for m, c in curves.items()
-                for j, s in enumerate(c["step"])
-            ]
-            save_json(out / f"success_{task}.json", rows)
-        save_json(out / "completed.json", [{"step": int(s), "method": m, "completed": float(c["completed"][:, j].mean())} for m, c in curves.items() for j, s in enumerate(c["step"])])
-        np.savez(out / "curves.npz", **{f"{m}__{k}": v for m, c in curves.items() for k, v in c.items()})
+    summary = {"pretrained": pi_star, "methods": summarize(p, pi_star, curves)}
+    out = paths.evaluation
+    save_json(out / "summary.json", summary)
+    save_json(out / "metrics.json", scalar_metrics(summary))
+    for k, task in enumerate(p.env.tasks):
+        save_json(out / f"success_{task}.json", _wide_rows(curves, lambda c, k=k: c["success"][:, k]))
+    save_json(out / "completed.json", _wide_rows(curves, lambda c: c["completed"]))
+    save_npz(out / "curves.npz", **{f"{m}__{k}": v for m, c in curves.items() for k, v in c.items()})
     log.info(
         "forgetting on FAR: %s",
-        {m: {p.env.tasks[k]: round(v[p.env.tasks[k]]["forgetting"]["mean"], 2) for k in p.env.far_stages} for m, v in metrics["methods"].items()},
+        {m: {p.env.tasks[k]: round(v[p.env.tasks[k]]["forgetting"]["mean"], 2) for k in p.env.far_stages} for m, v in summary["methods"].items()},
     )
 
 
@@ -789,7 +803,7 @@ def report(p: Params, paths) -> None:
 
     from retainrl.artifacts import atomic_path, load_json
 
-    metrics = load_json(paths.evaluation / "metrics.json", "RoboticSequence metrics (evaluate stage)")
+    metrics = load_json(paths.evaluation / "summary.json", "RoboticSequence summary (evaluate stage)")
     with np.load(paths.evaluation / "curves.npz") as z:
         arrays = {k: z[k] for k in z.files}
     methods = p.finetune.methods
