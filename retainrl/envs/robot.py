@@ -122,7 +122,7 @@ class NetParams(Strict):
 class FinetuneParams(Strict):
     methods: list[Method] = ["scratch", "finetune", "l2", "ewc", "bc", "ks", "em"]
     seeds: int = Field(3, gt=0)
-    steps: int = Field(4000, gt=0, description="env steps per seed")
+    steps: int = Field(3000, gt=0, description="env steps per seed")
     batch_size: int = Field(128, gt=0)
     replay_size: int = Field(100_000, gt=0)
     lr: float = Field(1e-3, gt=0)
@@ -132,7 +132,7 @@ class FinetuneParams(Strict):
     update_every: int = Field(50, gt=0)
     updates_per_step: float = Field(0.5, gt=0, description="SAC updates per env step (the study: 1)")
     random_steps: int = Field(1000, ge=0, description="uniform random actions at the start (scratch only)")
-    eval_every: int = Field(1000, gt=0)
+    eval_every: int = Field(500, gt=0)
     eval_episodes: int = Field(5, gt=0)
     #: Save the actor of every model at these many evenly spaced points (plus the final full agent).
     checkpoints: int = Field(2, ge=0)
