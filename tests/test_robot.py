@@ -410,3 +410,22 @@ def test_code_defaults_are_the_default_profile(root):
     """Params() must equal the params.yaml robot section under the default profile."""
     p = load_params(root / "params.yaml", profile="default", only="robot").section("robot")
     assert p == robot.Params()
+
+
+def test_dvc_stages_declare_the_paths_the_code_writes(root):
+    import yaml
+
+    from retainrl.paths import Paths
+
+    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    paths = Paths("robot")
+    outs = {name: [str(o) if isinstance(o, str) else next(iter(o)) for o in st.get("outs", [])] for name, st in stages.items() if name.startswith("robot_")}
+    assert outs["robot_collect_demos"] == [str(paths.demos)]
+    assert outs["robot_pretrain"] == [str(paths.pretrained)]
+    assert outs["robot_far_buffer"] == [str(paths.far_buffer)]
+    assert outs["robot_fisher"] == [str(paths.fisher)]
+    assert outs["robot_finetune"] == [str(paths.finetune_root / "${item.method}")]
+    assert all(o.startswith(str(paths.evaluation)) for o in outs["robot_evaluate"])
+    assert outs["robot_report"] == [str(paths.report)]
+    plots = [next(iter(p)) for p in stages["robot_evaluate"]["plots"]]
+    assert plots[:-1] == [str(paths.evaluation / f"success_{t}.json") for t in robot.Params().env.tasks]
