@@ -394,8 +394,9 @@ def test_end_to_end_stage_functions(tmp_path):
     metrics = load_json(paths.evaluation / "summary.json", "summary")
     scalars = load_json(paths.evaluation / "metrics.json", "metrics")
     assert "per_seed" not in json.dumps(scalars) and "per_seed" in json.dumps(metrics)
-    rows = load_json(paths.evaluation / "success_push-wall.json", "rows")
-    assert [r["step"] for r in rows] == [0, 20, 40] and set(methods) <= set(rows[0])
+    rows = load_json(paths.evaluation / "far_success.json", "rows")
+    assert [r["step"] for r in rows] == [0, 20, 40] and {f"{m}/push-wall" for m in methods} <= set(rows[0])
+    assert "em/push" in load_json(paths.evaluation / "close_success.json", "rows")[0]
     assert set(metrics["methods"]) == set(methods)
     assert "forgetting" in metrics["methods"]["finetune"]["push-wall"]
     assert "forward_transfer" in metrics["methods"]["bc"]["push"]
@@ -428,4 +429,4 @@ def test_dvc_stages_declare_the_paths_the_code_writes(root):
     assert all(o.startswith(str(paths.evaluation)) for o in outs["robot_evaluate"])
     assert outs["robot_report"] == [str(paths.report)]
     plots = [next(iter(p)) for p in stages["robot_evaluate"]["plots"]]
-    assert plots[:-1] == [str(paths.evaluation / f"success_{t}.json") for t in robot.Params().env.tasks]
+    assert plots == [str(paths.evaluation / f) for f in ("close_success.json", "far_success.json", "completed.json")]

@@ -784,8 +784,15 @@ def evaluate(p: Params, paths, device) -> None:
     out = paths.evaluation
     save_json(out / "summary.json", summary)
     save_json(out / "metrics.json", scalar_metrics(summary))
-    for k, task in enumerate(p.env.tasks):
-        save_json(out / f"success_{task}.json", _wide_rows(curves, lambda c, k=k: c["success"][:, k]))
+    # One plot file per part (whatever the stage count): columns "<method>/<task>".
+    for part, stages in (("close", [k for k in range(p.env.n_stages) if k not in p.env.far_stages]), ("far", p.env.far_stages)):
+        rows = None
+        for k in stages:
+            task = p.env.tasks[k]
+            per = _wide_rows(curves, lambda c, k=k: c["success"][:, k])
+            per = [{("step" if key == "step" else f"{key.removesuffix('_std')}/{task}" + ("_std" if key.endswith("_std") else "")): v for key, v in r.items()} for r in per]
+            rows = per if rows is None else [a | b for a, b in zip(rows, per)]
+        save_json(out / f"{part}_success.json", rows)
     save_json(out / "completed.json", _wide_rows(curves, lambda c: c["completed"]))
     save_npz(out / "curves.npz", **{f"{m}__{k}": v for m, c in curves.items() for k, v in c.items()})
     log.info(
@@ -823,6 +830,7 @@ def report(p: Params, paths) -> None:
             axes[k].set_ylim(-0.05, 1.05)
             axes[k].axhline(metrics["pretrained"]["success"][task], color="k", ls=":", lw=1)
         axes[-1].set_title("stages completed (full episode)")
+        axes[-1].set_ylim(-0.05, len(tasks) + 0.05)
         axes[0].set_ylabel("success rate")
         for ax in axes:
             ax.set_xlabel("env steps per seed")
