@@ -5,7 +5,9 @@ weights or run as separate processes is a speed question that only a measurement
 machine answers. Three numbers, all measured here, in this run:
 
 * raw Meta-World steps/s (one push-wall env, random actions): the ceiling for env stepping;
-* the batched learner: ``--models`` seeds stacked in ONE process (torch threads = all cores);
+* the batched learner: ``--models`` seeds stacked in ONE process (``--batched-threads`` torch
+  threads, default 1: on a shared, loaded CPU more OpenMP threads than free cores make every
+  op spin-wait; we measured 2 threads ~10x slower than 1 at load 5 on 2 cores);
 * the reference: ``--models`` processes with one seed each (1 torch thread each), started
   together and kept in step with a barrier so their phases overlap exactly.
 
@@ -114,6 +116,7 @@ def main(argv=None) -> int:
     ap.add_argument("--env-steps", type=int, default=200)
     ap.add_argument("--updates", type=int, default=60)
     ap.add_argument("--raw-steps", type=int, default=2000)
+    ap.add_argument("--batched-threads", type=int, default=1)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "robot.json"))
     args = ap.parse_args(argv)
     cores = os.cpu_count() or 1
@@ -121,7 +124,7 @@ def main(argv=None) -> int:
     rows = []
     raw = raw_metaworld(args.raw_steps)
     for hidden in args.hidden:
-        r = _learner(args.models, hidden, cores, args.env_steps, args.updates)
+        r = _learner(args.models, hidden, args.batched_threads, args.env_steps, args.updates)
         batched = {"env_steps_per_s": args.models * args.env_steps / r["env_time"], "updates_per_s": args.models * args.updates / r["update_time"]}
         sep = separate_processes(args.models, hidden, args.env_steps, args.updates)
         rows.append({
@@ -132,7 +135,7 @@ def main(argv=None) -> int:
             "ratio_env_steps": batched["env_steps_per_s"] / sep["env_steps_per_s"],
         })
 
-    print(f"\nRoboticSequence throughput — {args.models} seeds, {cores} cores, torch threads: batched {cores}, separate 1 each")
+    print(f"\nRoboticSequence throughput — {args.models} seeds, {cores} cores, torch threads: batched {args.batched_threads}, separate 1 each; load average {os.getloadavg()[0]:.1f}")
     print(f"raw Meta-World (push-wall, random actions, 1 env): {raw:,.0f} steps/s\n")
     print(f"{'net':>8} | {'updates/s batched':>17} | {'separate':>8} | {'ratio':>5} | {'env steps/s batched':>19} | {'separate':>8} | {'ratio':>5}")
     for row in rows:
@@ -142,7 +145,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
-        "machine": {"cores": cores, "platform": platform.platform(), "python": platform.python_version()},
+        "machine": {"cores": cores, "load_average_1min": os.getloadavg()[0], "platform": platform.platform(), "python": platform.python_version()},
         "settings": vars(args) | {"out": None},
         "raw_metaworld_steps_per_s": raw,
         "rows": rows,
