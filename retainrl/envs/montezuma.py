@@ -1,0 +1,365 @@
+"""Montezuma's Revenge: the study's Atari environment family (first half: env, search, demos).
+
+What the study did (Wolczyk et al. 2024, §4): PPO+RND, π* trained on the rooms from the 7th room
+of a fixed route onwards (FAR), fine-tuned from the start of the game (CLOSE rooms first); per
+room, success when started in that room is a coin, a new item, or leaving by another exit.
+
+What this module gives:
+
+* :class:`Params` – the ``montezuma`` section of params.yaml (env, search, route);
+* :class:`MontezumaEnv` – ALE with the study's preprocessing (84×84 gray, max-pool of the last two
+  of 4 skipped frames, 4 stacked frames, sticky actions 0.25, at most 4500 agent steps), started
+  from reset or from any stored emulator state;
+* :class:`RoomSuccess` – the study's per-room success rule;
+* :func:`collect_demos` – the stage: the deterministic Go-Explore search
+  (:mod:`retainrl.envs.montezuma_search`), the best trajectory replayed from reset, its room
+  order and CLOSE/FAR split, written atomically to ``paths.demos``;
+* :func:`load_demos`, :func:`split_route`, :func:`room_start_states` – what later stages read.
+
+Not here yet (second half of issue #6): pretrain / far_buffer / fisher / finetune / evaluate /
+report. The family is therefore not registered in ``retainrl.envs.FAMILIES``.
+
+One ale-py 0.11.2 quirk shapes the code: after ``restoreState`` the RAM and screen that
+``getRAM``/``getScreenGrayscale`` return are still those of the last *emulated* frame. The search
+therefore remembers what it needs with each state, demos store the RAM at each room entry, and
+:meth:`MontezumaEnv.reset` emulates one NOOP frame after a restore to refresh both.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import Field, field_validator, model_validator
+
+from retainrl.config import ConfigError, Strict
+from retainrl.envs.montezuma_ale import GAMES, RamInfo, array_to_state, decode_ram, make_ale, state_to_array
+
+log = logging.getLogger(__name__)
+
+DEMOS_NPZ = "demos.npz"
+ROUTE_JSON = "route.json"
+
+
+# --------------------------------------------------------------------------- params
+
+
+class EnvParams(Strict):
+    game: str = Field("montezuma_revenge", description="ale-py ROM id")
+    sticky: float = Field(0.25, ge=0, lt=1, description="repeat_action_probability for training/evaluation")
+    frame_skip: int = Field(4, gt=0)
+    frame_size: int = Field(84, gt=0)
+    frame_stack: int = Field(4, gt=0)
+    max_steps: int = Field(4500, gt=0, description="agent steps per episode")
+
+    @field_validator("game")
+    @classmethod
+    def _known_game(cls, game):
+        if game not in GAMES:
+            raise ValueError(f"unknown game {game!r}; allowed: {', '.join(GAMES)}")
+        return game
+
+
+class SearchParams(Strict):
+    """The deterministic Go-Explore search (see :mod:`retainrl.envs.montezuma_search`)."""
+
+    frame_budget: int = Field(4_000_000, gt=0, description="emulator frames the search may spend")
+    #: stop early once the best trajectory has visited this many rooms (None: spend the budget)
+    stop_rooms: int | None = Field(None, gt=0)
+    #: wall-clock guard in seconds (None: none); the search stops at whichever limit comes first
+    time_limit: float | None = Field(None, gt=0)
+    seed: int = 0
+    x_bin: int = Field(16, gt=0, description="cell width in pixels")
+    y_bin: int = Field(16, gt=0, description="cell height in pixels")
+    explore_steps: int = Field(100, gt=0)
+    repeat_prob: float = Field(0.95, ge=0, le=1)
+    death_margin: int = Field(8, ge=0, description="steps before a death whose cells are dropped")
+    room_bonus: float = Field(1.0, ge=0)
+    frontier_bonus: float = Field(1.0, ge=0)
+    #: open-loop replays of the found actions under sticky actions, to report how robust the demo is
+    sticky_checks: int = Field(5, ge=0)
+
+
+class RouteParams(Strict):
+    #: 1-based position on the route of the first FAR room (the study: the 7th room)
+    far_boundary: int = Field(7, ge=2, description="route position of the first FAR room")
+
+
+class Params(Strict):
+    env: EnvParams = EnvParams()
+    search: SearchParams = SearchParams()
+    route: RouteParams = RouteParams()
+
+    @model_validator(mode="after")
+    def _cross_checks(self):
+        if self.search.stop_rooms is not None and self.search.stop_rooms < self.route.far_boundary:
+            raise ValueError(
+                f"route.far_boundary: {self.route.far_boundary} is beyond search.stop_rooms="
+                f"{self.search.stop_rooms}; the search would stop before reaching any FAR room"
+            )
+        return self
+
+
+# --------------------------------------------------------------------------- environment
+
+
+class MontezumaEnv:
+    """One ALE Montezuma's Revenge with the study's preprocessing.
+
+    Observations are uint8 arrays of shape (frame_stack, frame_size, frame_size): the max of the
+    last two raw gray frames of each skipped block (removes Atari sprite flicker), resized with
+    area interpolation. ``reset(state)`` starts inside the game from a stored emulator state (a
+    uint8 array from demos), which is how FAR rooms are reached without playing CLOSE ones.
+    The episode ends at game over or after ``max_steps`` agent steps (truncation).
+    """
+
+    def __init__(self, p: EnvParams | None = None, *, seed: int = 0, sticky: float | None = None):
+        p = p or EnvParams()
+        self.p = p
+        self.ale = make_ale(p.game, sticky=p.sticky if sticky is None else sticky, frame_skip=1, seed=seed)
+        self.actions = list(self.ale.getMinimalActionSet())
+        self.n_actions = len(self.actions)
+        h, w = self.ale.getScreenDims()
+        self._raw = np.zeros((2, h, w), dtype=np.uint8)
+        self._stack = np.zeros((p.frame_stack, p.frame_size, p.frame_size), dtype=np.uint8)
+        self.steps = 0
+
+    def _frame(self) -> np.ndarray:
+        import cv2
+
+        frame = np.maximum(self._raw[0], self._raw[1])
+        return cv2.resize(frame, (self.p.frame_size, self.p.frame_size), interpolation=cv2.INTER_AREA)
+
+    def ram(self) -> RamInfo:
+        return decode_ram(self.ale.getRAM())
+
+    def reset(self, state: np.ndarray | None = None) -> np.ndarray:
+        """Start a new episode at the game's start, or at ``state`` (an array from demos)."""
+        self.ale.reset_game()
+        if state is not None:
+            self.ale.restoreState(array_to_state(state))
+            # getRAM/getScreen are stale after a restore: emulate one NOOP frame to refresh them.
+            self.ale.act(self.actions[0])
+        self.ale.getScreenGrayscale(self._raw[0])
+        self._raw[1] = self._raw[0]
+        self._stack[:] = self._frame()
+        self.steps = 0
+        return self._stack.copy()
+
+    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        """One agent step (``frame_skip`` frames); returns obs, reward, terminated, truncated, info."""
+        reward = 0.0
+        a = self.actions[int(action)]
+        skip = self.p.frame_skip
+        for i in range(skip):
+            reward += self.ale.act(a)
+            if i >= skip - 2:
+                self.ale.getScreenGrayscale(self._raw[i - (skip - 2)])
+            if self.ale.game_over():
+                break
+        if skip == 1:
+            self._raw[0] = self._raw[1]
+        self._stack[:-1] = self._stack[1:]
+        self._stack[-1] = self._frame()
+        self.steps += 1
+        terminated = self.ale.game_over()
+        truncated = not terminated and self.steps >= self.p.max_steps
+        info = self.ram()
+        return self._stack.copy(), reward, terminated, truncated, {"ram": info, "room": info.room, "lives": info.lives}
+
+    def clone(self) -> np.ndarray:
+        return state_to_array(self.ale.cloneState())
+
+
+# --------------------------------------------------------------------------- room success
+
+
+@dataclass
+class RoomSuccess:
+    """The study's per-room success when an episode starts in a room.
+
+    Success: a positive reward (a coin, a key, a door opened, a monster killed), a change of
+    inventory (a new item), or leaving the room by an exit other than the one it was entered by.
+    Montezuma's exits each lead to a different neighbour room, so "another exit" is "a room other
+    than ``entered_from``" (``entered_from`` is None for the start room: any exit counts).
+    Failure: losing a life, or walking back out the way it came. ``update`` returns True
+    (success), False (failure) or None (undecided).
+    """
+
+    room: int
+    inventory: int
+    lives: int
+    entered_from: int | None = None
+
+    @classmethod
+    def start(cls, info: RamInfo, entered_from: int | None = None) -> "RoomSuccess":
+        return cls(room=info.room, inventory=info.inventory, lives=info.lives, entered_from=entered_from)
+
+    def update(self, info: RamInfo, reward: float) -> bool | None:
+        if info.lives < self.lives:
+            return False
+        if reward > 0 or info.inventory != self.inventory:
+            return True
+        if info.room != self.room:
+            return self.entered_from is None or info.room != self.entered_from
+        return None
+
+
+def run_room_episode(env: MontezumaEnv, state: np.ndarray, entered_from: int | None, policy, max_steps: int) -> bool:
+    """Start ``env`` at ``state`` and act with ``policy(obs) -> action`` until RoomSuccess decides.
+
+    Undecided after ``max_steps`` (or at game over) counts as failure.
+    """
+    obs = env.reset(state)
+    judge = RoomSuccess.start(env.ram(), entered_from)
+    for _ in range(max_steps):
+        obs, reward, terminated, truncated, info = env.step(policy(obs))
+        verdict = judge.update(info["ram"], reward)
+        if verdict is not None:
+            return verdict
+        if terminated or truncated:
+            break
+    return False
+
+
+# --------------------------------------------------------------------------- route and demos
+
+
+def split_route(rooms: list[int], far_boundary: int) -> tuple[list[int], list[int]]:
+    """CLOSE = rooms before the ``far_boundary``-th (1-based) room of the route, FAR = it and after."""
+    if far_boundary > len(rooms):
+        raise ConfigError(
+            f"montezuma.route.far_boundary: {far_boundary} is beyond the {len(rooms)} rooms the demos "
+            f"reach (route {rooms}); lower it or raise montezuma.search.frame_budget"
+        )
+    return list(rooms[: far_boundary - 1]), list(rooms[far_boundary - 1 :])
+
+
+def sticky_replay_rooms(actions: np.ndarray, p: EnvParams, seeds: int) -> list[int]:
+    """Distinct rooms reached when the demo's actions are replayed open-loop with sticky actions.
+
+    Why: the study trains with sticky actions 0.25, so a demo that only works deterministically
+    says little about how hard each room is; this number is reported, never required.
+    """
+    from retainrl.envs.montezuma_search import FRAME_SKIP
+
+    out = []
+    for seed in range(seeds):
+        ale = make_ale(p.game, sticky=p.sticky, frame_skip=FRAME_SKIP, seed=seed + 1)
+        acts = list(ale.getMinimalActionSet())
+        ale.reset_game()
+        rooms = {decode_ram(ale.getRAM()).room}
+        for a in actions:
+            ale.act(acts[int(a)])
+            if ale.game_over():
+                break
+            rooms.add(int(ale.getRAM()[3]))
+        out.append(len(rooms))
+    return out
+
+
+def collect_demos(p: Params, paths, device=None) -> Path:
+    """Stage ``collect_demos``: search, verify by replay, split the route, write ``paths.demos``.
+
+    Writes ``demos.npz`` (``actions`` as indices into the minimal action set; per route room its
+    ``rooms``, ``entered_from``, ``entry_steps``, ``entry_states`` (uint8 emulator states) and
+    ``entry_ram``) and ``route.json`` (route, CLOSE/FAR, search statistics). ``device`` is unused:
+    the search runs on the emulator.
+    """
+    from retainrl.artifacts import atomic_path
+    from retainrl.envs.montezuma_search import GoExplore, replay, rooms_per_budget
+
+    s = p.search
+    log.info("go-explore search: budget %d frames, seed %d", s.frame_budget, s.seed)
+    search = GoExplore(
+        game=p.env.game, seed=s.seed, x_bin=s.x_bin, y_bin=s.y_bin, explore_steps=s.explore_steps,
+        repeat_prob=s.repeat_prob, death_margin=s.death_margin, room_bonus=s.room_bonus,
+        frontier_bonus=s.frontier_bonus,
+    )
+    result = search.run(s.frame_budget, target_rooms=s.stop_rooms, time_limit=s.time_limit)
+    log.info(
+        "search done: %d rooms %s, score %g, %d frames in %.1fs (%d cells, %d iterations)",
+        len(result.rooms), result.rooms, result.score, result.frames, result.seconds, result.cells, result.iterations,
+    )
+    rep = replay(result.actions, game=p.env.game)
+    if rep["rooms"] != result.rooms or rep["score"] != result.score or rep["lost_life"]:
+        raise RuntimeError(
+            f"replay from reset does not reproduce the search's trajectory (rooms {rep['rooms']} vs "
+            f"{result.rooms}, score {rep['score']} vs {result.score}, lost life {rep['lost_life']})"
+        )
+    close, far = split_route(rep["rooms"], p.route.far_boundary)
+    sticky = sticky_replay_rooms(result.actions, p.env, s.sticky_checks)
+    ram = []
+    ale = make_ale(p.env.game)
+    for st in rep["entry_states"]:
+        ale.restoreState(array_to_state(st))
+        ale.act(ale.getMinimalActionSet()[0])  # refresh RAM (stale after restore); only for reading
+        ram.append(ale.getRAM().copy())
+    route = {
+        "game": p.env.game,
+        "rooms": rep["rooms"],
+        "entered_from": rep["entered_from"],
+        "entry_steps": rep["entry_steps"],
+        "far_boundary": p.route.far_boundary,
+        "close": close,
+        "far": far,
+        "score": rep["score"],
+        "steps": int(len(result.actions)),
+        "verified_by_replay": True,
+        "sticky_replay_rooms": sticky,
+        "search": {
+            "frames": result.frames,
+            "seconds": round(result.seconds, 2),
+            "cells": result.cells,
+            "iterations": result.iterations,
+            "progress": rooms_per_budget(result.progress),
+            "params": s.model_dump(),
+        },
+    }
+    with atomic_path(paths.demos, directory=True) as tmp:
+        with (tmp / DEMOS_NPZ).open("wb") as fh:
+            np.savez_compressed(
+                fh,
+                actions=result.actions.astype(np.uint8),
+                rooms=np.asarray(rep["rooms"], dtype=np.int64),
+                entered_from=np.asarray(rep["entered_from"], dtype=np.int64),
+                entry_steps=np.asarray(rep["entry_steps"], dtype=np.int64),
+                entry_states=np.stack(rep["entry_states"]).astype(np.uint8),
+                entry_ram=np.stack(ram).astype(np.uint8),
+            )
+        (tmp / ROUTE_JSON).write_text(json.dumps(route, indent=2) + "\n")
+    log.info("route %s: CLOSE %s, FAR %s -> %s", rep["rooms"], close, far, paths.demos)
+    return paths.demos
+
+
+def load_demos(paths) -> tuple[dict[str, np.ndarray], dict]:
+    """The arrays of ``demos.npz`` and the parsed ``route.json`` (clear error when missing)."""
+    from retainrl.artifacts import load_json, load_npz
+
+    arrays = load_npz(
+        Path(paths.demos) / DEMOS_NPZ, "Montezuma demos",
+        required=("actions", "rooms", "entered_from", "entry_steps", "entry_states"),
+    )
+    return arrays, load_json(Path(paths.demos) / ROUTE_JSON, "Montezuma route")
+
+
+def room_start_states(paths, p: Params, which: str = "far") -> list[dict]:
+    """Start states of the CLOSE or FAR rooms, from demos, for evaluation and pre-training.
+
+    Each item: ``room``, ``entered_from`` (None for the game's start room), ``state`` (uint8).
+    """
+    arrays, route = load_demos(paths)
+    rooms = [int(r) for r in arrays["rooms"]]
+    close, far = split_route(rooms, p.route.far_boundary)
+    chosen = {"close": range(len(close)), "far": range(len(close), len(rooms))}
+    if which not in chosen:
+        raise ConfigError(f"which: must be 'close' or 'far' (got {which!r})")
+    out = []
+    for i in chosen[which]:
+        came = int(arrays["entered_from"][i])
+        out.append({"room": rooms[i], "entered_from": None if came < 0 else came, "state": arrays["entry_states"][i]})
+    return out
