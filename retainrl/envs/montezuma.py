@@ -22,7 +22,8 @@ report. The family is therefore not registered in ``retainrl.envs.FAMILIES``.
 One ale-py 0.11.2 quirk shapes the code: after ``restoreState`` the RAM and screen that
 ``getRAM``/``getScreenGrayscale`` return are still those of the last *emulated* frame. The search
 therefore remembers what it needs with each state, demos store the RAM at each room entry, and
-:meth:`MontezumaEnv.reset` emulates one NOOP frame after a restore to refresh both.
+:meth:`MontezumaEnv.reset` emulates one NOOP frame after a restore to read both, then restores
+again so that the episode starts exactly at the stored state.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ from retainrl.envs.montezuma_ale import GAMES, RamInfo, array_to_state, decode_r
 
 log = logging.getLogger(__name__)
 
+#: The first 505 steps of a route found by the search (seed 0): room 1 (key, door) → 2 → 6, no life lost.
+ROUTE_PREFIX = "retainrl/envs/data/montezuma_route_prefix.npz"
 DEMOS_NPZ = "demos.npz"
 ROUTE_JSON = "route.json"
 
@@ -82,6 +85,17 @@ class SearchParams(Strict):
     frontier_bonus: float = Field(1.0, ge=0)
     #: open-loop replays of the found actions under sticky actions, to report how robust the demo is
     sticky_checks: int = Field(5, ge=0)
+    #: npz with ``actions`` of a known route prefix whose cells seed the archive (None: start
+    #: from an empty archive). The smoke profile uses the bundled ROUTE_PREFIX to get past room 1
+    #: in seconds; the default profile searches from scratch.
+    warm_start: str | None = None
+
+    @field_validator("warm_start")
+    @classmethod
+    def _warm_start_exists(cls, path):
+        if path is not None and not Path(path).is_file():
+            raise ValueError(f"file not found: {path!r} (paths are relative to the repository root)")
+        return path
 
 
 class RouteParams(Strict):
@@ -102,6 +116,21 @@ class Params(Strict):
                 f"{self.search.stop_rooms}; the search would stop before reaching any FAR room"
             )
         return self
+
+
+def parse_params(raw: dict | None) -> Params:
+    """Validate the ``montezuma`` section; a bad value raises ConfigError naming the dotted key.
+
+    (``config.load_params`` does the same once the family is registered in FAMILIES.)
+    """
+    from pydantic import ValidationError
+
+    from retainrl.config import _format_validation
+
+    try:
+        return Params.model_validate(raw or {})
+    except ValidationError as err:
+        raise ConfigError(_format_validation(err, "montezuma")) from None
 
 
 # --------------------------------------------------------------------------- environment
@@ -127,6 +156,7 @@ class MontezumaEnv:
         self._raw = np.zeros((2, h, w), dtype=np.uint8)
         self._stack = np.zeros((p.frame_stack, p.frame_size, p.frame_size), dtype=np.uint8)
         self.steps = 0
+        self._ram = None
 
     def _frame(self) -> np.ndarray:
         import cv2
@@ -135,16 +165,24 @@ class MontezumaEnv:
         return cv2.resize(frame, (self.p.frame_size, self.p.frame_size), interpolation=cv2.INTER_AREA)
 
     def ram(self) -> RamInfo:
-        return decode_ram(self.ale.getRAM())
+        """Decoded RAM of the current state (right after a restore: of one NOOP frame later)."""
+        return decode_ram(self.ale.getRAM() if self._ram is None else self._ram)
 
     def reset(self, state: np.ndarray | None = None) -> np.ndarray:
         """Start a new episode at the game's start, or at ``state`` (an array from demos)."""
         self.ale.reset_game()
+        self._ram = None
         if state is not None:
-            self.ale.restoreState(array_to_state(state))
-            # getRAM/getScreen are stale after a restore: emulate one NOOP frame to refresh them.
+            # getRAM/getScreen are stale after a restore: emulate one NOOP frame to read them,
+            # then restore again so the episode starts exactly at the stored state (demos replay).
+            saved = array_to_state(state)
+            self.ale.restoreState(saved)
             self.ale.act(self.actions[0])
-        self.ale.getScreenGrayscale(self._raw[0])
+            self._ram = self.ale.getRAM().copy()
+            self.ale.getScreenGrayscale(self._raw[0])
+            self.ale.restoreState(saved)
+        else:
+            self.ale.getScreenGrayscale(self._raw[0])
         self._raw[1] = self._raw[0]
         self._stack[:] = self._frame()
         self.steps = 0
@@ -153,6 +191,7 @@ class MontezumaEnv:
     def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """One agent step (``frame_skip`` frames); returns obs, reward, terminated, truncated, info."""
         reward = 0.0
+        self._ram = None
         a = self.actions[int(action)]
         skip = self.p.frame_skip
         for i in range(skip):
@@ -280,6 +319,9 @@ def collect_demos(p: Params, paths, device=None) -> Path:
         repeat_prob=s.repeat_prob, death_margin=s.death_margin, room_bonus=s.room_bonus,
         frontier_bonus=s.frontier_bonus,
     )
+    if s.warm_start is not None:
+        with np.load(s.warm_start) as data:
+            search.warm_start(data["actions"])
     result = search.run(s.frame_budget, target_rooms=s.stop_rooms, time_limit=s.time_limit)
     log.info(
         "search done: %d rooms %s, score %g, %d frames in %.1fs (%d cells, %d iterations)",
@@ -297,7 +339,7 @@ def collect_demos(p: Params, paths, device=None) -> Path:
     ale = make_ale(p.env.game)
     for st in rep["entry_states"]:
         ale.restoreState(array_to_state(st))
-        ale.act(ale.getMinimalActionSet()[0])  # refresh RAM (stale after restore); only for reading
+        ale.act(ale.getMinimalActionSet()[0])  # RAM is stale after a restore; read it one NOOP frame on
         ram.append(ale.getRAM().copy())
     route = {
         "game": p.env.game,

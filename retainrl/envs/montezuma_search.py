@@ -193,6 +193,32 @@ class GoExplore:
 
     # ------------------------------------------------------------------ public
 
+    def warm_start(self, actions: np.ndarray) -> None:
+        """Add every cell along a known trajectory (e.g. a stored route prefix) to the archive.
+
+        Why: the smoke profile and tests must reach a second and third room in seconds; resuming
+        from a known prefix is what Go-Explore's archive allows anyway. Frames spent replaying
+        are counted in ``frames`` like any other. The prefix must not lose a life.
+        """
+        ale = self.ale
+        ale.reset_game()
+        seg_id = len(self.segments)
+        seg_actions: list[int] = []
+        self.segments.append(((0, 0), seg_actions))
+        info = decode_ram(ale.getRAM())
+        lives, score, rooms = info.lives, 0.0, (info.room,)
+        for step, a in enumerate(np.asarray(actions, dtype=np.int64)):
+            score += ale.act(self.actions[int(a)])
+            self.frames += FRAME_SKIP
+            seg_actions.append(int(a))
+            info = decode_ram(ale.getRAM())
+            if info.lives < lives or ale.game_over():
+                raise ValueError(f"warm-start trajectory loses a life at step {step}")
+            if info.room not in rooms:
+                rooms = rooms + (info.room,)
+            self._commit((step, self.cell_key(info), ale.cloneState(), score, rooms, info.lives), 0, seg_id)
+        log.info("warm start: %d steps, rooms %s, score %g, %d cells", len(seg_actions), list(rooms), score, len(self.archive))
+
     def trajectory(self, cell: Cell) -> np.ndarray:
         """The action indices (into the minimal action set) from reset to ``cell``."""
         parts = []
@@ -220,7 +246,9 @@ class GoExplore:
 
         t0 = time.perf_counter()
         progress = [(self.frames, 0.0, len(self.best.rooms), self.best.score)]
-        bar = tqdm(total=frame_budget, unit="frame", unit_scale=True, disable=not progress_bar, desc="go-explore")
+        bar = tqdm(
+            total=frame_budget, unit="frame", unit_scale=True, disable=not progress_bar, desc="go-explore", mininterval=5.0
+        )
         last = self.frames
         while self.frames < frame_budget:
             cell = self._select()
