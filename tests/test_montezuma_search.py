@@ -112,3 +112,23 @@ def test_collect_demos_refuses_far_boundary_beyond_route(tmp_path, monkeypatch):
 def test_load_demos_missing_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="missing Montezuma demos"):
         mz.load_demos(Paths("montezuma", root=tmp_path))
+
+
+def test_smoke_profile_collect_demos_from_warm_start(tmp_path):
+    """The smoke profile: seed the archive with the bundled route prefix (rooms 1 → 2 → 6), search
+    a little more, and get a real, replay-verified route with a CLOSE and a FAR part."""
+    p = mz.parse_params(
+        {
+            "search": {"warm_start": str(FIXTURE), "frame_budget": 40_000, "sticky_checks": 1},
+            "route": {"far_boundary": 4},
+        }
+    )
+    paths = Paths("montezuma", root=tmp_path)
+    mz.collect_demos(p, paths)
+    arrays, route = mz.load_demos(paths)
+    assert route["rooms"][:3] == [1, 2, 6] and len(route["rooms"]) >= 4
+    assert route["far"] == route["rooms"][3:] and route["verified_by_replay"]
+    assert route["search"]["frames"] <= 40_000 + 4 * 100
+    with np.load(FIXTURE) as data:
+        prefix = data["actions"]
+    assert len(arrays["actions"]) > len(prefix)
