@@ -132,3 +132,30 @@ def test_smoke_profile_collect_demos_from_warm_start(tmp_path):
     with np.load(FIXTURE) as data:
         prefix = data["actions"]
     assert len(arrays["actions"]) > len(prefix)
+
+
+def test_pretrain_clones_the_far_segment(tmp_path, monkeypatch):
+    """pretrain reads the demos, replays the FAR segment and writes a loadable π* and RND."""
+    import torch
+    from safetensors.torch import load_file
+
+    from retainrl.envs.montezuma_nets import ActorCritic
+
+    _fixture_result(monkeypatch)
+    p = mz.parse_params(
+        {"route": {"far_boundary": 2}, "search": {"sticky_checks": 0}, "pretrain": {"steps": 40, "lr": 1e-3, "batch_size": 16, "hidden": 64}}
+    )
+    paths = Paths("montezuma", root=tmp_path)
+    mz.collect_demos(p, paths)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        mz.pretrain(p, paths)
+    finally:
+        torch.set_num_threads(threads)
+    metrics = json.loads((paths.pretrained / "metrics.json").read_text())
+    assert metrics["far_rooms"] == [2, 6] and metrics["segment_steps"] == 110
+    assert metrics["bc_loss_last"] < metrics["bc_loss_first"] and metrics["rnd_loss_last"] < metrics["rnd_loss_first"]
+    model = ActorCritic(hidden=64)
+    model.load_state_dict(load_file(str(paths.pretrained / "policy.safetensors")))
+    assert set(load_file(str(paths.pretrained / "rnd.safetensors"))) >= {"mean", "var", "count"}

@@ -16,7 +16,10 @@ What this module gives:
   order and CLOSE/FAR split, written atomically to ``paths.demos``;
 * :func:`load_demos`, :func:`split_route`, :func:`room_start_states` – what later stages read.
 
-Not here yet (second half of issue #6): pretrain / far_buffer / fisher / finetune / evaluate /
+* :func:`pretrain` – BC of the CNN actor-critic and fitting of the RND predictor on the FAR
+  segment of the demo (networks in :mod:`retainrl.envs.montezuma_nets`).
+
+Not here yet (second half of issue #6): far_buffer / fisher / finetune (PPO+RND) / evaluate /
 report. The family is therefore not registered in ``retainrl.envs.FAMILIES``.
 
 One ale-py 0.11.2 quirk shapes the code: after ``restoreState`` the RAM and screen that
@@ -103,13 +106,26 @@ class RouteParams(Strict):
     far_boundary: int = Field(7, ge=2, description="route position of the first FAR room")
 
 
+class PretrainParams(Strict):
+    """BC of the actor on the demo's FAR segment and fitting of the RND predictor to it."""
+
+    steps: int = Field(2000, gt=0)
+    lr: float = Field(1e-4, gt=0)
+    batch_size: int = Field(64, gt=0)
+    hidden: int = Field(448, gt=0, description="width of the CNN's last layer")
+    seed: int = 0
+
+
 class Params(Strict):
     env: EnvParams = EnvParams()
     search: SearchParams = SearchParams()
     route: RouteParams = RouteParams()
+    pretrain: PretrainParams = PretrainParams()
 
     @model_validator(mode="after")
     def _cross_checks(self):
+        if self.env.frame_size != 84:
+            raise ValueError(f"env.frame_size: the Nature CNN of the agent needs 84 (got {self.env.frame_size})")
         if self.search.stop_rooms is not None and self.search.stop_rooms < self.route.far_boundary:
             raise ValueError(
                 f"route.far_boundary: {self.route.far_boundary} is beyond search.stop_rooms="
@@ -405,3 +421,59 @@ def room_start_states(paths, p: Params, which: str = "far") -> list[dict]:
         came = int(arrays["entered_from"][i])
         out.append({"room": rooms[i], "entered_from": None if came < 0 else came, "state": arrays["entry_states"][i]})
     return out
+
+
+def pretrain(p: Params, paths, device=None) -> Path:
+    """Stage ``pretrain``: BC of the actor and RND predictor on the FAR part of the demo.
+
+    Writes ``policy.safetensors`` (ActorCritic), ``rnd.safetensors`` (RND incl. its observation
+    statistics) and ``metrics.json`` (BC loss and accuracy on the segment) to ``paths.pretrained``.
+    Why a single demo suffices as a start: the study's π* is good on FAR and bad on CLOSE; this
+    gives exactly that coverage gap. A stronger π* (PPO+RND started in FAR rooms) is future work.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    from retainrl.artifacts import atomic_path
+    from retainrl.envs.montezuma_nets import RND, ActorCritic, behaviour_clone, far_segments
+
+    device = torch.device(device or "cpu")
+    arrays, route = load_demos(paths)
+    seg = far_segments(arrays, p.route.far_boundary, p.env)
+    cfg = p.pretrain
+    torch.manual_seed(cfg.seed)
+    model = ActorCritic(n_actions=18, frame_stack=p.env.frame_stack, hidden=cfg.hidden)
+    log.info("BC on %d FAR steps (rooms %s) for %d steps", len(seg["actions"]), sorted(set(seg["rooms"].tolist())), cfg.steps)
+    losses = behaviour_clone(model, seg["obs"], seg["actions"], steps=cfg.steps, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed, device=device)
+    rnd = RND().to(device)
+    obs = torch.as_tensor(seg["obs"]).to(device)
+    rnd.update_stats(obs)
+    opt = torch.optim.Adam(rnd.predictor.parameters(), lr=cfg.lr)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    rnd_losses = []
+    for _ in range(cfg.steps):
+        idx = torch.randint(len(obs), (min(cfg.batch_size, len(obs)),), generator=gen)
+        loss = rnd.error(obs[idx]).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        rnd_losses.append(loss.item())
+    model.eval()
+    with torch.no_grad():
+        pred = torch.cat([model.dist_params(obs[i : i + 256]).argmax(-1) for i in range(0, len(obs), 256)])
+    accuracy = float((pred.cpu() == torch.as_tensor(seg["actions"])).float().mean())
+    metrics = {
+        "far_rooms": route["far"],
+        "segment_steps": int(len(seg["actions"])),
+        "bc_loss_first": losses[0],
+        "bc_loss_last": float(np.mean(losses[-10:])),
+        "bc_accuracy": accuracy,
+        "rnd_loss_first": rnd_losses[0],
+        "rnd_loss_last": float(np.mean(rnd_losses[-10:])),
+    }
+    with atomic_path(paths.pretrained, directory=True) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / "policy.safetensors"))
+        save_file({k: v.detach().cpu().contiguous() for k, v in rnd.state_dict().items()}, str(tmp / "rnd.safetensors"))
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    log.info("pretrained π*: BC accuracy %.2f on the FAR segment -> %s", accuracy, paths.pretrained)
+    return paths.pretrained
