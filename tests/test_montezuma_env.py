@@ -252,3 +252,19 @@ def test_far_boundary_beyond_route_is_an_error():
 def test_unknown_game_in_emulator_factory():
     with pytest.raises(ConfigError, match=r"montezuma\.env\.game"):
         make_ale("pong")
+
+
+def test_room_success_rates(recorded):
+    """The per-room metric under sticky actions: walking back out of room 2 always fails; a CNN
+    policy (sampled actions) gives one rate in [0, 1] per start room."""
+    import torch
+
+    from retainrl.envs.montezuma_nets import ActorCritic
+
+    rep = recorded["replay"]
+    starts = [{"room": 2, "entered_from": 1, "state": rep["entry_states"][1]}]
+    p = mz.EnvParams()
+    assert mz.room_success_rates(lambda obs: LEFT, starts, p, episodes=3, max_steps=40) == {2: 0.0}
+    torch.manual_seed(0)
+    rates = mz.room_success_rates(ActorCritic(hidden=32), starts, p, episodes=2, max_steps=30)
+    assert set(rates) == {2} and 0.0 <= rates[2] <= 1.0

@@ -14,7 +14,8 @@ What this module gives:
 * :func:`collect_demos` – the stage: the deterministic Go-Explore search
   (:mod:`retainrl.envs.montezuma_search`), the best trajectory replayed from reset, its room
   order and CLOSE/FAR split, written atomically to ``paths.demos``;
-* :func:`load_demos`, :func:`split_route`, :func:`room_start_states` – what later stages read.
+* :func:`load_demos`, :func:`split_route`, :func:`room_start_states` – what later stages read;
+* :func:`room_success_rates` – the evaluation metric: success rate when started in each room.
 
 * :func:`pretrain` – BC of the CNN actor-critic and fitting of the RND predictor on the FAR
   segment of the demo (networks in :mod:`retainrl.envs.montezuma_nets`).
@@ -477,3 +478,35 @@ def pretrain(p: Params, paths, device=None) -> Path:
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     log.info("pretrained π*: BC accuracy %.2f on the FAR segment -> %s", accuracy, paths.pretrained)
     return paths.pretrained
+
+
+def room_success_rates(
+    policy, starts: list[dict], p: EnvParams, *, episodes: int, max_steps: int, seed: int = 0, device=None
+) -> dict[int, float]:
+    """The study's per-room metric: success rate of ``policy`` started in each room of ``starts``.
+
+    ``policy`` is an ActorCritic (actions sampled from its logits) or any callable obs -> action;
+    ``starts`` comes from :func:`room_start_states`. Sticky actions are on (``p.sticky``), so
+    episodes differ even from the same start state.
+    """
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    if isinstance(policy, torch.nn.Module):
+        model = policy.eval()
+        dev = torch.device(device or "cpu")
+
+        @torch.no_grad()
+        def act(obs):
+            logits = model.dist_params(torch.as_tensor(obs)[None].to(dev)).cpu()
+            return int(torch.multinomial(logits.softmax(-1), 1, generator=gen))
+
+    else:
+        act = policy
+    env = MontezumaEnv(p, seed=seed)
+    rates = {}
+    for start in starts:
+        wins = sum(run_room_episode(env, start["state"], start["entered_from"], act, max_steps) for _ in range(episodes))
+        rates[int(start["room"])] = wins / episodes
+        log.info("room %d: success %.2f over %d episodes", start["room"], rates[int(start["room"])], episodes)
+    return rates
