@@ -41,7 +41,8 @@ def test_far_segment_replays_the_route(segment):
 def test_actor_critic_split_and_shapes():
     model = nets.ActorCritic()
     obs = torch.zeros(3, 4, 84, 84, dtype=torch.uint8)
-    logits, values = model(obs)
+    logits, values = model.logits_and_values(obs)
+    assert torch.equal(model(obs), logits)
     assert logits.shape == (3, 18) and values.shape == (3, 2)
     actor = {n for n, _ in model.retained_parameters()}
     assert actor and not any(n.startswith("critic") for n in actor)

@@ -159,3 +159,37 @@ def test_pretrain_clones_the_far_segment(tmp_path, monkeypatch):
     model = ActorCritic(hidden=64)
     model.load_state_dict(load_file(str(paths.pretrained / "policy.safetensors")))
     assert set(load_file(str(paths.pretrained / "rnd.safetensors"))) >= {"mean", "var", "count"}
+
+
+def test_far_buffer_and_fisher(tmp_path, monkeypatch):
+    """far_buffer rolls π* out from FAR start states and stores its outputs; fisher covers the
+    actor's weights only, positive everywhere (clipped below)."""
+    import torch
+    from safetensors.torch import load_file
+
+    _fixture_result(monkeypatch)
+    p = mz.parse_params(
+        {
+            "route": {"far_boundary": 2},
+            "search": {"sticky_checks": 0},
+            "pretrain": {"steps": 5, "batch_size": 8, "hidden": 32},
+            "far_buffer": {"size": 40, "rollout_steps": 15},
+            "fisher": {"states": 8},
+        }
+    )
+    paths = Paths("montezuma", root=tmp_path)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        mz.collect_demos(p, paths)
+        mz.pretrain(p, paths)
+        mz.far_buffer(p, paths)
+        mz.fisher(p, paths)
+    finally:
+        torch.set_num_threads(threads)
+    with np.load(paths.far_buffer / "buffer.npz") as buf:
+        assert buf["obs"].shape == (40, 4, 84, 84) and buf["targets"].shape == (40, 18) and buf["critic"].shape == (40, 2)
+        assert set(buf["rooms"].tolist()) & {2, 6}
+    fim = load_file(str(paths.fisher / "fisher.safetensors"))
+    assert fim and not any(k.startswith("critic") for k in fim)
+    assert all(bool((v >= 1e-5).all()) for v in fim.values())

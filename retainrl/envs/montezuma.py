@@ -18,10 +18,12 @@ What this module gives:
 * :func:`room_success_rates` – the evaluation metric: success rate when started in each room.
 
 * :func:`pretrain` – BC of the CNN actor-critic and fitting of the RND predictor on the FAR
-  segment of the demo (networks in :mod:`retainrl.envs.montezuma_nets`).
+  segment of the demo (networks in :mod:`retainrl.envs.montezuma_nets`);
+* :func:`far_buffer`, :func:`fisher` – π*'s FAR states with its outputs (for the BC retention
+  method) and the diagonal Fisher on them (for EWC).
 
-Not here yet (second half of issue #6): far_buffer / fisher / finetune (PPO+RND) / evaluate /
-report. The family is therefore not registered in ``retainrl.envs.FAMILIES``.
+Not here yet (second half of issue #6): finetune (the PPO+RND learner), evaluate / report stages
+(the metric itself, :func:`room_success_rates`, is here). The family is therefore not registered in ``retainrl.envs.FAMILIES``.
 
 One ale-py 0.11.2 quirk shapes the code: after ``restoreState`` the RAM and screen that
 ``getRAM``/``getScreenGrayscale`` return are still those of the last *emulated* frame. The search
@@ -41,7 +43,7 @@ from typing import Any
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from retainrl.config import ConfigError, Strict
+from retainrl.config import ConfigError, FisherParams, Strict
 from retainrl.envs.montezuma_ale import GAMES, RamInfo, array_to_state, decode_ram, make_ale, state_to_array
 
 log = logging.getLogger(__name__)
@@ -117,11 +119,24 @@ class PretrainParams(Strict):
     seed: int = 0
 
 
+class FarBufferParams(Strict):
+    """States π* visits when started in FAR rooms (sticky actions on), with its outputs (for BC)."""
+
+    size: int = Field(2000, gt=0)
+    #: steps per rollout from a FAR start state before starting over from the next one
+    rollout_steps: int = Field(200, gt=0)
+    seed: int = 0
+
+
 class Params(Strict):
     env: EnvParams = EnvParams()
     search: SearchParams = SearchParams()
     route: RouteParams = RouteParams()
     pretrain: PretrainParams = PretrainParams()
+    far_buffer: FarBufferParams = FarBufferParams()
+    #: Montezuma's CNN has ~1.7M actor weights: the exact estimator's per-state Jacobian over 18
+    #: logits does not fit in memory, so the default here is the sampled (Monte-Carlo) one.
+    fisher: FisherParams = FisherParams(estimator="sampled", states=256)
 
     @model_validator(mode="after")
     def _cross_checks(self):
@@ -510,3 +525,80 @@ def room_success_rates(
         rates[int(start["room"])] = wins / episodes
         log.info("room %d: success %.2f over %d episodes", start["room"], rates[int(start["room"])], episodes)
     return rates
+
+
+def load_pretrained(paths, p: Params, device=None):
+    """π* (ActorCritic) from ``paths.pretrained``."""
+    import torch
+    from safetensors.torch import load_file
+
+    from retainrl.artifacts import require
+    from retainrl.envs.montezuma_nets import ActorCritic
+
+    path = require(Path(paths.pretrained) / "policy.safetensors", "pretrained Montezuma policy")
+    model = ActorCritic(n_actions=18, frame_stack=p.env.frame_stack, hidden=p.pretrain.hidden)
+    model.load_state_dict(load_file(str(path)))
+    return model.to(torch.device(device or "cpu")).eval()
+
+
+def far_buffer(p: Params, paths, device=None) -> Path:
+    """Stage ``far_buffer``: π* rolled out from each FAR start state in turn (sticky actions on)
+    until ``size`` states are seen; stores obs (uint8), π*'s logits and critic outputs and the
+    room of each state in ``buffer.npz``."""
+    import torch
+
+    from retainrl.artifacts import atomic_path
+
+    cfg = p.far_buffer
+    dev = torch.device(device or "cpu")
+    model = load_pretrained(paths, p, dev)
+    starts = room_start_states(paths, p, "far")
+    env = MontezumaEnv(p.env, seed=cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    obs_l, room_l = [], []
+    i = 0
+    with torch.no_grad():
+        while len(obs_l) < cfg.size:
+            start = starts[i % len(starts)]
+            i += 1
+            obs = env.reset(start["state"])
+            lives = env.ram().lives
+            for _ in range(cfg.rollout_steps):
+                obs_l.append(obs)
+                room_l.append(env.ram().room)
+                logits = model.dist_params(torch.as_tensor(obs)[None].to(dev)).cpu()
+                obs, _, terminated, truncated, info = env.step(int(torch.multinomial(logits.softmax(-1), 1, generator=gen)))
+                if terminated or truncated or info["lives"] < lives or len(obs_l) >= cfg.size:
+                    break
+    obs = np.stack(obs_l)
+    with torch.no_grad():
+        t = torch.as_tensor(obs)
+        logits = torch.cat([model.dist_params(t[j : j + 256].to(dev)).cpu() for j in range(0, len(t), 256)])
+        critic = torch.cat([model.critic_output(t[j : j + 256].to(dev)).cpu() for j in range(0, len(t), 256)])
+    with atomic_path(paths.far_buffer, directory=True) as tmp:
+        with (tmp / "buffer.npz").open("wb") as fh:
+            np.savez_compressed(fh, obs=obs, targets=logits.numpy(), critic=critic.numpy(), rooms=np.asarray(room_l))
+    log.info("FAR buffer: %d states from rooms %s -> %s", len(obs), sorted(set(room_l)), paths.far_buffer)
+    return paths.far_buffer
+
+
+def fisher(p: Params, paths, device=None) -> Path:
+    """Stage ``fisher``: diagonal Fisher of π*'s actor on ``fisher.states`` FAR-buffer states."""
+    import torch
+
+    from retainrl.artifacts import atomic_path, load_npz
+    from retainrl.retention.fisher import fisher_diagonal
+    from safetensors.torch import save_file
+
+    cfg = p.fisher
+    dev = torch.device(device or "cpu")
+    model = load_pretrained(paths, p, dev)
+    buf = load_npz(Path(paths.far_buffer) / "buffer.npz", "Montezuma FAR buffer", required=("obs",))
+    gen = torch.Generator().manual_seed(0)
+    idx = torch.randperm(len(buf["obs"]), generator=gen)[: cfg.states]
+    obs = torch.as_tensor(buf["obs"])[idx].to(dev)
+    fim = fisher_diagonal(model, obs, estimator=cfg.estimator, min_value=cfg.min_value, chunk_size=8, generator=gen)
+    with atomic_path(paths.fisher, directory=True) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in fim.items()}, str(tmp / "fisher.safetensors"))
+    log.info("Fisher (%s) on %d FAR states -> %s", cfg.estimator, len(obs), paths.fisher)
+    return paths.fisher

@@ -60,7 +60,12 @@ class ActorCritic(RetainablePolicy):
         h = self.features(obs)
         return torch.cat([self.critic_ext(h), self.critic_int(h)], dim=-1)
 
-    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        """The distribution parameters (retention's Fisher calls the module itself)."""
+        return self.dist_params(obs)
+
+    def logits_and_values(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One trunk pass for both heads (what PPO wants)."""
         h = self.features(obs)
         return self.actor(h), torch.cat([self.critic_ext(h), self.critic_int(h)], dim=-1)
 
