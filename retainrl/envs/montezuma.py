@@ -22,8 +22,12 @@ What this module gives:
 * :func:`far_buffer`, :func:`fisher` – π*'s FAR states with its outputs (for the BC retention
   method) and the diagonal Fisher on them (for EWC).
 
-Not here yet (second half of issue #6): finetune (the PPO+RND learner), evaluate / report stages
-(the metric itself, :func:`room_success_rates`, is here). The family is therefore not registered in ``retainrl.envs.FAMILIES``.
+* :func:`finetune` – PPO+RND (:mod:`retainrl.algos.ppo_rnd`) from the start of the game with one
+  retention method, FAR/CLOSE room success evaluated along the way; :func:`evaluate`,
+  :func:`report` – FAR vs CLOSE per method.
+
+The whole stage API exists, but the family is not registered in ``retainrl.envs.FAMILIES``:
+that needs its params.yaml section and dvc.yaml block, which live in the lead's tree. The family is therefore not registered in ``retainrl.envs.FAMILIES``.
 
 One ale-py 0.11.2 quirk shapes the code: after ``restoreState`` the RAM and screen that
 ``getRAM``/``getScreenGrayscale`` return are still those of the last *emulated* frame. The search
@@ -43,7 +47,7 @@ from typing import Any
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from retainrl.config import ConfigError, FisherParams, Strict
+from retainrl.config import ConfigError, FisherParams, Method, RetentionParams, Strict
 from retainrl.envs.montezuma_ale import GAMES, RamInfo, array_to_state, decode_ram, make_ale, state_to_array
 
 log = logging.getLogger(__name__)
@@ -128,6 +132,43 @@ class FarBufferParams(Strict):
     seed: int = 0
 
 
+class FinetuneParams(Strict):
+    """PPO+RND fine-tuning from the start of the game (the study's hyperparameters by default,
+    except the scale: ``envs`` × ``steps`` × ``updates`` fit a 2-core CPU)."""
+
+    methods: list[Method] = ["scratch", "finetune", "l2", "ewc", "bc", "ks"]
+    seed: int = 0
+    updates: int = Field(30, gt=0)
+    envs: int = Field(8, gt=0)
+    steps: int = Field(128, gt=0)
+    lr: float = Field(1e-4, gt=0)
+    gamma_ext: float = Field(0.999, gt=0, le=1)
+    gamma_int: float = Field(0.99, gt=0, le=1)
+    gae_lambda: float = Field(0.95, ge=0, le=1)
+    ext_coef: float = Field(2.0, ge=0)
+    int_coef: float = Field(1.0, ge=0)
+    epochs: int = Field(4, gt=0)
+    minibatches: int = Field(4, gt=0)
+    clip: float = Field(0.1, gt=0)
+    entropy: float = Field(0.001, ge=0)
+    rnd_update_proportion: float = Field(0.25, gt=0, le=1)
+    max_grad_norm: float = Field(0.5, gt=0)
+    eval_every: int = Field(10, gt=0, description="updates between room-success evaluations")
+    eval_episodes: int = Field(5, gt=0, description="episodes per room per evaluation")
+    eval_max_steps: int = Field(300, gt=0, description="agent steps before an undecided room counts as failure")
+
+    @field_validator("methods")
+    @classmethod
+    def _on_policy(cls, methods):
+        from retainrl.retention.methods import check_method
+
+        for m in methods:
+            check_method(m, learner="ppo_rnd", off_policy=False, key="finetune.methods")
+        if len(set(methods)) != len(methods):
+            raise ValueError("methods are listed twice")
+        return methods
+
+
 class Params(Strict):
     env: EnvParams = EnvParams()
     search: SearchParams = SearchParams()
@@ -137,6 +178,8 @@ class Params(Strict):
     #: Montezuma's CNN has ~1.7M actor weights: the exact estimator's per-state Jacobian over 18
     #: logits does not fit in memory, so the default here is the sampled (Monte-Carlo) one.
     fisher: FisherParams = FisherParams(estimator="sampled", states=256)
+    finetune: FinetuneParams = FinetuneParams()
+    retention: RetentionParams = RetentionParams()
 
     @model_validator(mode="after")
     def _cross_checks(self):
@@ -602,3 +645,131 @@ def fisher(p: Params, paths, device=None) -> Path:
         save_file({k: v.detach().cpu().contiguous() for k, v in fim.items()}, str(tmp / "fisher.safetensors"))
     log.info("Fisher (%s) on %d FAR states -> %s", cfg.estimator, len(obs), paths.fisher)
     return paths.fisher
+
+
+def _eval_fn(p: Params, paths, device):
+    """Room success on FAR and CLOSE start rooms (sticky actions), for curves during fine-tuning."""
+    far, close = room_start_states(paths, p, "far"), room_start_states(paths, p, "close")
+    cfg = p.finetune
+
+    def on_eval(update, model):
+        kw = dict(episodes=cfg.eval_episodes, max_steps=cfg.eval_max_steps, seed=cfg.seed + update, device=device)
+        f = room_success_rates(model, far, p.env, **kw)
+        c = room_success_rates(model, close, p.env, **kw)
+        model.train()
+        return {
+            "far_success": float(np.mean(list(f.values()))),
+            "close_success": float(np.mean(list(c.values()))),
+            "far_rooms": {str(k): v for k, v in f.items()},
+            "close_rooms": {str(k): v for k, v in c.items()},
+        }
+
+    return on_eval
+
+
+def finetune(p: Params, paths, device, method: str) -> Path:
+    """Stage ``finetune``: PPO+RND from the start of the game with ``method``; writes
+    ``policy.safetensors`` and ``curves.json`` (training and FAR/CLOSE success curves)."""
+    import copy
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from retainrl.algos import ppo_rnd
+    from retainrl.artifacts import atomic_path, load_npz
+    from retainrl.envs.montezuma_nets import RND, ActorCritic
+    from retainrl.retention.methods import RetentionContext, build_retention
+
+    cfg = p.finetune
+    dev = torch.device(device or "cpu")
+    pretrained = load_pretrained(paths, p, dev)
+    buf = load_npz(Path(paths.far_buffer) / "buffer.npz", "Montezuma FAR buffer", required=("obs", "targets"))
+    fim = load_file(str(Path(paths.fisher) / "fisher.safetensors"))
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + sum(map(ord, method)))
+    ctx = RetentionContext(
+        pretrained=pretrained,
+        far_obs=torch.as_tensor(buf["obs"]),
+        far_targets=torch.as_tensor(buf["targets"]),
+        far_critic=torch.as_tensor(buf["critic"]) if "critic" in buf else None,
+        fisher={k: v.to(dev) for k, v in fim.items()},
+        generator=gen,
+    )
+    retention = build_retention(method, ctx, p.retention, learner=ppo_rnd.LEARNER, off_policy=ppo_rnd.OFF_POLICY)
+    torch.manual_seed(cfg.seed)
+    rnd = RND()
+    if retention.starts_from_pretrained:
+        model = copy.deepcopy(pretrained)
+        rnd.load_state_dict(load_file(str(Path(paths.pretrained) / "rnd.safetensors")))
+    else:
+        model = ActorCritic(n_actions=18, frame_stack=p.env.frame_stack, hidden=p.pretrain.hidden)
+    envs = [MontezumaEnv(p.env, seed=cfg.seed * 100 + i) for i in range(cfg.envs)]
+    curves = ppo_rnd.train(model, rnd, envs, cfg, retention, gen, device=dev, on_eval=_eval_fn(p, paths, dev), desc=f"montezuma {method}")
+    with atomic_path(paths.finetune(method), directory=True) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / "policy.safetensors"))
+        (tmp / "curves.json").write_text(json.dumps({"method": method, **curves}, indent=2) + "\n")
+    return paths.finetune(method)
+
+
+def evaluate(p: Params, paths, device=None) -> Path:
+    """Stage ``evaluate``: π* and every fine-tuned policy on FAR and CLOSE rooms; ``metrics.json``
+    (final success, FAR success at each evaluation) and ``far_success.csv`` (for dvc plots)."""
+    from retainrl.artifacts import atomic_path, load_json
+
+    import torch
+
+    dev = torch.device(device or "cpu")
+    on_eval = _eval_fn(p, paths, dev)
+    metrics = {"pretrained": on_eval(0, load_pretrained(paths, p, dev))}
+    rows = []
+    for method in p.finetune.methods:
+        curves = load_json(Path(paths.finetune(method)) / "curves.json", f"fine-tuning curves of {method}")
+        evals = curves["eval"]
+        metrics[method] = {
+            "final_far_success": evals[-1]["far_success"],
+            "final_close_success": evals[-1]["close_success"],
+            "min_far_success": min(e["far_success"] for e in evals),
+            "final_episode_return": curves["episode_return"][-1] if curves["episode_return"] else 0.0,
+            "rooms_seen": curves["rooms_seen"],
+        }
+        rows += [(method, e["frames"], e["far_success"], e["close_success"]) for e in evals]
+    with atomic_path(paths.evaluation, directory=True) as tmp:
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        lines = ["method,frames,far_success,close_success"] + [f"{m},{f},{a:.4f},{c:.4f}" for m, f, a, c in rows]
+        (tmp / "far_success.csv").write_text("\n".join(lines) + "\n")
+    return paths.evaluation
+
+
+def report(p: Params, paths) -> Path:
+    """Stage ``report``: report.md (FAR vs CLOSE table per method) and far_success.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from retainrl.artifacts import atomic_path, load_json
+
+    metrics = load_json(Path(paths.evaluation) / "metrics.json", "Montezuma evaluation metrics")
+    _, route = load_demos(paths)
+    lines = [
+        "# Montezuma's Revenge: forgetting of FAR rooms during PPO+RND fine-tuning",
+        "",
+        f"Route {route['rooms']}; CLOSE {route['close']}, FAR {route['far']} (boundary: room #{route['far_boundary']}).",
+        f"π*: FAR success {metrics['pretrained']['far_success']:.2f}, CLOSE {metrics['pretrained']['close_success']:.2f}.",
+        "",
+        "| method | final FAR success | min FAR success | final CLOSE success | rooms seen |",
+        "|---|---|---|---|---|",
+    ]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method in p.finetune.methods:
+        m = metrics[method]
+        lines.append(f"| {method} | {m['final_far_success']:.2f} | {m['min_far_success']:.2f} | {m['final_close_success']:.2f} | {m['rooms_seen']} |")
+        curves = load_json(Path(paths.finetune(method)) / "curves.json", f"fine-tuning curves of {method}")
+        ax.plot([e["frames"] for e in curves["eval"]], [e["far_success"] for e in curves["eval"]], label=method)
+    ax.set_xlabel("env frames")
+    ax.set_ylabel("FAR room success")
+    ax.legend()
+    with atomic_path(paths.report, directory=True) as tmp:
+        fig.savefig(tmp / "far_success.png", dpi=100, bbox_inches="tight")
+        (tmp / "report.md").write_text("\n".join(lines) + "\n\n![FAR success](far_success.png)\n")
+    plt.close(fig)
+    return paths.report
