@@ -12,7 +12,9 @@ Rows:
 * ``raw_ale_skip4``: the same with ALE's internal frame_skip=4 (what the search uses);
 * ``env_preprocessed``: MontezumaEnv.step (sticky 0.25, frame skip 4 with max-pool, 84×84 gray,
   4-frame stack) with random actions – the per-env cost PPO will pay before any network;
-* ``go_explore``: GoExplore.run (selection, restore, exploration, archive updates) from reset.
+* ``go_explore``: GoExplore.run (selection, restore, exploration, archive updates) from reset;
+* ``ppo_rnd_train``: retainrl.algos.ppo_rnd.train (8 envs × 128 steps per update, Nature-CNN
+  actor-critic and RND, 4 epochs × 4 minibatches) – env frames per second of training.
 
 Writes ``benchmarks/results/montezuma.json``; prints a table.
 """
@@ -68,6 +70,28 @@ def bench_env(frames: int) -> dict:
     return {"frames": steps * env.p.frame_skip, "seconds": dt}
 
 
+def bench_ppo(updates: int) -> dict:
+    """PPO+RND training frames/s (8 envs × 128 steps, the study's network sizes, CPU, 1 thread per
+    process as the tests use), a fresh policy and the finetune learner with no retention."""
+    import torch
+
+    from retainrl.algos import ppo_rnd
+    from retainrl.envs.montezuma import FinetuneParams, MontezumaEnv
+    from retainrl.envs.montezuma_nets import RND, ActorCritic
+    from retainrl.retention.methods import Finetune, RetentionContext
+    from retainrl.config import RetentionParams
+
+    torch.manual_seed(0)
+    cfg = FinetuneParams(updates=updates, envs=8, steps=128)
+    envs = [MontezumaEnv(seed=i) for i in range(cfg.envs)]
+    gen = torch.Generator().manual_seed(0)
+    curves = ppo_rnd.train(
+        ActorCritic(), RND(), envs, cfg, Finetune(RetentionContext(), RetentionParams()), gen,
+        device=torch.device("cpu"), progress=False,
+    )
+    return {"frames": curves["frames"][-1], "seconds": curves["seconds"], "torch_threads": torch.get_num_threads()}
+
+
 def bench_search(frames: int, seed: int) -> dict:
     from retainrl.envs.montezuma_search import GoExplore, rooms_per_budget
 
@@ -88,6 +112,7 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=200_000, help="frames for the raw and env rows")
     ap.add_argument("--search-frames", type=int, default=400_000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--ppo-updates", type=int, default=2, help="PPO+RND updates of 8 envs × 128 steps")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     setup_logging()
@@ -98,6 +123,7 @@ def main() -> None:
         ("raw_ale_skip4", lambda: bench_raw(args.frames, 4)),
         ("env_preprocessed", lambda: bench_env(args.frames)),
         ("go_explore", lambda: bench_search(args.search_frames, args.seed)),
+        ("ppo_rnd_train", lambda: bench_ppo(args.ppo_updates)),
     ]:
         log.info("running %s", name)
         row = fn()

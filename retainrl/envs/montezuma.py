@@ -138,7 +138,9 @@ class FinetuneParams(Strict):
 
     methods: list[Method] = ["scratch", "finetune", "l2", "ewc", "bc", "ks"]
     seed: int = 0
-    updates: int = Field(30, gt=0)
+    #: 10 updates × 8 envs × 128 steps ≈ 41k frames: ~5 min per method on a loaded 2-core CPU
+    #: (benchmarks: ~110–300 training frames/s); the study ran 128 envs for tens of millions.
+    updates: int = Field(10, gt=0)
     envs: int = Field(8, gt=0)
     steps: int = Field(128, gt=0)
     lr: float = Field(1e-4, gt=0)
@@ -153,7 +155,7 @@ class FinetuneParams(Strict):
     entropy: float = Field(0.001, ge=0)
     rnd_update_proportion: float = Field(0.25, gt=0, le=1)
     max_grad_norm: float = Field(0.5, gt=0)
-    eval_every: int = Field(10, gt=0, description="updates between room-success evaluations")
+    eval_every: int = Field(5, gt=0, description="updates between room-success evaluations")
     eval_episodes: int = Field(5, gt=0, description="episodes per room per evaluation")
     eval_max_steps: int = Field(300, gt=0, description="agent steps before an undecided room counts as failure")
 
