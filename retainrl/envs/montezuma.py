@@ -1,4 +1,4 @@
-"""Montezuma's Revenge: the study's Atari environment family (first half: env, search, demos).
+"""Montezuma's Revenge: the study's Atari environment family.
 
 What the study did (Wolczyk et al. 2024, §4): PPO+RND, π* trained on the rooms from the 7th room
 of a fixed route onwards (FAR), fine-tuned from the start of the game (CLOSE rooms first); per
@@ -6,7 +6,7 @@ room, success when started in that room is a coin, a new item, or leaving by ano
 
 What this module gives:
 
-* :class:`Params` – the ``montezuma`` section of params.yaml (env, search, route);
+* :class:`Params` – the ``montezuma`` section of params.yaml (see docs/montezuma.md);
 * :class:`MontezumaEnv` – ALE with the study's preprocessing (84×84 gray, max-pool of the last two
   of 4 skipped frames, 4 stacked frames, sticky actions 0.25, at most 4500 agent steps), started
   from reset or from any stored emulator state;
@@ -15,19 +15,17 @@ What this module gives:
   (:mod:`retainrl.envs.montezuma_search`), the best trajectory replayed from reset, its room
   order and CLOSE/FAR split, written atomically to ``paths.demos``;
 * :func:`load_demos`, :func:`split_route`, :func:`room_start_states` – what later stages read;
-* :func:`room_success_rates` – the evaluation metric: success rate when started in each room.
-
+* :func:`room_success_rates` – the evaluation metric: success rate when started in each room;
 * :func:`pretrain` – BC of the CNN actor-critic and fitting of the RND predictor on the FAR
   segment of the demo (networks in :mod:`retainrl.envs.montezuma_nets`);
 * :func:`far_buffer`, :func:`fisher` – π*'s FAR states with its outputs (for the BC retention
-  method) and the diagonal Fisher on them (for EWC).
-
+  method) and the diagonal Fisher on them (for EWC);
 * :func:`finetune` – PPO+RND (:mod:`retainrl.algos.ppo_rnd`) from the start of the game with one
   retention method, FAR/CLOSE room success evaluated along the way; :func:`evaluate`,
   :func:`report` – FAR vs CLOSE per method.
 
 The whole stage API exists, but the family is not registered in ``retainrl.envs.FAMILIES``:
-that needs its params.yaml section and dvc.yaml block, which live in the lead's tree. The family is therefore not registered in ``retainrl.envs.FAMILIES``.
+that needs its params.yaml section and dvc.yaml block, which live in the lead's tree.
 
 One ale-py 0.11.2 quirk shapes the code: after ``restoreState`` the RAM and screen that
 ``getRAM``/``getScreenGrayscale`` return are still those of the last *emulated* frame. The search
