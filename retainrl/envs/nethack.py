@@ -1,0 +1,338 @@
+"""NetHack (NLE, Human Monk): seeded, exactly replayable games, the scripted expert's demos, FAR starts.
+
+The study's NetHack setting: π* is behavioural cloning of an expert; CLOSE is dungeon level 1
+(where a cloned policy spends nearly all its time) and FAR is the deeper dungeon. FAR is
+evaluated from the states where the expert *first reached Dlvl 4*.
+
+Environment. ``NetHackScore`` with the NetHack Challenge's interface (the full keyboard,
+``nle.nethack.ACTIONS``; no --More--, menu or y/n question answered for the agent), score
+reward without the step penalty, and the three NLE seeds (core, disp, lgen) fixed per game.
+``NetHackChallenge-v0`` itself refuses seeding, which is why it is not used. With the seeds
+set, ``fix_moon_phase`` on (moon phase and Friday 13th come from the seed, not the wall clock)
+and the same actions, NetHack replays the game bit for bit, so:
+
+* a demonstration is stored as its seeds plus its action sequence (one byte a step: a whole
+  game is a few KiB); per-step observations for BC are re-rendered by replay, which runs at
+  raw NLE speed, far faster than the expert itself (see ``benchmarks/bench_nethack.py``);
+* a FAR start state is (seeds, action prefix): it is restored by replaying the prefix, no
+  patched NLE or game save needed (what the original code required).
+
+Options: NLE's defaults, except that autopickup takes gold only (picking up scrolls, potions
+and wands inside a shop makes the shopkeeper block the door, and the bot would be stuck).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pydantic import Field, field_validator
+
+from retainrl.config import ConfigError, Strict
+
+log = logging.getLogger(__name__)
+
+ROLES = ("arc", "bar", "cav", "hea", "kni", "mon", "pri", "ran", "rog", "sam", "tou", "val", "wiz")
+RACES = ("hum", "elf", "dwa", "gno", "orc")
+ALIGNS = ("law", "neu", "cha")
+GENDERS = ("mal", "fem")
+
+OBS_KEYS = (
+    "glyphs", "chars", "colors", "specials", "blstats", "message", "misc",
+    "inv_glyphs", "inv_letters", "inv_oclasses", "inv_strs",
+    "tty_chars", "tty_colors", "tty_cursor",
+)
+DEMO_FILE = "games.npz"
+FAR_FILE = "far_starts.npz"
+META_FILE = "meta.json"
+DEMO_ARRAYS = ("seeds", "actions", "offsets", "score", "max_depth", "turns", "steps", "done", "far_step")
+
+
+# --------------------------------------------------------------------------- params
+
+
+class EnvParams(Strict):
+    #: role-race-alignment-gender as NLE spells it; the study (and the expert) use the Human Monk.
+    character: str = "mon-hum-neu-mal"
+    #: An expert game is cut after this many env steps (keys pressed, prompts included).
+    max_steps: int = Field(30_000, gt=0)
+
+    @field_validator("character")
+    @classmethod
+    def _known_character(cls, value: str) -> str:
+        parts = value.split("-")
+        allowed = [ROLES, RACES, ALIGNS, GENDERS]
+        if len(parts) != 4 or any(p not in a for p, a in zip(parts, allowed)):
+            raise ValueError(
+                f"unknown character {value!r}; expected role-race-alignment-gender with role in "
+                f"{ROLES}, race in {RACES}, alignment in {ALIGNS}, gender in {GENDERS} "
+                "(e.g. 'mon-hum-neu-mal', the study's Human Monk)"
+            )
+        return value
+
+
+class DemoParams(Strict):
+    games: int = Field(100, gt=0, description="seeded expert games to record")
+    seed: int = Field(0, ge=0, description="master seed; game i's NLE seeds derive from (seed, i)")
+
+
+class FarParams(Strict):
+    #: FAR = dungeon level ≥ boundary; Dlvl 1 is CLOSE, so the boundary cannot be below 2.
+    boundary: int = 2
+    #: FAR start states are where the expert first reached this dungeon level (the study: 4).
+    start_depth: int = 4
+
+    @field_validator("boundary")
+    @classmethod
+    def _far_beyond_close(cls, value: int) -> int:
+        if value < 2:
+            raise ValueError(f"FAR boundary must be ≥ 2 (dungeon level 1 is CLOSE), got {value}")
+        return value
+
+    @field_validator("start_depth")
+    @classmethod
+    def _deep_enough(cls, value: int) -> int:
+        if value < 2:
+            raise ValueError(f"FAR start depth must be ≥ 2 (dungeon level 1 is CLOSE), got {value}")
+        return value
+
+
+class Params(Strict):
+    env: EnvParams = EnvParams()
+    demos: DemoParams = DemoParams()
+    far: FarParams = FarParams()
+
+
+# --------------------------------------------------------------------------- environment
+
+
+def game_seeds(master: int, n: int) -> np.ndarray:
+    """(n, 3) NLE seeds (core, disp, lgen), a pure function of (master, game index)."""
+    out = np.empty((n, 3), np.int64)
+    for i in range(n):
+        out[i] = np.random.default_rng([master, i]).integers(1, 2**31 - 1, size=3)
+    return out
+
+
+def make_env(character: str = "mon-hum-neu-mal", max_steps: int = 30_000):
+    """A seedable NetHack Challenge-style env (full keyboard, nothing auto-answered)."""
+    from nle import nethack as nh
+    from nle.env.tasks import NetHackScore
+
+    options = tuple(o for o in nh.NETHACKOPTIONS if not o.startswith("pickup_types")) + ("pickup_types:$",)
+    return NetHackScore(
+        character=character,
+        actions=nh.ACTIONS,
+        allow_all_yn_questions=True,
+        allow_all_modes=True,
+        penalty_step=0.0,
+        penalty_time=0.0,
+        max_episode_steps=max_steps,
+        fix_moon_phase=True,
+        observation_keys=OBS_KEYS,
+        options=options,
+    )
+
+
+def reset_seeded(env, seeds) -> dict:
+    """Reset ``env`` to the start of the game that ``seeds`` = (core, disp, lgen) determine."""
+    core, disp, lgen = (int(s) for s in seeds)
+    env.unwrapped.seed(core, disp, False, lgen=lgen)
+    obs, _ = env.reset()
+    return obs
+
+
+def replay(env, seeds, actions) -> tuple[dict, float, bool]:
+    """Replay ``actions`` from the start of the seeded game; returns (obs, total reward, done)."""
+    obs = reset_seeded(env, seeds)
+    total, done = 0.0, False
+    for i, a in enumerate(actions):
+        if done:
+            raise ConfigError(f"replay: the game ended at step {i} of {len(actions)}; actions do not match the seeds")
+        obs, r, term, trunc, _ = env.step(int(a))
+        total += r
+        done = term or trunc
+    return obs, total, done
+
+
+@dataclass
+class GameRecord:
+    seeds: np.ndarray
+    actions: np.ndarray  # uint8 indices into nle.nethack.ACTIONS
+    score: int
+    max_depth: int
+    turns: int
+    done: bool
+    far_step: int  # actions[:far_step] reach start_depth for the first time; -1 if never
+    seconds: float
+
+
+def play_expert(env, seeds, max_steps: int, start_depth: int = 4, expert=None) -> GameRecord:
+    """Play one seeded game with the scripted expert and record what replay needs."""
+    from retainrl.envs.nethack_expert import BL_DEPTH, Expert
+
+    expert = expert or Expert()
+    expert.reset()
+    t0 = time.perf_counter()
+    obs = reset_seeded(env, seeds)
+    actions: list[int] = []
+    max_depth = int(obs["blstats"][BL_DEPTH])
+    far_step = -1
+    score = int(obs["blstats"][9])
+    turns = int(obs["blstats"][20])
+    done = False
+    while len(actions) < max_steps:
+        a = expert.act(obs)
+        actions.append(a)
+        obs, _, term, trunc, _ = env.step(a)
+        done = term or trunc
+        if done:
+            break
+        bl = obs["blstats"]
+        depth = int(bl[BL_DEPTH])
+        if depth > max_depth:
+            max_depth = depth
+            if depth >= start_depth and far_step < 0:
+                far_step = len(actions)
+        # On the final step blstats are zeroed; keep the last in-game values.
+        score, turns = int(bl[9]), int(bl[20])
+    return GameRecord(
+        seeds=np.asarray(seeds, np.int64),
+        actions=np.asarray(actions, np.uint8),
+        score=score,
+        max_depth=max_depth,
+        turns=turns,
+        done=done,
+        far_step=far_step,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def summarize(records: list[GameRecord], start_depth: int = 4) -> dict:
+    depth = np.array([r.max_depth for r in records])
+    score = np.array([r.score for r in records])
+    steps = np.array([len(r.actions) for r in records])
+    secs = sum(r.seconds for r in records)
+    return {
+        "games": len(records),
+        f"reached_dlvl{start_depth}": float((depth >= start_depth).mean()),
+        "score_median": float(np.median(score)),
+        "score_mean": float(score.mean()),
+        "depth_median": float(np.median(depth)),
+        "depth_mean": float(depth.mean()),
+        "turns_median": float(np.median([r.turns for r in records])),
+        "steps_mean": float(steps.mean()),
+        "died_or_ended": float(np.mean([r.done for r in records])),
+        "expert_steps_per_s": float(steps.sum() / max(secs, 1e-9)),
+    }
+
+
+# --------------------------------------------------------------------------- demos on disk
+
+
+def save_demos(out_dir: Path, records: list[GameRecord], p: Params) -> None:
+    """Write games.npz (+ far_starts.npz, meta.json) into ``out_dir`` (already a temp dir)."""
+    lengths = np.array([len(r.actions) for r in records], np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    arrays = dict(
+        seeds=np.stack([r.seeds for r in records]).astype(np.int64),
+        actions=np.concatenate([r.actions for r in records]).astype(np.uint8) if records else np.zeros(0, np.uint8),
+        offsets=offsets,
+        score=np.array([r.score for r in records], np.int64),
+        max_depth=np.array([r.max_depth for r in records], np.int64),
+        turns=np.array([r.turns for r in records], np.int64),
+        steps=lengths,
+        done=np.array([r.done for r in records], bool),
+        far_step=np.array([r.far_step for r in records], np.int64),
+    )
+    with (out_dir / DEMO_FILE).open("wb") as fh:
+        np.savez_compressed(fh, **arrays)
+    far = far_start_states(arrays)
+    with (out_dir / FAR_FILE).open("wb") as fh:
+        np.savez_compressed(fh, **far)
+    import nle
+
+    meta = {
+        "character": p.env.character,
+        "nle_version": nle.__version__,
+        "action_set": "nle.nethack.ACTIONS",
+        "far_start_depth": p.far.start_depth,
+        "summary": summarize(records, p.far.start_depth) if records else {},
+    }
+    (out_dir / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+
+def load_demos(demo_dir: str | Path) -> dict[str, np.ndarray]:
+    """Load games.npz; an empty, truncated or foreign file fails with its path in the message."""
+    from retainrl.artifacts import load_npz, require
+
+    path = require(Path(demo_dir) / DEMO_FILE, "NetHack demonstrations")
+    if path.stat().st_size == 0:
+        raise ConfigError(f"{path}: demo file is empty; re-run collect_demos")
+    data = load_npz(path, "NetHack demonstrations", required=DEMO_ARRAYS)
+    n = len(data["seeds"])
+    if n == 0:
+        raise ConfigError(f"{path}: demo file holds no games; re-run collect_demos")
+    if data["seeds"].shape != (n, 3) or data["offsets"].shape != (n + 1,) or data["offsets"][-1] != len(data["actions"]):
+        raise ConfigError(f"{path}: demo file is inconsistent (seeds {data['seeds'].shape}, offsets {data['offsets'].shape}, actions {data['actions'].shape})")
+    return data
+
+
+def game_actions(demos: dict[str, np.ndarray], i: int) -> np.ndarray:
+    o = demos["offsets"]
+    return demos["actions"][o[i] : o[i + 1]]
+
+
+def far_start_states(demos: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """FAR start states: (seeds, prefix length) where each game first reached the start depth.
+
+    Restoring one costs ``prefix`` env steps of replay (stored, so its cost is known up front).
+    """
+    games = np.flatnonzero(demos["far_step"] >= 0)
+    return {
+        "game": games.astype(np.int64),
+        "seeds": demos["seeds"][games],
+        "prefix": demos["far_step"][games].astype(np.int64),
+    }
+
+
+def restore_far_state(env, demos: dict[str, np.ndarray], far: dict[str, np.ndarray], k: int) -> dict:
+    """Put ``env`` in the k-th FAR start state by replaying its action prefix; returns the observation."""
+    g = int(far["game"][k])
+    prefix = game_actions(demos, g)[: int(far["prefix"][k])]
+    obs, _, done = replay(env, far["seeds"][k], prefix)
+    if done:
+        raise ConfigError(f"FAR start state {k}: the replayed game ended before the start state")
+    return obs
+
+
+# --------------------------------------------------------------------------- stages
+
+
+def collect_demos(p: Params, paths, device=None) -> dict:
+    """Stage: the expert plays ``p.demos.games`` seeded games; writes ``paths.demos`` atomically."""
+    from tqdm import tqdm
+
+    from retainrl.artifacts import atomic_path
+    from retainrl.envs.nethack_expert import Expert
+
+    seeds = game_seeds(p.demos.seed, p.demos.games)
+    env = make_env(p.env.character, p.env.max_steps)
+    expert = Expert()
+    records = []
+    try:
+        for s in tqdm(seeds, desc="nethack expert games", unit="game"):
+            rec = play_expert(env, s, p.env.max_steps, p.far.start_depth, expert)
+            log.info("game %s: score %d, max depth %d, turns %d, steps %d", s.tolist(), rec.score, rec.max_depth, rec.turns, len(rec.actions))
+            records.append(rec)
+    finally:
+        env.close()
+    summary = summarize(records, p.far.start_depth)
+    log.info("expert over %d games: %s", len(records), summary)
+    with atomic_path(paths.demos, directory=True) as tmp:
+        save_demos(tmp, records, p)
+    return summary
