@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from retainrl.config import ConfigError, Strict
 
@@ -90,14 +90,14 @@ class FarParams(Strict):
     @classmethod
     def _far_beyond_close(cls, value: int) -> int:
         if value < 2:
-            raise ValueError(f"FAR boundary must be ≥ 2 (dungeon level 1 is CLOSE), got {value}")
+            raise ValueError("FAR boundary must be ≥ 2 (dungeon level 1 is CLOSE)")
         return value
 
     @field_validator("start_depth")
     @classmethod
     def _deep_enough(cls, value: int) -> int:
         if value < 2:
-            raise ValueError(f"FAR start depth must be ≥ 2 (dungeon level 1 is CLOSE), got {value}")
+            raise ValueError("FAR start depth must be ≥ 2 (dungeon level 1 is CLOSE)")
         return value
 
 
@@ -105,6 +105,30 @@ class Params(Strict):
     env: EnvParams = EnvParams()
     demos: DemoParams = DemoParams()
     far: FarParams = FarParams()
+
+    @model_validator(mode="after")
+    def _start_in_far(self):
+        if self.far.start_depth < self.far.boundary:
+            raise ValueError(
+                f"far.start_depth ({self.far.start_depth}) must be ≥ far.boundary ({self.far.boundary}): "
+                "FAR start states must lie in FAR"
+            )
+        return self
+
+
+def validate_params(raw: dict, section: str = "nethack") -> Params:
+    """Validate a raw ``nethack`` params section, failing with a ConfigError that names the dotted key.
+
+    (What ``retainrl.config.load_params`` does for registered families, usable before registration.)
+    """
+    from pydantic import ValidationError
+
+    from retainrl.config import _format_validation
+
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_validation(err, section)) from None
 
 
 # --------------------------------------------------------------------------- environment

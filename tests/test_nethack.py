@@ -1,0 +1,130 @@
+"""NetHack family: exact seeded replay, demos on disk, FAR start states, params errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("nle")
+
+from retainrl.config import ConfigError  # noqa: E402
+from retainrl.envs import nethack as nhf  # noqa: E402
+from retainrl.paths import Paths  # noqa: E402
+
+SEEDS = nhf.game_seeds(0, 2)
+
+
+@pytest.fixture(scope="module")
+def env():
+    e = nhf.make_env(max_steps=5000)
+    yield e
+    e.close()
+
+
+@pytest.fixture(scope="module")
+def game(env):
+    return nhf.play_expert(env, SEEDS[0], max_steps=600, start_depth=2)
+
+
+def _final(env, seeds, actions):
+    obs, total, done = nhf.replay(env, seeds, actions)
+    return {k: obs[k].copy() for k in ("glyphs", "blstats", "tty_chars", "message", "inv_strs")}, total, done
+
+
+def test_replay_from_seeds_and_actions_is_exact(env, game):
+    a, ra, _ = _final(env, game.seeds, game.actions)
+    b, rb, _ = _final(env, game.seeds, game.actions)  # the env has been played on in between
+    fresh = nhf.make_env(max_steps=5000)
+    try:
+        c, rc, _ = _final(fresh, game.seeds, game.actions)
+    finally:
+        fresh.close()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+        np.testing.assert_array_equal(a[key], c[key], err_msg=key)
+    assert ra == rb == rc
+    assert int(a["blstats"][9]) == game.score  # the score the expert saw
+    assert int(a["blstats"][20]) == game.turns
+
+
+def test_seeds_matter(env):
+    a = nhf.reset_seeded(env, SEEDS[0])["glyphs"].copy()
+    b = nhf.reset_seeded(env, SEEDS[1])["glyphs"].copy()
+    assert not np.array_equal(a, b)
+    np.testing.assert_array_equal(nhf.reset_seeded(env, SEEDS[0])["glyphs"], a)
+
+
+def test_game_seeds_are_a_pure_function_of_the_master_seed():
+    np.testing.assert_array_equal(nhf.game_seeds(3, 4), nhf.game_seeds(3, 4))
+    assert not np.array_equal(nhf.game_seeds(3, 4), nhf.game_seeds(4, 4))
+    np.testing.assert_array_equal(nhf.game_seeds(3, 4)[:2], nhf.game_seeds(3, 2))
+
+
+def test_expert_makes_progress_on_dlvl1(game):
+    assert game.turns > 100 and len(game.actions) <= 600
+    assert game.max_depth >= 2 and game.far_step > 0  # this seed leaves Dlvl 1 within 600 keys
+
+
+def test_collect_demos_round_trip_and_far_state_restore(tmp_path, env, monkeypatch):
+    p = nhf.validate_params({"env": {"max_steps": 600}, "demos": {"games": 2, "seed": 0}, "far": {"start_depth": 2}})
+    paths = Paths("nethack", root=tmp_path)
+    summary = nhf.collect_demos(p, paths)
+    assert summary["games"] == 2
+    files = sorted(f.name for f in paths.demos.iterdir())
+    assert files == sorted([nhf.DEMO_FILE, nhf.FAR_FILE, nhf.META_FILE])
+    assert not [f for f in paths.demos.parent.iterdir() if f.name.startswith(".")]  # no temp left
+    demos = nhf.load_demos(paths.demos)
+    np.testing.assert_array_equal(demos["seeds"], SEEDS)
+    assert demos["actions"].dtype == np.uint8 and demos["offsets"][-1] == len(demos["actions"])
+    # Game 0 replays to the recorded summary.
+    obs, _, _ = nhf.replay(env, demos["seeds"][0], nhf.game_actions(demos, 0))
+    assert int(obs["blstats"][9]) == demos["score"][0]
+    # FAR start states: replaying the prefix lands on the start depth, one step earlier does not.
+    far = nhf.far_start_states(demos)
+    assert len(far["game"]) >= 1
+    obs = nhf.restore_far_state(env, demos, far, 0)
+    assert int(obs["blstats"][12]) == 2
+    g, n = int(far["game"][0]), int(far["prefix"][0])
+    before, _, _ = nhf.replay(env, far["seeds"][0], nhf.game_actions(demos, g)[: n - 1])
+    assert int(before["blstats"][12]) == 1
+
+
+def test_empty_missing_and_corrupted_demo_files_name_the_file(tmp_path):
+    with pytest.raises(ConfigError, match="games.npz: missing NetHack demonstrations"):
+        nhf.load_demos(tmp_path)
+    (tmp_path / nhf.DEMO_FILE).write_bytes(b"")
+    with pytest.raises(ConfigError, match="games.npz: demo file is empty"):
+        nhf.load_demos(tmp_path)
+    (tmp_path / nhf.DEMO_FILE).write_bytes(b"PK\x03\x04 this is not a zip")
+    with pytest.raises(ConfigError, match="games.npz: cannot read NetHack demonstrations"):
+        nhf.load_demos(tmp_path)
+    np.savez(tmp_path / nhf.DEMO_FILE, seeds=np.zeros((1, 3)))
+    with pytest.raises(ConfigError, match=r"games.npz: NetHack demonstrations lacks arrays \['actions'"):
+        nhf.load_demos(tmp_path)
+    arrays = {k: np.zeros(0, np.int64) for k in nhf.DEMO_ARRAYS}
+    arrays["seeds"], arrays["offsets"] = np.zeros((0, 3), np.int64), np.zeros(1, np.int64)
+    np.savez(tmp_path / nhf.DEMO_FILE, **arrays)
+    with pytest.raises(ConfigError, match="games.npz: demo file holds no games"):
+        nhf.load_demos(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("raw", "match"),
+    [
+        ({"env": {"character": "mon-hum-neu-xyz"}}, r"nethack\.env\.character: unknown character 'mon-hum-neu-xyz'"),
+        ({"env": {"character": "Monk"}}, r"nethack\.env\.character: unknown character"),
+        ({"far": {"boundary": 1}}, r"nethack\.far\.boundary: FAR boundary must be ≥ 2"),
+        ({"far": {"boundary": 0}}, r"nethack\.far\.boundary"),
+        ({"far": {"boundary": 5}}, r"far\.start_depth \(4\) must be ≥ far\.boundary \(5\)"),
+        ({"demos": {"games": 0}}, r"nethack\.demos\.games"),
+        ({"env": {"charcter": "mon-hum-neu-mal"}}, r"nethack\.env\.charcter: unknown key"),
+    ],
+)
+def test_bad_params_fail_naming_the_key(raw, match):
+    with pytest.raises(ConfigError, match=match):
+        nhf.validate_params(raw)
+
+
+def test_default_params_are_the_studys_monk():
+    p = nhf.validate_params({})
+    assert p.env.character == "mon-hum-neu-mal" and p.far.boundary == 2 and p.far.start_depth == 4
