@@ -25,11 +25,13 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-steps", type=int, default=30_000)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--dive-margin", type=int, default=3, help="-1: dive as fast as possible")
+    ap.add_argument("--no-elbereth", action="store_true")
     ap.add_argument("--verbose", action="store_true", help="print each game and the bot's reasons")
     args = ap.parse_args()
     setup_logging()
     env = make_env(max_steps=args.max_steps)
-    expert = Expert()
+    expert = Expert(dive_margin=None if args.dive_margin < 0 else args.dive_margin, elbereth=not args.no_elbereth)
     records, games = [], []
     for i, s in enumerate(tqdm(game_seeds(args.seed, args.games), unit="game")):
         rec = play_expert(env, s, args.max_steps, 4, expert)

@@ -50,7 +50,7 @@ DIRS = {  # (dy, dx) -> vi-key
 NEIGHBOURS = tuple(DIRS)
 
 # blstats indices (NLE 1.x) and hunger states (u.uhs).
-BL_X, BL_Y, BL_HP, BL_HPMAX, BL_DEPTH, BL_TIME, BL_HUNGER, BL_DNUM, BL_DLEVEL = 0, 1, 10, 11, 12, 20, 21, 23, 24
+BL_X, BL_Y, BL_HP, BL_HPMAX, BL_DEPTH, BL_XL, BL_TIME, BL_HUNGER, BL_DNUM, BL_DLEVEL = 0, 1, 10, 11, 12, 18, 20, 21, 23, 24
 HUNGRY, WEAK = 2, 3
 FOOD_CLASS, POTION_CLASS = 7, 8
 
@@ -147,6 +147,7 @@ class LevelMemory:
     blocked_until: dict = field(default_factory=dict)  # (y, x) -> turn until which it is avoided
     peaceful: set = field(default_factory=set)  # glyphs answered "no" to "Really attack?"
     arrived_turn: int = 0
+    watch_seen: bool = False
 
 
 class Expert:
@@ -156,10 +157,16 @@ class Expert:
     NetHack 3.6: usually far below 1000, and 1000 keeps the bot out of trouble with its god).
     """
 
-    def __init__(self, pray_every: int = 1000, first_pray_turn: int = 300, search_burst: int = 20):
+    def __init__(self, pray_every: int = 1000, first_pray_turn: int = 300, search_burst: int = 20,
+                 dive_margin: int | None = 3, level_patience: int = 1500, elbereth: bool = True):
         self.pray_every = pray_every
         self.first_pray_turn = first_pray_turn
         self.search_burst = search_burst
+        #: Descend only while depth < XL + dive_margin (or after level_patience turns on a level):
+        #: a Monk diving faster than it levels up dies to Dlvl 8+ monsters (measured).
+        self.dive_margin = dive_margin
+        self.level_patience = level_patience
+        self.elbereth = elbereth
         self.tables = glyph_tables()
         self.reset()
 
@@ -173,6 +180,11 @@ class Expert:
         self.reason = ""  # why the last action was chosen (for logs and tests)
         self.trace: deque = deque(maxlen=40)  # recent (reason, message): why a game ended
         self._msg = ""
+        self.resting = False
+        self.typing: deque[int] = deque()  # text for a getlin we asked for (Elbereth)
+        self.elbereth_at: tuple | None = None  # (level, y, x) of our last engraving
+        self.last_engrave = -10_000
+        self.prev_hp = 0
         self.kick_dir: tuple[int, int] | None = None
 
     # ------------------------------------------------------------------ helpers
@@ -204,7 +216,12 @@ class Expert:
         screen = None
         if misc[2] or "--More--" in top:
             return self._key(ENTER, "more")
-        if misc[1]:  # getlin: a line of text (naming, wishing, engraving) — we never type one
+        if misc[1]:  # getlin: a line of text; only the engraving we asked for is typed
+            if self.intent and self.intent[0] == "engrave":
+                if self.typing:
+                    return self._key(self.typing.popleft(), "type Elbereth")
+                self.intent = ()
+                return self._key(ENTER, "end of text")
             return self._key(ESC, "getlin")
         if misc[0]:
             return self._answer_yn(top + " " + text(obs["message"]), obs)
@@ -226,6 +243,10 @@ class Expert:
                 mem.blocked_until[(ty, tx)] = int(bl[BL_TIME]) + 20
             self.intent = ()
             return self._key(ESC, "peaceful: do not attack")
+        if "write with" in q:
+            return self._key(ord("-") if intent == "engrave" else ESC, "engrave with fingers")
+        if "add to the current engraving" in q:
+            return self._key(ord("n"), "replace the engraving")
         if "want to pray" in q:
             return self._key(ord("y") if intent == "pray" else ord("n"), "pray?")
         if "want to eat" in q:
@@ -342,6 +363,8 @@ class Expert:
         mem.visited[y, x] = True
         hp, hpmax = int(bl[BL_HP]), max(int(bl[BL_HPMAX]), 1)
         msg = text(obs["message"])
+        if "watch" in msg:
+            mem.watch_seen = True
         self._note_progress(y, x, turn, mem, msg)
         if self.kick_dir is not None:
             self.intent = ("kick", self.kick_dir)
@@ -369,8 +392,21 @@ class Expert:
             if "corpse" in msg and not any(b in msg for b in BAD_CORPSES):
                 self.intent = ("eat_corpse",)
                 return self._key(ord("e"), "eat fresh corpse")
-        # 4. fight
+        # 4. fight (from an Elbereth square only once a monster ignores it and hurts us)
         hostiles = self._hostiles_adjacent(obs)
+        level_key = (int(bl[BL_DNUM]), int(bl[BL_DLEVEL]))
+        on_elbereth = self.elbereth_at == (level_key, y, x)
+        hurt = hp < self.prev_hp
+        self.prev_hp = hp
+        if self.elbereth and hostiles and hp * 3 <= hpmax and not on_elbereth and turn - self.last_engrave > 20:
+            self.last_engrave = turn
+            self.elbereth_at = (level_key, y, x)
+            self.intent = ("engrave",)
+            self.typing = deque(ord(c) for c in "Elbereth")
+            return self._key(ord("E"), "engrave Elbereth")
+        if on_elbereth and hp * 20 < hpmax * 17 and not (hostiles and hurt):
+            self.intent = ("rest",)
+            return self._key(ord("s"), "rest on Elbereth")
         if hostiles:
             dy, dx = hostiles[0]
             self.last_move = ((y, x), (y + dy, x + dx), turn)
@@ -379,10 +415,16 @@ class Expert:
                 self.pending.append(DIRS[(dy, dx)])
                 return self._key(ord("F"), "fight invisible")
             return self._key(DIRS[(dy, dx)], "fight")
-        # rest when badly hurt and nothing is in view
+        # rest when badly hurt and nothing hostile is in view (until HP is back to 85%)
         monsters = kind == K_MONSTER
         monsters[y, x] = False
-        if hp * 2 < hpmax and not monsters.any():
+        for gl in mem.peaceful:
+            monsters &= g != gl
+        if hp * 2 < hpmax:
+            self.resting = True
+        elif hp * 20 >= hpmax * 17:
+            self.resting = False
+        if self.resting and not monsters.any():
             self.pending.extend([ord("0"), ord("s")])
             self.intent = ("rest",)
             return self._key(ord("1"), "rest")
@@ -394,11 +436,14 @@ class Expert:
 
         # 5. descend
         down = np.isin(mem.terrain, list(DOWN_CMAP))
-        if down[y, x] and (hp * 2 >= hpmax or can_pray):
+        healthy = hp * 10 >= hpmax * 7 or can_pray
+        depth, xl = int(bl[BL_DEPTH]), int(bl[BL_XL])
+        ready = self.dive_margin is None or depth < xl + self.dive_margin or turn - mem.arrived_turn > self.level_patience
+        if down[y, x] and healthy and ready:
             self.intent = ("descend",)
             return self._key(ord(">"), "descend")
         target = self._nearest(down & (dist > 0), dist)
-        if target is not None and (hp * 2 >= hpmax or can_pray or dist[target] > 3):
+        if target is not None and ready and (healthy or dist[target] > 3):
             return self._step_to(target, first, (y, x), turn, mem, "to stairs")
 
         # 6. explore
@@ -422,13 +467,18 @@ class Expert:
         (py, px), (ty, tx), t0 = self.last_move
         if (y, x) == (py, px) and self.intent and self.intent[0] == "move":
             self.stuck += 1
-            if "locked" in msg:
+            if "locked" in msg and not self.no_kick(mem):
                 self.kick_dir = (ty - py, tx - px)
             elif self.stuck >= 3:
                 mem.blocked_until[(ty, tx)] = turn + 30
                 self.stuck = 0
         else:
             self.stuck = 0
+
+    def no_kick(self, mem: LevelMemory) -> bool:
+        """Kicking doors in Minetown (Gnomish Mines, dnum 2) or near the watch angers the watch."""
+        key = next((k for k, v in self.levels.items() if v is mem), (0, 0))
+        return key[0] == 2 or mem.watch_seen
 
     @staticmethod
     def _nearest(mask: np.ndarray, dist: np.ndarray) -> tuple[int, int] | None:
