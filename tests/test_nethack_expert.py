@@ -132,3 +132,12 @@ def test_walks_to_known_downstairs_and_descends_on_them():
     on_stairs["glyphs"][10, 40] = FLOOR
     on_stairs["blstats"][ex.BL_X] = 42
     assert bot.act(on_stairs) == k(">")
+
+
+def test_only_safe_fresh_corpses_are_eaten():
+    for corpse, answer in [("jackal", "y"), ("cockatrice", "n"), ("kobold", "n"), ("watchman", "n"),
+                           ("kitten", "n"), ("kobold zombie", "n"), ("werejackal", "n")]:
+        bot = Expert()
+        bot.intent = ("eat_corpse",)
+        q = f"There is a {corpse} corpse here; eat it? [ynq] (n)"
+        assert bot.act(make_obs(q, yn=True)) == k(answer), corpse

@@ -68,10 +68,34 @@ WALL_CMAP = set(range(1, 12))
 NO_MELEE = {"floating eye", "cockatrice", "chickatrice", "gas spore"}
 
 MENU_PAGE = re.compile(r"\(\d+ of \d+\)")
-BAD_CORPSES = ("cockatrice", "chickatrice", "kobold", "acid", "green slime", "Medusa", "were", "lizard")
+FOODS = ("food ration", "cram", "lembas", "apple", "orange", "carrot", "melon", "banana", "fortune cookie", "pancake", "cream pie", "candy")
+
+BANNABLE = ("eat: hungry", "eat fresh corpse", "quaff healing", "engrave Elbereth", "descend", "kick locked door", "pray: HP low or weak")
 
 #: Glyph kinds (one small int per glyph, precomputed once).
-K_UNKNOWN, K_TERRAIN, K_MONSTER, K_PET, K_OBJECT, K_BLOCKER, K_INVISIBLE, K_NOMELEE, K_OTHER = range(9)
+K_UNKNOWN, K_TERRAIN, K_MONSTER, K_PET, K_OBJECT, K_BLOCKER, K_INVISIBLE, K_NOMELEE, K_OTHER, K_BOULDER = range(10)
+
+
+M1_ACID, M1_POIS = 0x08000000, 0x10000000
+M2_UNDEAD, M2_WERE, M2_HUMAN, M2_DOMESTIC = 0x00000002, 0x00000100, 0x00000008, 0x00400000
+CORPSE_PROMPT = re.compile(r"There (?:is|are) (?:an?|\d+) (?:partly eaten )?(.+?) corpses? here")
+_SAFE_CORPSES: set | None = None
+
+
+def safe_corpses() -> set[str]:
+    """Monsters whose fresh corpse a Human Monk can eat without dying or angering its god badly:
+    no poison, acid, petrification, lycanthropy, undead (pre-aged, tainted), cannibalism, pets."""
+    global _SAFE_CORPSES
+    if _SAFE_CORPSES is None:
+        from nle import nethack as nh
+
+        bad2 = M2_UNDEAD | M2_WERE | M2_HUMAN | M2_DOMESTIC
+        _SAFE_CORPSES = {
+            nh.permonst(i).mname
+            for i in range(nh.NUMMONS)
+            if not nh.permonst(i).mflags1 & (M1_ACID | M1_POIS) and not nh.permonst(i).mflags2 & bad2
+        } - {"cockatrice", "chickatrice", "Medusa", "green slime", "bat", "giant bat", "vampire bat", "lizard"}
+    return _SAFE_CORPSES
 
 
 @dataclass
@@ -108,7 +132,7 @@ def glyph_tables() -> GlyphTables:
         elif nh.glyph_is_statue(g):
             kind[g] = K_BLOCKER
         elif nh.glyph_is_object(g):
-            kind[g] = K_BLOCKER if nh.glyph_to_obj(g) in boulder else K_OBJECT
+            kind[g] = K_BOULDER if nh.glyph_to_obj(g) in boulder else K_OBJECT
         elif nh.glyph_is_trap(g):
             c = nh.glyph_to_trap(g)
             cmap[g] = c
@@ -148,6 +172,7 @@ class LevelMemory:
     peaceful: set = field(default_factory=set)  # glyphs answered "no" to "Really attack?"
     arrived_turn: int = 0
     watch_seen: bool = False
+    kills: dict = field(default_factory=dict)  # (y, x) -> turn a monster died there (its corpse is fresh)
 
 
 class Expert:
@@ -181,6 +206,9 @@ class Expert:
         self.trace: deque = deque(maxlen=40)  # recent (reason, message): why a game ended
         self._msg = ""
         self.resting = False
+        self._last_turn, self._frozen = -1, 0
+        self._repeats: dict = {}
+        self.banned: dict = {}  # reason -> turn until which the bot does not try it
         self.typing: deque[int] = deque()  # text for a getlin we asked for (Elbereth)
         self.elbereth_at: tuple | None = None  # (level, y, x) of our last engraving
         self.last_engrave = -10_000
@@ -190,9 +218,21 @@ class Expert:
     # ------------------------------------------------------------------ helpers
 
     def _key(self, key: int, reason: str) -> int:
+        if reason in BANNABLE:
+            # The same deliberate command again and again without the game clock moving means it
+            # fails (overloaded, can't pray here, ...): give that behaviour a rest.
+            turn = self._last_turn
+            n = self._repeats.get(reason, (turn, 0))
+            n = (turn, n[1] + 1) if n[0] == turn else (turn, 1)
+            self._repeats[reason] = n
+            if n[1] >= 4:
+                self.banned[reason] = turn + 100
         self.reason = reason
         self.trace.append((reason, self._msg))
         return key_index(key)
+
+    def ok(self, reason: str, turn: int) -> bool:
+        return self.banned.get(reason, -1) < turn
 
     def _level(self, bl: np.ndarray) -> LevelMemory:
         key = (int(bl[BL_DNUM]), int(bl[BL_DLEVEL]))
@@ -254,7 +294,9 @@ class Expert:
                 return self._key(self.intent[1], "eat item")
             return self._key(ESC, "eat: nothing chosen")
         if "eat it?" in q or "eat one?" in q:
-            return self._key(ord("y") if intent == "eat_corpse" else ord("n"), "eat corpse?")
+            m = CORPSE_PROMPT.search(q)
+            ok = intent == "eat_corpse" and m is not None and m.group(1) in safe_corpses()
+            return self._key(ord("y") if ok else ord("n"), "eat corpse?")
         if "want to drink" in q:
             if intent == "quaff" and len(self.intent) > 1:
                 return self._key(self.intent[1], "quaff item")
@@ -309,7 +351,9 @@ class Expert:
         ter = mem.terrain
         walk = np.isin(ter, list(WALKABLE_CMAP))
         # Tiles under a monster or an object we never saw bare are walkable floor as far as we know.
-        covered = (kind == K_MONSTER) | (kind == K_PET) | (kind == K_OBJECT) | (kind == K_INVISIBLE)
+        # Boulders count as walkable: walking into one pushes it; a boulder that will not move
+        # is blocked for a while by the stuck detection (_note_progress).
+        covered = (kind == K_MONSTER) | (kind == K_PET) | (kind == K_OBJECT) | (kind == K_INVISIBLE) | (kind == K_BOULDER)
         walk |= covered & (ter < 0)
         walk &= ~np.isin(ter, list(TRAP_CMAP))
         walk &= ~((kind == K_BLOCKER) | (kind == K_NOMELEE))
@@ -350,6 +394,17 @@ class Expert:
     def act(self, obs: dict) -> int:
         """The next action (an index into ``nle.nethack.ACTIONS``) for this observation."""
         self._msg = text(obs["tty_chars"][0]).strip()
+        turn = int(obs["blstats"][BL_TIME])
+        if turn != self._last_turn:
+            self._last_turn, self._frozen = turn, 0
+        else:
+            self._frozen += 1
+        if self._frozen > 0 and self._frozen % 80 == 0:
+            # Watchdog: 80 keys without a game turn means a loop the rules above did not foresee.
+            self.pending.clear()
+            self.intent = ()
+            misc = obs["misc"]
+            return self._key(ESC if (misc[0] or misc[1] or misc[2]) else ord("s"), "watchdog")
         prompt = self.answer_prompt(obs)
         if prompt is not None:
             return prompt
@@ -366,6 +421,8 @@ class Expert:
         if "watch" in msg:
             mem.watch_seen = True
         self._note_progress(y, x, turn, mem, msg)
+        if self.kick_dir is not None and not self.ok("kick locked door", turn):
+            self.kick_dir = None
         if self.kick_dir is not None:
             self.intent = ("kick", self.kick_dir)
             self.kick_dir = None
@@ -374,22 +431,26 @@ class Expert:
         # 2. survive
         can_pray = turn - self.last_pray >= self.pray_every and turn >= self.first_pray_turn
         major_trouble = hp < 6 or hp * 7 <= hpmax or int(bl[BL_HUNGER]) >= WEAK
-        if major_trouble and can_pray:
+        if major_trouble and can_pray and self.ok("pray: HP low or weak", turn):
             self.last_pray = turn
             self.intent = ("pray",)
             return self._key(PRAY, "pray: HP low or weak")
         if hp * 3 <= hpmax:
             letter = self._inventory_letter(obs, POTION_CLASS, ("healing",))
-            if letter is not None:
+            if letter is not None and self.ok("quaff healing", turn):
                 self.intent = ("quaff", letter)
                 return self._key(ord("q"), "quaff healing")
         # 3. eat
-        if int(bl[BL_HUNGER]) >= HUNGRY and not self._hostiles_adjacent(obs):
-            letter = self._inventory_letter(obs, FOOD_CLASS, ("food ration", "cram", "lembas", "apple", "orange", "carrot", "melon", "banana", "fortune cookie", "pancake", "cream pie", "candy"))
-            if letter is not None:
-                self.intent = ("eat", letter)
+        hunger = int(bl[BL_HUNGER])
+        food = self._inventory_letter(obs, FOOD_CLASS, FOODS)
+        fresh = {p for p, t in mem.kills.items() if turn - t <= 50}
+        if not self._hostiles_adjacent(obs):
+            if hunger >= HUNGRY and food is not None and self.ok("eat: hungry", turn):
+                self.intent = ("eat", food)
                 return self._key(ord("e"), "eat: hungry")
-            if "corpse" in msg and not any(b in msg for b in BAD_CORPSES):
+            # Out of food: eat what it kills (Hungry, or any time once the food is gone).
+            if (y, x) in fresh and (hunger >= HUNGRY or (food is None and hunger >= 1)) and self.ok("eat fresh corpse", turn):
+                del mem.kills[(y, x)]
                 self.intent = ("eat_corpse",)
                 return self._key(ord("e"), "eat fresh corpse")
         # 4. fight (from an Elbereth square only once a monster ignores it and hurts us)
@@ -398,7 +459,7 @@ class Expert:
         on_elbereth = self.elbereth_at == (level_key, y, x)
         hurt = hp < self.prev_hp
         self.prev_hp = hp
-        if self.elbereth and hostiles and hp * 3 <= hpmax and not on_elbereth and turn - self.last_engrave > 20:
+        if self.elbereth and hostiles and hp * 3 <= hpmax and not on_elbereth and turn - self.last_engrave > 20 and self.ok("engrave Elbereth", turn):
             self.last_engrave = turn
             self.elbereth_at = (level_key, y, x)
             self.intent = ("engrave",)
@@ -434,12 +495,18 @@ class Expert:
         door = np.isin(mem.terrain, list(DOOR_CMAP))
         dist, first = self._bfs((y, x), walk, door)
 
+        # out of food: walk onto a fresh kill to eat it
+        if food is None and hunger >= 1 and fresh:
+            near = [p for p in fresh if 0 < dist[p] <= 8]
+            if near:
+                return self._step_to(min(near, key=lambda p: dist[p]), first, (y, x), turn, mem, "to fresh corpse")
+
         # 5. descend
         down = np.isin(mem.terrain, list(DOWN_CMAP))
         healthy = hp * 10 >= hpmax * 7 or can_pray
         depth, xl = int(bl[BL_DEPTH]), int(bl[BL_XL])
         ready = self.dive_margin is None or depth < xl + self.dive_margin or turn - mem.arrived_turn > self.level_patience
-        if down[y, x] and healthy and ready:
+        if down[y, x] and healthy and ready and self.ok("descend", turn):
             self.intent = ("descend",)
             return self._key(ord(">"), "descend")
         target = self._nearest(down & (dist > 0), dist)
@@ -452,7 +519,7 @@ class Expert:
         pad = np.pad(unknown, 1)
         for dy, dx in NEIGHBOURS:
             near_unknown |= pad[1 + dy : 1 + dy + ROWS, 1 + dx : 1 + dx + COLS]
-        frontier = walk & near_unknown & ~mem.visited & (dist > 0)
+        frontier = walk & near_unknown & ~mem.visited & (dist > 0) & (kind != K_BOULDER)
         target = self._nearest(frontier, dist)
         if target is not None:
             return self._step_to(target, first, (y, x), turn, mem, "explore")
@@ -461,12 +528,20 @@ class Expert:
         return self._search(mem, walk, dist, first, (y, x), turn)
 
     def _note_progress(self, y: int, x: int, turn: int, mem: LevelMemory, msg: str) -> None:
-        """Learn from the last move: locked doors to kick, squares we cannot enter."""
+        """Learn from the last move: kills (fresh corpses), locked doors to kick, squares we cannot enter."""
         if self.last_move is None:
             return
         (py, px), (ty, tx), t0 = self.last_move
+        if "You kill" in msg and self.intent and self.intent[0] == "fight":
+            mem.kills[(ty, tx)] = turn
+        if "Closed for inventory" in msg:
+            mem.watch_seen = True  # a shop's door: kicking it in angers the shopkeeper
         if (y, x) == (py, px) and self.intent and self.intent[0] == "move":
             self.stuck += 1
+            if "boulder" in msg or "Perhaps that's why" in msg:
+                mem.blocked_until[(ty, tx)] = turn + 1000  # a boulder that will not budge
+                self.stuck = 0
+                return
             if "locked" in msg and not self.no_kick(mem):
                 self.kick_dir = (ty - py, tx - px)
             elif self.stuck >= 3:
@@ -509,13 +584,20 @@ class Expert:
             self.pending.extend([ord("0"), ord("s")])
             return self._key(ord("2"), "search (nowhere to go)")
         dead_end = (walk_around <= 1) & (np.isin(ter, [21, 22]))
-        # Border rows/columns cannot hide anything beyond them.
-        score = walls_around + 6 * dead_end - 0.15 * np.maximum(dist, 0) - mem.searched / 5.0
+        # Hidden doors and corridors lead somewhere: favour spots that face a large unexplored
+        # area (share of never-seen tiles in a 9x13 window), dead-end corridors, and spots
+        # searched least (a search also covers the 8 neighbours, hence the spread penalty).
+        unknown = np.pad((ter < 0).astype(np.float32), ((4, 4), (6, 6)))
+        ii = np.pad(unknown.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+        mass = (ii[9:, 13:] - ii[:-9, 13:] - ii[9:, :-13] + ii[:-9, :-13]) / (9 * 13)
+        score = 8 * mass + 4 * dead_end + (walls_around > 2) - 0.05 * np.maximum(dist, 0) - mem.searched / 10.0
         score = np.where(cand, score, -1e9)
         i = int(np.argmax(score))
         target = divmod(i, COLS)
         if target == pos:
-            mem.searched[pos] += self.search_burst
+            y0, x0 = pos
+            mem.searched[max(y0 - 1, 0) : y0 + 2, max(x0 - 1, 0) : x0 + 2] += self.search_burst // 2
+            mem.searched[pos] += self.search_burst // 2
             digits = str(self.search_burst)
             self.pending.extend([ord(c) for c in digits[1:]] + [ord("s")])
             self.intent = ("search",)
