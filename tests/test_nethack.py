@@ -47,6 +47,16 @@ def test_replay_from_seeds_and_actions_is_exact(env, game):
     assert int(a["blstats"][20]) == game.turns
 
 
+def test_replayed_observations_are_what_the_expert_saw(env, game):
+    """Demos store no observations: BC re-renders them by replay. Feeding the replayed
+    observations to a fresh (deterministic) expert must give back every recorded action."""
+    from retainrl.envs.nethack_expert import Expert
+
+    bot = Expert()
+    replayed = [bot.act(obs) for obs, _ in nhf.iter_replay(env, game.seeds, game.actions)]
+    assert replayed == game.actions.tolist()
+
+
 def test_seeds_matter(env):
     a = nhf.reset_seeded(env, SEEDS[0])["glyphs"].copy()
     b = nhf.reset_seeded(env, SEEDS[1])["glyphs"].copy()

@@ -183,6 +183,21 @@ def replay(env, seeds, actions) -> tuple[dict, float, bool]:
     return obs, total, done
 
 
+def iter_replay(env, seeds, actions):
+    """Yield (observation, action) for every step of a stored game, re-rendered by replay.
+
+    This is how BC reads demonstrations: the demos hold only seeds and actions, and the
+    observations the expert saw are regenerated at raw NLE speed (observation arrays are
+    reused by NLE, so copy what you keep).
+    """
+    obs = reset_seeded(env, seeds)
+    for i, a in enumerate(actions):
+        yield obs, int(a)
+        obs, _, term, trunc, _ = env.step(int(a))
+        if (term or trunc) and i + 1 < len(actions):
+            raise ConfigError(f"replay: the game ended at step {i + 1} of {len(actions)}; actions do not match the seeds")
+
+
 @dataclass
 class GameRecord:
     seeds: np.ndarray
