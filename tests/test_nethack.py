@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 pytest.importorskip("nle")
+torch = pytest.importorskip("torch")
+torch.set_num_threads(1)  # the CI box is shared; thread oversubscription makes small convs crawl
 
 from retainrl.config import ConfigError  # noqa: E402
 from retainrl.envs import nethack as nhf  # noqa: E402
@@ -138,3 +140,34 @@ def test_bad_params_fail_naming_the_key(raw, match):
 def test_default_params_are_the_studys_monk():
     p = nhf.validate_params({})
     assert p.env.character == "mon-hum-neu-mal" and p.far.boundary == 2 and p.far.start_depth == 4
+
+
+def test_bc_pretrain_writes_a_sample_factory_policy_and_far_buffer(tmp_path):
+    """Smoke: collect → BC (a few updates) → sample-factory checkpoint reloads → FAR buffer."""
+    pytest.importorskip("sample_factory")
+    from retainrl.envs import nethack_sf as sf
+
+    p = nhf.validate_params({
+        "env": {"max_steps": 600}, "demos": {"games": 2}, "far": {"boundary": 2, "start_depth": 2},
+        "pretrain": {"steps": 2, "value_steps": 1, "batch": 2, "unroll": 8},
+        "far_buffer": {"size": 12, "every": 3},
+    })
+    paths = Paths("nethack", root=tmp_path)
+    nhf.collect_demos(p, paths)
+    summary = nhf.pretrain(p, paths)
+    assert np.isfinite(summary["bc_loss"]) and np.isfinite(summary["value_loss"])
+    ckpt = list((paths.pretrained / "checkpoint_p0").glob("checkpoint_*.pth"))
+    assert len(ckpt) == 1 and (paths.pretrained / "config.json").exists()
+    ac, cfg = sf.load_sf_policy(paths.pretrained)
+    assert cfg.use_rnn and cfg.rnn_type == "gru"
+    res = nhf.far_buffer(p, paths)
+    buf = np.load(paths.far_buffer / "buffer.npz")
+    assert res["states"] == len(buf["logits"]) == 12
+    assert buf["logits"].shape == (12, 121) and buf["rnn"].shape == (12, cfg.rnn_size)
+    assert (buf["blstats"][:, 12] >= 2).all()  # FAR only
+    # The stored logits are π*'s on the stored state and GRU context.
+    ac.eval()
+    with torch.no_grad():
+        x = {k: torch.from_numpy(buf[k][:3]) for k in ("chars", "blstats", "misc", "message")}
+        out = ac(x, torch.from_numpy(buf["rnn"][:3]))
+    np.testing.assert_allclose(out["action_logits"].numpy(), buf["logits"][:3], rtol=1e-4, atol=1e-4)

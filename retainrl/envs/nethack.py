@@ -101,10 +101,30 @@ class FarParams(Strict):
         return value
 
 
+class PretrainParams(Strict):
+    """BC of π* (sample-factory's recurrent ActorCritic), then its critic with the rest frozen."""
+
+    steps: int = Field(2000, gt=0, description="BC updates (each on batch × unroll expert steps)")
+    value_steps: int = Field(500, ge=0, description="critic-only updates after BC")
+    batch: int = Field(8, gt=0, description="games replayed side by side")
+    unroll: int = Field(32, gt=0, description="truncated-BPTT length")
+    lr: float = Field(1e-3, gt=0)
+    seed: int = 0
+
+
+class FarBufferParams(Strict):
+    """The BC retention buffer: FAR states (depth ≥ far.boundary) from the demos with π*'s outputs."""
+
+    size: int = Field(2048, gt=0)
+    every: int = Field(4, gt=0, description="keep every n-th FAR step of a game (consecutive states are near-duplicates)")
+
+
 class Params(Strict):
     env: EnvParams = EnvParams()
     demos: DemoParams = DemoParams()
     far: FarParams = FarParams()
+    pretrain: PretrainParams = PretrainParams()
+    far_buffer: FarBufferParams = FarBufferParams()
 
     @model_validator(mode="after")
     def _start_in_far(self):
@@ -375,3 +395,82 @@ def collect_demos(p: Params, paths, device=None) -> dict:
     with atomic_path(paths.demos, directory=True) as tmp:
         save_demos(tmp, records, p)
     return summary
+
+
+def pretrain(p: Params, paths, device=None) -> dict:
+    """Stage: BC of π* on the demos; writes ``paths.pretrained`` as a sample-factory experiment dir.
+
+    The directory holds ``checkpoint_p0/checkpoint_000000000_0.pth`` and ``config.json`` (so the
+    APPO learner loads π* as its starting point), plus ``metrics.json`` (BC loss/accuracy curves).
+    """
+    from retainrl.artifacts import atomic_path
+    from retainrl.envs import nethack_sf as sf
+
+    demos = load_demos(paths.demos)
+    cfg = sf.sf_config(Path(paths.pretrained).parent, Path(paths.pretrained).name)
+    pp = p.pretrain
+    ac, metrics = sf.behavioural_cloning(
+        demos, cfg, steps=pp.steps, value_steps=pp.value_steps, batch=pp.batch, unroll_len=pp.unroll,
+        lr=pp.lr, seed=pp.seed, character=p.env.character,
+    )
+    summary = {k: float(np.mean(v[-20:])) if v else None for k, v in metrics.items()}
+    log.info("BC done: %s", summary)
+    with atomic_path(paths.pretrained, directory=True) as tmp:
+        sf.save_sf_checkpoint(ac, cfg, tmp, cfg.learning_rate)
+        (tmp / "metrics.json").write_text(json.dumps({"final": summary, "curves": metrics}) + "\n")
+    return summary
+
+
+def far_buffer(p: Params, paths, device=None) -> dict:
+    """Stage: FAR states (depth ≥ far.boundary) of the demos with π*'s logits and GRU state.
+
+    π* is run along each whole demo (its recurrent state depends on the history), and every
+    ``far_buffer.every``-th step at depth ≥ boundary is kept until ``far_buffer.size`` states.
+    The stored GRU state lets the BC retention loss evaluate the fine-tuned policy on exactly
+    the context π* had.
+    """
+    import torch
+    from tqdm import tqdm
+
+    from retainrl.artifacts import atomic_path
+    from retainrl.envs import nethack_sf as sf
+
+    demos = load_demos(paths.demos)
+    ac, cfg = sf.load_sf_policy(paths.pretrained)
+    ac.eval()
+    env = make_env(p.env.character, 10**7)
+    keep: dict[str, list] = {k: [] for k in ("chars", "blstats", "misc", "message", "logits", "rnn", "game", "step")}
+    n = 0
+    try:
+        with torch.no_grad():
+            for g in tqdm(range(len(demos["seeds"])), desc="FAR buffer", unit="game"):
+                if n >= p.far_buffer.size:
+                    break
+                if demos["max_depth"][g] < p.far.boundary:
+                    continue
+                rnn = torch.zeros(1, cfg.rnn_size)
+                far_steps = 0
+                for t, (obs, _) in enumerate(iter_replay(env, demos["seeds"][g], game_actions(demos, g))):
+                    x = {k: torch.from_numpy(v)[None] for k, v in sf.sf_obs(obs).items()}
+                    out = ac(x, rnn)
+                    if int(obs["blstats"][12]) >= p.far.boundary:
+                        if far_steps % p.far_buffer.every == 0 and n < p.far_buffer.size:
+                            for k, v in x.items():
+                                keep[k].append(v[0].numpy())
+                            keep["logits"].append(out["action_logits"][0].numpy())
+                            keep["rnn"].append(rnn[0].numpy())
+                            keep["game"].append(g)
+                            keep["step"].append(t)
+                            n += 1
+                        far_steps += 1
+                    rnn = out["new_rnn_states"]
+    finally:
+        env.close()
+    if n == 0:
+        raise ConfigError(f"far_buffer: no demo step reaches depth ≥ far.boundary={p.far.boundary}; collect more or longer demos")
+    arrays = {k: np.stack(v) for k, v in keep.items()}
+    with atomic_path(paths.far_buffer, directory=True) as tmp:
+        with (tmp / "buffer.npz").open("wb") as fh:
+            np.savez_compressed(fh, **arrays)
+    log.info("FAR buffer: %d states from %d games", n, len(set(keep["game"])))
+    return {"states": n, "games": len(set(keep["game"]))}

@@ -129,15 +129,15 @@ def make_encoder_cls():
             e = 16
             self.embed = nn.Embedding(256, e)
             self.map_conv = nn.Sequential(
-                nn.Conv2d(e, 32, 3, stride=2, padding=1), nn.ELU(), nn.Conv2d(32, 32, 3, stride=2, padding=1), nn.ELU()
+                nn.Conv2d(e, 16, 3, stride=2, padding=1), nn.ELU(), nn.Conv2d(16, 16, 3, stride=2, padding=1), nn.ELU()
             )
-            self.map_fc = nn.Sequential(nn.Linear(32 * 6 * 20, 256), nn.ELU())
-            self.crop_conv = nn.Sequential(nn.Conv2d(e, 32, 3, padding=1), nn.ELU(), nn.Conv2d(32, 32, 3, padding=1), nn.ELU())
-            self.crop_fc = nn.Sequential(nn.Linear(32 * CROP * CROP, 256), nn.ELU())
+            self.map_fc = nn.Sequential(nn.Linear(16 * 6 * 20, 256), nn.ELU())
+            self.crop_conv = nn.Sequential(nn.Conv2d(e, 16, 3, padding=1), nn.ELU(), nn.Conv2d(16, 16, 3, padding=1), nn.ELU())
+            self.crop_fc = nn.Sequential(nn.Linear(16 * CROP * CROP, 128), nn.ELU())
             self.stats_fc = nn.Sequential(nn.Linear(BLSTATS + 3, 64), nn.ELU())
             self.msg_embed = nn.Embedding(256, 32, padding_idx=0)
             self.msg_fc = nn.Sequential(nn.Linear(32, 64), nn.ELU())
-            self.out = nn.Sequential(nn.Linear(256 + 256 + 64 + 64, 512), nn.ELU())
+            self.out = nn.Sequential(nn.Linear(256 + 128 + 64 + 64, 512), nn.ELU())
             r = CROP // 2
             self.register_buffer("offs", torch.arange(-r, r + 1), persistent=False)
 
@@ -311,8 +311,8 @@ def behavioural_cloning(demos: dict, cfg, *, steps: int, value_steps: int, batch
             nn.utils.clip_grad_norm_(ac.parameters(), cfg.max_grad_norm)
             opt.step()
             rnn = rnn.detach()
-            metrics["bc_loss"].append(float(loss))
-            metrics["bc_acc"].append(float((logits.argmax(-1) == actions).float().mean()))
+            metrics["bc_loss"].append(float(loss.detach()))
+            metrics["bc_acc"].append(float((logits.detach().argmax(-1) == actions).float().mean()))
         for name, prm in ac.named_parameters():
             prm.requires_grad_(name.startswith("critic_linear"))
         vopt = torch.optim.Adam(ac.critic_linear.parameters(), lr=lr)
@@ -328,7 +328,7 @@ def behavioural_cloning(demos: dict, cfg, *, steps: int, value_steps: int, batch
             vloss.backward()
             vopt.step()
             rnn = rnn.detach()
-            metrics["value_loss"].append(float(vloss))
+            metrics["value_loss"].append(float(vloss.detach()))
     finally:
         stream.close()
         for prm in ac.parameters():
