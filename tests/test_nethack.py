@@ -129,6 +129,9 @@ def test_empty_missing_and_corrupted_demo_files_name_the_file(tmp_path):
         ({"far": {"boundary": 0}}, r"nethack\.far\.boundary"),
         ({"far": {"boundary": 5}}, r"far\.start_depth \(4\) must be ≥ far\.boundary \(5\)"),
         ({"demos": {"games": 0}}, r"nethack\.demos\.games"),
+        ({"fisher": {"estimator": "exact"}}, r"nethack\.fisher\.estimator"),
+        ({"pretrain": {"unroll": 0}}, r"nethack\.pretrain\.unroll"),
+        ({"fisher": {"estimator": "exact"}}, r"nethack\.fisher\.estimator"),
         ({"env": {"charcter": "mon-hum-neu-mal"}}, r"nethack\.env\.charcter: unknown key"),
     ],
 )
@@ -171,3 +174,12 @@ def test_bc_pretrain_writes_a_sample_factory_policy_and_far_buffer(tmp_path):
         x = {k: torch.from_numpy(buf[k][:3]) for k in ("chars", "blstats", "misc", "message")}
         out = ac(x, torch.from_numpy(buf["rnn"][:3]))
     np.testing.assert_allclose(out["action_logits"].numpy(), buf["logits"][:3], rtol=1e-4, atol=1e-4)
+    # EWC's Fisher: one non-negative tensor per actor parameter, none for the critic.
+    from safetensors.torch import load_file
+
+    res = nhf.fisher(p, paths)
+    fisher = load_file(str(paths.fisher / "fisher.safetensors"))
+    actor = {n for n, _ in ac.named_parameters() if not n.startswith("critic_linear")}
+    assert set(fisher) == actor and res["states"] == 12
+    assert all((v >= 1e-5).all() for v in fisher.values())
+    assert sum(float(v.sum()) for v in fisher.values()) > 1e-5 * sum(v.numel() for v in fisher.values())
