@@ -131,7 +131,6 @@ def test_empty_missing_and_corrupted_demo_files_name_the_file(tmp_path):
         ({"demos": {"games": 0}}, r"nethack\.demos\.games"),
         ({"fisher": {"estimator": "exact"}}, r"nethack\.fisher\.estimator"),
         ({"pretrain": {"unroll": 0}}, r"nethack\.pretrain\.unroll"),
-        ({"fisher": {"estimator": "exact"}}, r"nethack\.fisher\.estimator"),
         ({"env": {"charcter": "mon-hum-neu-mal"}}, r"nethack\.env\.charcter: unknown key"),
     ],
 )
