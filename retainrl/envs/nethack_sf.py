@@ -18,6 +18,7 @@ import json
 import logging
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import torch
 from torch import nn
@@ -57,7 +58,7 @@ def sf_obs(obs: dict) -> dict[str, np.ndarray]:
     }
 
 
-class NetHackSF:
+class NetHackSF(gym.Env):
     """A gymnasium env for sample-factory: seeded games, or episodes started in FAR start states.
 
     ``seeds``: (n, 3) game seeds cycled through in order (reproducible episodes), or None for
@@ -66,7 +67,6 @@ class NetHackSF:
     """
 
     def __init__(self, character: str = "mon-hum-neu-mal", max_steps: int = 30_000, seeds=None, far=None, offset: int = 0):
-        import gymnasium as gym
         from nle import nethack as nh
 
         from retainrl.envs.nethack import make_env
@@ -165,6 +165,17 @@ def make_encoder_cls():
     return NetHackEncoder
 
 
+_ENCODER_CLS = None
+
+
+def make_nethack_encoder(cfg, space):
+    """Module-level (picklable) encoder factory: sample-factory ships it to its worker processes."""
+    global _ENCODER_CLS
+    if _ENCODER_CLS is None:
+        _ENCODER_CLS = make_encoder_cls()
+    return _ENCODER_CLS(cfg, space)
+
+
 _REGISTERED = False
 
 
@@ -177,8 +188,7 @@ def register() -> None:
     from sample_factory.envs.env_utils import register_env
 
     register_env(SF_ENV, make_sf_env)
-    cls = make_encoder_cls()
-    global_model_factory().register_encoder_factory(lambda cfg, space: cls(cfg, space))
+    global_model_factory().register_encoder_factory(make_nethack_encoder)
     _REGISTERED = True
 
 
