@@ -131,6 +131,7 @@ def test_empty_missing_and_corrupted_demo_files_name_the_file(tmp_path):
         ({"demos": {"games": 0}}, r"nethack\.demos\.games"),
         ({"fisher": {"estimator": "exact"}}, r"nethack\.fisher\.estimator"),
         ({"pretrain": {"unroll": 0}}, r"nethack\.pretrain\.unroll"),
+        ({"finetune": {"methods": ["em"]}}, r"nethack\.finetune\.methods: .*'em' \(episodic memory\) needs an off-policy learner"),
         ({"env": {"charcter": "mon-hum-neu-mal"}}, r"nethack\.env\.charcter: unknown key"),
     ],
 )
@@ -182,3 +183,37 @@ def test_bc_pretrain_writes_a_sample_factory_policy_and_far_buffer(tmp_path):
     assert set(fisher) == actor and res["states"] == 12
     assert all((v >= 1e-5).all() for v in fisher.values())
     assert sum(float(v.sum()) for v in fisher.values()) > 1e-5 * sum(v.numel() for v in fisher.values())
+
+    # Retention losses: zero at π*, the textbook formula once the actor moves.
+    anchor = {n: q.detach().clone() for n, q in ac.named_parameters()}
+    l2 = sf.RetentionLoss("l2", 2.0, anchor)
+    ewc = sf.RetentionLoss("ewc", 3.0, anchor, fisher)
+    assert float(l2(ac)) == 0.0 and float(ewc(ac)) == 0.0
+    with torch.no_grad():
+        ac.action_parameterization.distribution_linear.bias.add_(0.5)
+        ac.critic_linear.bias.add_(7.0)  # the critic is never regularised
+    nb = ac.action_parameterization.distribution_linear.bias.numel()
+    f = fisher["action_parameterization.distribution_linear.bias"]
+    assert float(l2(ac)) == pytest.approx(2.0 * 0.25 * nb, rel=1e-5)
+    assert float(ewc(ac)) == pytest.approx(3.0 * 0.25 * float(f.sum()), rel=1e-5)
+    bc = sf.RetentionLoss("bc", 1.0, buffer=dict(buf), batch_size=4)
+    assert float(bc(ac)) > 0.0  # π_θ moved away from π* on FAR states
+    bc(ac).backward()
+    assert ac.action_parameterization.distribution_linear.bias.grad is not None
+
+    # APPO through sample-factory from π*, with the BC retention loss wired into its learner.
+    p2 = p.model_copy(update={"finetune": p.finetune.model_copy(update={"env_steps": 256, "num_envs": 2, "rollout": 16, "batch_size": 64})})
+    res = nhf.finetune(p2, paths, method="bc")
+    assert res["status"] == 0 and res["retention_calls"] > 0 and res["retention_loss_last"] > 0
+    assert len(list((paths.finetune("bc") / "checkpoint_p0").glob("checkpoint_*.pth"))) >= 2  # π* + fine-tuned
+
+
+def test_finetune_refuses_em_and_unwired_methods_before_any_compute(tmp_path):
+    p = nhf.validate_params({})
+    paths = Paths("nethack", root=tmp_path)
+    with pytest.raises(ConfigError, match="'em' .*off-policy"):
+        nhf.finetune(p, paths, method="em")
+    with pytest.raises(ConfigError, match="kickstarting"):
+        nhf.finetune(p, paths, method="ks")
+    with pytest.raises(ConfigError, match="missing pretrained NetHack policy"):
+        nhf.finetune(p, paths, method="l2")

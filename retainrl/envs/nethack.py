@@ -33,7 +33,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from retainrl.config import ConfigError, Strict
+from retainrl.config import ConfigError, RetentionParams, Strict
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +135,42 @@ class NetHackFisherParams(Strict):
     seed: int = 0
 
 
+class FinetuneParams(Strict):
+    """APPO fine-tuning of π* in sample-factory (serial mode), one run per retention method."""
+
+    methods: list[str] = ["finetune", "l2", "ewc", "bc"]
+    env_steps: int = Field(20_000, gt=0)
+    num_envs: int = Field(4, gt=0)
+    rollout: int = Field(32, gt=0)
+    batch_size: int = Field(512, gt=0)
+    lr: float = Field(1e-4, gt=0)
+    #: The study: entropy 0.001, and 0 whenever a retention method is on.
+    entropy: float = Field(0.001, ge=0)
+    freeze_encoder: bool = True
+    seed: int = 0
+
+    @field_validator("methods")
+    @classmethod
+    def _appo_methods(cls, methods):
+        from retainrl.retention.methods import check_method
+
+        for m in methods:
+            check_method(m, learner="appo", off_policy=False, key="finetune.methods")
+            if m in NOT_WIRED:
+                raise ValueError(NOT_WIRED[m])
+        if len(set(methods)) != len(methods):
+            raise ValueError("methods are listed twice")
+        return methods
+
+
+#: Methods the NetHack APPO learner does not offer yet, and why.
+NOT_WIRED = {
+    "ks": "kickstarting needs π*'s recurrent state on the online rollouts (a frozen π* stepped in the "
+          "rollout worker); not wired into sample-factory yet",
+    "scratch": "from-scratch APPO needs no π*; run sample-factory directly (not wired as a stage yet)",
+}
+
+
 class Params(Strict):
     env: EnvParams = EnvParams()
     demos: DemoParams = DemoParams()
@@ -142,6 +178,8 @@ class Params(Strict):
     pretrain: PretrainParams = PretrainParams()
     far_buffer: FarBufferParams = FarBufferParams()
     fisher: NetHackFisherParams = NetHackFisherParams()
+    finetune: FinetuneParams = FinetuneParams()
+    retention: RetentionParams = RetentionParams()
 
     @model_validator(mode="after")
     def _start_in_far(self):
@@ -544,3 +582,46 @@ def fisher(p: Params, paths, device=None) -> dict:
     total = float(sum(v.sum() for v in fisher_diag.values()))
     log.info("Fisher on %d FAR states: %d tensors, total %.3g", n, len(fisher_diag), total)
     return {"states": n, "tensors": len(fisher_diag), "total": total}
+
+
+def finetune(p: Params, paths, device=None, method: str = "finetune") -> dict:
+    """Stage: APPO fine-tuning of π* with one retention method; writes ``paths.finetune(method)``.
+
+    EM is refused (episodic memory needs an off-policy learner), as are methods not wired yet
+    (see ``NOT_WIRED``), before any compute.
+    """
+    from retainrl.artifacts import atomic_path
+    from retainrl.envs import nethack_sf as sf
+    from retainrl.retention.methods import check_method
+
+    check_method(method, learner="appo", off_policy=False, key="finetune.method")
+    if method in NOT_WIRED:
+        raise ConfigError(f"finetune.method: {NOT_WIRED[method]}")
+    from retainrl.artifacts import require
+
+    require(paths.pretrained, "pretrained NetHack policy (π*)")
+    anchor = fisher_diag = buffer = None
+    coef = 0.0
+    if method in ("l2", "ewc"):
+        ac, _ = sf.load_sf_policy(paths.pretrained)
+        anchor = dict(ac.named_parameters())
+        coef = p.retention.l2.coef if method == "l2" else p.retention.ewc.coef
+        if method == "ewc":
+            from safetensors.torch import load_file
+
+            from retainrl.artifacts import require as req
+
+            fisher_diag = load_file(str(req(Path(paths.fisher) / "fisher.safetensors", "NetHack Fisher")))
+    elif method == "bc":
+        buffer = load_far_buffer(paths.far_buffer)
+        coef = p.retention.bc.coef
+    loss = sf.RetentionLoss(method, coef, anchor, fisher_diag, buffer, p.retention.bc.batch_size, p.finetune.seed)
+    ft = p.finetune
+    with atomic_path(paths.finetune(method), directory=True) as tmp:
+        res = sf.run_appo(Path(paths.pretrained), tmp, loss, env_steps=ft.env_steps, num_envs=ft.num_envs,
+                          rollout=ft.rollout, batch_size=ft.batch_size, lr=ft.lr,
+                          entropy=0.0 if method != "finetune" else ft.entropy, freeze_encoder=ft.freeze_encoder)
+        if res["status"] != 0:
+            raise RuntimeError(f"sample-factory APPO exited with status {res['status']}")
+        (tmp / "retention.json").write_text(json.dumps({"method": method, "coef": coef, **res}) + "\n")
+    return res

@@ -377,3 +377,110 @@ def load_sf_policy(exp_dir: Path):
         raise ConfigError(f"{exp_dir}: no sample-factory checkpoint found")
     ac.load_state_dict(state["model"])
     return ac, cfg
+
+
+# --------------------------------------------------------------------------- retention in APPO
+
+
+class RetentionLoss:
+    """The auxiliary loss a retention method adds to APPO's actor loss (the critic is left alone).
+
+    * ``l2``:  coef · Σ_actor (θ − θ*)²
+    * ``ewc``: coef · Σ_actor F (θ − θ*)², F from the ``fisher`` stage
+    * ``bc``:  coef · KL(π*(·|s) ‖ π_θ(·|s)) on a batch of FAR-buffer states, each evaluated with
+      the GRU state π* had there (stored in the buffer)
+    * ``finetune``: nothing.
+    """
+
+    def __init__(self, method: str, coef: float, anchor: dict | None = None, fisher: dict | None = None,
+                 buffer: dict | None = None, batch_size: int = 64, seed: int = 0):
+        self.method, self.coef = method, float(coef)
+        self.anchor = {k: v.detach().clone() for k, v in (anchor or {}).items() if not k.startswith("critic_linear")}
+        self.fisher = fisher
+        self.buffer = {k: torch.from_numpy(np.asarray(v)) for k, v in (buffer or {}).items()}
+        self.batch_size = batch_size
+        self.gen = torch.Generator().manual_seed(seed)
+        self.calls = 0
+        self.last = 0.0
+
+    def __call__(self, ac) -> torch.Tensor:
+        self.calls += 1
+        zero = next(ac.parameters()).new_zeros(())
+        if self.method == "finetune":
+            return zero
+        if self.method in ("l2", "ewc"):
+            total = zero
+            for name, prm in ac.named_parameters():
+                if name in self.anchor and prm.requires_grad:
+                    d2 = (prm - self.anchor[name]) ** 2
+                    total = total + (d2 * self.fisher[name] if self.method == "ewc" else d2).sum()
+            loss = self.coef * total
+        elif self.method == "bc":
+            n = len(self.buffer["logits"])
+            idx = torch.randint(n, (min(self.batch_size, n),), generator=self.gen)
+            x = {k: self.buffer[k][idx] for k in ("chars", "blstats", "misc", "message")}
+            out = ac(x, self.buffer["rnn"][idx])
+            target = torch.log_softmax(self.buffer["logits"][idx].float(), -1)
+            logq = torch.log_softmax(out["action_logits"], -1)
+            loss = self.coef * (target.exp() * (target - logq)).sum(-1).mean()
+        else:
+            from retainrl.config import ConfigError
+
+            raise ConfigError(f"finetune.method: {self.method!r} has no NetHack retention loss")
+        self.last = float(loss.detach())
+        return loss
+
+
+def install_retention(loss: RetentionLoss, freeze_encoder: bool = True):
+    """Wire ``loss`` into sample-factory's learner (serial mode: the learner runs in this process).
+
+    Returns a function that undoes the patch. The encoder is frozen after the learner loads π*
+    (the study froze encoders while fine-tuning).
+    """
+    from sample_factory.algo.learning.learner import Learner
+
+    orig_calc, orig_init = Learner._calculate_losses, Learner.init
+
+    def init(self):
+        out = orig_init(self)
+        if freeze_encoder:
+            for prm in self.actor_critic.encoder.parameters():
+                prm.requires_grad_(False)
+        return out
+
+    def calc(self, mb, num_invalids):
+        res = list(orig_calc(self, mb, num_invalids))
+        aux = loss(self.actor_critic)
+        res[1] = res[1] + aux  # policy_loss: part of the actor loss
+        res[-1]["retention_loss"] = aux.detach()
+        return tuple(res)
+
+    Learner._calculate_losses, Learner.init = calc, init
+
+    def undo():
+        Learner._calculate_losses, Learner.init = orig_calc, orig_init
+
+    return undo
+
+
+def run_appo(pretrained: Path, exp_dir: Path, loss: RetentionLoss, *, env_steps: int, num_envs: int, rollout: int,
+             batch_size: int, lr: float, entropy: float, freeze_encoder: bool = True) -> dict:
+    """Fine-tune π* with APPO (sample-factory, serial mode) plus ``loss``; writes into ``exp_dir``."""
+    import shutil
+
+    from sample_factory.train import run_rl
+
+    shutil.copytree(pretrained, exp_dir, dirs_exist_ok=True)
+    cfg = sf_config(exp_dir.parent, exp_dir.name, [
+        "--num_workers=1", f"--num_envs_per_worker={num_envs}", "--worker_num_splits=1", "--serial_mode=True",
+        "--async_rl=False", f"--batch_size={batch_size}", f"--rollout={rollout}", "--num_batches_per_epoch=1",
+        "--num_epochs=1", f"--train_for_env_steps={env_steps}", "--save_every_sec=100000",
+        "--experiment_summaries_interval=100000", "--with_wandb=False", "--restart_behavior=resume",
+        "--decorrelate_envs_on_one_worker=False", f"--learning_rate={lr}", f"--exploration_loss_coeff={entropy}",
+    ])
+    undo = install_retention(loss, freeze_encoder)
+    try:
+        status = run_rl(cfg)
+    finally:
+        undo()
+    return {"status": int(status), "retention_calls": loss.calls, "retention_loss_last": loss.last}
