@@ -207,13 +207,27 @@ def test_bc_pretrain_writes_a_sample_factory_policy_and_far_buffer(tmp_path):
     assert res["status"] == 0 and res["retention_calls"] > 0 and res["retention_loss_last"] > 0
     assert len(list((paths.finetune("bc") / "checkpoint_p0").glob("checkpoint_*.pth"))) >= 2  # π* + fine-tuned
 
+    # Kickstarting: π* is stepped in the env and its logits reach the learner with the batch.
+    res = nhf.finetune(p2, paths, method="ks")
+    assert res["status"] == 0 and res["retention_calls"] > 0 and res["retention_loss_last"] > 0
 
-def test_finetune_refuses_em_and_unwired_methods_before_any_compute(tmp_path):
+    # evaluate (π* and the BC-retained policy on CLOSE and FAR) → report.
+    p3 = p2.model_copy(update={"finetune": p2.finetune.model_copy(update={"methods": ["bc"]}),
+                               "evaluate": p2.evaluate.model_copy(update={"episodes": 2, "max_steps": 20})})
+    metrics = nhf.evaluate(p3, paths)
+    assert set(metrics) == {"pretrained", "bc"}
+    assert metrics["bc"]["far_max_depth"] >= 2 and metrics["bc"]["close_max_depth"] >= 1
+    nhf.report(p3, paths)
+    text = (paths.report / "report.md").read_text()
+    assert "| bc |" in text and (paths.report / "far_score.png").stat().st_size > 0
+
+
+def test_finetune_refuses_em_and_missing_pretrained_before_any_compute(tmp_path):
     p = nhf.validate_params({})
     paths = Paths("nethack", root=tmp_path)
     with pytest.raises(ConfigError, match="'em' .*off-policy"):
         nhf.finetune(p, paths, method="em")
-    with pytest.raises(ConfigError, match="kickstarting"):
+    with pytest.raises(ConfigError, match="missing pretrained NetHack policy"):
         nhf.finetune(p, paths, method="ks")
     with pytest.raises(ConfigError, match="missing pretrained NetHack policy"):
         nhf.finetune(p, paths, method="l2")

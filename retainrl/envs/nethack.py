@@ -138,7 +138,7 @@ class NetHackFisherParams(Strict):
 class FinetuneParams(Strict):
     """APPO fine-tuning of π* in sample-factory (serial mode), one run per retention method."""
 
-    methods: list[str] = ["finetune", "l2", "ewc", "bc"]
+    methods: list[str] = ["scratch", "finetune", "l2", "ewc", "bc", "ks"]
     env_steps: int = Field(20_000, gt=0)
     num_envs: int = Field(4, gt=0)
     rollout: int = Field(32, gt=0)
@@ -156,19 +156,20 @@ class FinetuneParams(Strict):
 
         for m in methods:
             check_method(m, learner="appo", off_policy=False, key="finetune.methods")
-            if m in NOT_WIRED:
-                raise ValueError(NOT_WIRED[m])
         if len(set(methods)) != len(methods):
             raise ValueError("methods are listed twice")
         return methods
 
 
-#: Methods the NetHack APPO learner does not offer yet, and why.
-NOT_WIRED = {
-    "ks": "kickstarting needs π*'s recurrent state on the online rollouts (a frozen π* stepped in the "
-          "rollout worker); not wired into sample-factory yet",
-    "scratch": "from-scratch APPO needs no π*; run sample-factory directly (not wired as a stage yet)",
-}
+
+
+class EvalParams(Strict):
+    """CLOSE: episodes from the start of fresh seeded games; FAR: from the FAR start states."""
+
+    episodes: int = Field(10, gt=0, description="episodes per policy and per part (CLOSE, FAR)")
+    max_steps: int = Field(2000, gt=0, description="env steps per evaluation episode")
+    greedy: bool = False
+    seed: int = 10_000
 
 
 class Params(Strict):
@@ -180,6 +181,7 @@ class Params(Strict):
     fisher: NetHackFisherParams = NetHackFisherParams()
     finetune: FinetuneParams = FinetuneParams()
     retention: RetentionParams = RetentionParams()
+    evaluate: EvalParams = EvalParams()
 
     @model_validator(mode="after")
     def _start_in_far(self):
@@ -587,21 +589,22 @@ def fisher(p: Params, paths, device=None) -> dict:
 def finetune(p: Params, paths, device=None, method: str = "finetune") -> dict:
     """Stage: APPO fine-tuning of π* with one retention method; writes ``paths.finetune(method)``.
 
-    EM is refused (episodic memory needs an off-policy learner), as are methods not wired yet
-    (see ``NOT_WIRED``), before any compute.
+    EM is refused before any compute (episodic memory needs an off-policy learner; APPO is
+    on-policy). ``scratch`` starts from a random init (same network), the others from π*.
     """
     from retainrl.artifacts import atomic_path
     from retainrl.envs import nethack_sf as sf
     from retainrl.retention.methods import check_method
 
     check_method(method, learner="appo", off_policy=False, key="finetune.method")
-    if method in NOT_WIRED:
-        raise ConfigError(f"finetune.method: {NOT_WIRED[method]}")
     from retainrl.artifacts import require
 
-    require(paths.pretrained, "pretrained NetHack policy (π*)")
+    if method != "scratch":
+        require(paths.pretrained, "pretrained NetHack policy (π*)")
     anchor = fisher_diag = buffer = None
     coef = 0.0
+    if method == "ks":
+        coef = p.retention.ks.coef
     if method in ("l2", "ewc"):
         ac, _ = sf.load_sf_policy(paths.pretrained)
         anchor = dict(ac.named_parameters())
@@ -615,13 +618,119 @@ def finetune(p: Params, paths, device=None, method: str = "finetune") -> dict:
     elif method == "bc":
         buffer = load_far_buffer(paths.far_buffer)
         coef = p.retention.bc.coef
-    loss = sf.RetentionLoss(method, coef, anchor, fisher_diag, buffer, p.retention.bc.batch_size, p.finetune.seed)
+    loss = sf.RetentionLoss(method, coef, anchor, fisher_diag, buffer, p.retention.bc.batch_size, p.finetune.seed,
+                            decay=p.retention.ks.decay, floor=p.retention.ks.floor)
     ft = p.finetune
     with atomic_path(paths.finetune(method), directory=True) as tmp:
-        res = sf.run_appo(Path(paths.pretrained), tmp, loss, env_steps=ft.env_steps, num_envs=ft.num_envs,
-                          rollout=ft.rollout, batch_size=ft.batch_size, lr=ft.lr,
-                          entropy=0.0 if method != "finetune" else ft.entropy, freeze_encoder=ft.freeze_encoder)
+        res = sf.run_appo(None if method == "scratch" else Path(paths.pretrained).resolve(), tmp, loss,
+                          env_steps=ft.env_steps, num_envs=ft.num_envs, rollout=ft.rollout, batch_size=ft.batch_size,
+                          lr=ft.lr, entropy=ft.entropy if method in ("finetune", "scratch") else 0.0,
+                          freeze_encoder=ft.freeze_encoder, seed=ft.seed)
         if res["status"] != 0:
             raise RuntimeError(f"sample-factory APPO exited with status {res['status']}")
         (tmp / "retention.json").write_text(json.dumps({"method": method, "coef": coef, **res}) + "\n")
     return res
+
+
+def run_policy(ac, cfg, env, obs: dict, max_steps: int, greedy: bool, gen) -> dict:
+    """Play ``ac`` from ``obs`` (env already there) for up to ``max_steps``; score and depth reached."""
+    import torch
+
+    from retainrl.envs import nethack_sf as sf
+
+    start_score, start_depth = int(obs["blstats"][9]), int(obs["blstats"][12])
+    score, depth, steps = start_score, start_depth, 0
+    rnn = torch.zeros(1, cfg.rnn_size)
+    with torch.no_grad():
+        for steps in range(1, max_steps + 1):
+            out = ac({k: torch.from_numpy(v)[None] for k, v in sf.sf_obs(obs).items()}, rnn)
+            rnn = out["new_rnn_states"]
+            logits = out["action_logits"][0]
+            a = int(logits.argmax()) if greedy else int(torch.multinomial(torch.softmax(logits, -1), 1, generator=gen))
+            obs, _, term, trunc, _ = env.step(a)
+            if term or trunc:
+                break
+            score, depth = int(obs["blstats"][9]), max(depth, int(obs["blstats"][12]))
+    return {"score": score, "score_gain": score - start_score, "start_depth": start_depth, "max_depth": depth, "steps": steps}
+
+
+def evaluate(p: Params, paths, device=None) -> dict:
+    """Stage: π* and every fine-tuned policy on CLOSE (game start) and FAR (FAR start states).
+
+    Writes ``metrics.json`` (means per policy, what ``dvc metrics`` reads) and ``episodes.json``.
+    FAR is scored as in the study: the score gained on top of the start state's score.
+    """
+    import torch
+
+    from retainrl.artifacts import atomic_path, require, save_json
+    from retainrl.envs import nethack_sf as sf
+
+    demos = load_demos(paths.demos)
+    far = far_start_states(demos)
+    if len(far["game"]) == 0:
+        raise ConfigError(f"{Path(paths.demos) / DEMO_FILE}: no game reached Dlvl {p.far.start_depth}; no FAR start states to evaluate from")
+    policies = {"pretrained": Path(paths.pretrained)}
+    for m in p.finetune.methods:
+        policies[m] = require(paths.finetune(m), f"fine-tuned NetHack policy ({m})")
+    close_seeds = game_seeds(p.evaluate.seed, p.evaluate.episodes)
+    env = make_env(p.env.character, 10**7)
+    rows, metrics = [], {}
+    try:
+        for name, exp_dir in policies.items():
+            ac, cfg = sf.load_sf_policy(exp_dir)
+            ac.eval()
+            gen = torch.Generator().manual_seed(p.evaluate.seed)
+            for part in ("close", "far"):
+                for e in range(p.evaluate.episodes):
+                    obs = reset_seeded(env, close_seeds[e]) if part == "close" else restore_far_state(env, demos, far, e % len(far["game"]))
+                    r = run_policy(ac, cfg, env, obs, p.evaluate.max_steps, p.evaluate.greedy, gen)
+                    rows.append({"policy": name, "part": part, "episode": e, **r})
+            mine = [r for r in rows if r["policy"] == name]
+            metrics[name] = {
+                f"{part}_{k}": float(np.mean([r[k] for r in mine if r["part"] == part]))
+                for part in ("close", "far") for k in ("score_gain", "max_depth")
+            }
+            log.info("%s: %s", name, metrics[name])
+    finally:
+        env.close()
+    with atomic_path(paths.evaluation, directory=True) as tmp:
+        save_json(tmp / "metrics.json", metrics)
+        save_json(tmp / "episodes.json", rows)
+    return metrics
+
+
+def report(p: Params, paths) -> None:
+    """Stage: report.md (the expert's demos, π* and each method on CLOSE/FAR) and a FAR bar chart."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from retainrl.artifacts import atomic_path, load_json, require
+
+    metrics = load_json(Path(paths.evaluation) / "metrics.json", "NetHack evaluation metrics")
+    meta = json.loads(require(Path(paths.demos) / META_FILE, "NetHack demo metadata").read_text())
+    lines = ["# NetHack (Human Monk): forgetting of pre-trained capabilities", ""]
+    s = meta.get("summary", {})
+    depth = meta["far_start_depth"]
+    if s:
+        lines += [
+            f"Expert over {s['games']} seeded games: reached Dlvl {depth} in "
+            f"{100 * s.get('reached_dlvl%d' % depth, 0):.0f}%, median score {s['score_median']:.0f} "
+            f"(mean {s['score_mean']:.0f}), median max depth {s['depth_median']:.0f} (mean {s['depth_mean']:.2f}).",
+            "",
+        ]
+    lines += ["| policy | CLOSE score | CLOSE max depth | FAR score gain | FAR max depth |", "|---|---|---|---|---|"]
+    for name, m in metrics.items():
+        lines.append(f"| {name} | {m['close_score_gain']:.1f} | {m['close_max_depth']:.2f} | {m['far_score_gain']:.1f} | {m['far_max_depth']:.2f} |")
+    with atomic_path(paths.report, directory=True) as tmp:
+        fig, ax = plt.subplots(figsize=(6, 3))
+        names = list(metrics)
+        ax.bar(names, [metrics[n]["far_score_gain"] for n in names])
+        ax.set_ylabel("score gained from FAR start")
+        ax.set_title(f"FAR: from the expert's first arrival on Dlvl {p.far.start_depth}")
+        fig.tight_layout()
+        fig.savefig(tmp / "far_score.png", dpi=100)
+        plt.close(fig)
+        lines += ["", "![FAR score](far_score.png)", ""]
+        (tmp / "report.md").write_text("\n".join(lines))

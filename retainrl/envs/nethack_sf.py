@@ -35,17 +35,20 @@ MSG_LEN = 256
 # --------------------------------------------------------------------------- env adapter
 
 
-def obs_space():
-    import gymnasium as gym
+N_ACTIONS = 121  # len(nle.nethack.ACTIONS)
 
-    return gym.spaces.Dict(
-        {
-            "chars": gym.spaces.Box(0, 255, MAP_SHAPE, np.uint8),
-            "blstats": gym.spaces.Box(-np.inf, np.inf, (BLSTATS,), np.float32),
-            "misc": gym.spaces.Box(0, 1, (3,), np.float32),
-            "message": gym.spaces.Box(0, 255, (MSG_LEN,), np.uint8),
-        }
-    )
+
+def obs_space(teacher: bool = False):
+    """The policy's observation; with ``teacher`` also π*'s logits on the same state (for KS)."""
+    spaces = {
+        "chars": gym.spaces.Box(0, 255, MAP_SHAPE, np.uint8),
+        "blstats": gym.spaces.Box(-np.inf, np.inf, (BLSTATS,), np.float32),
+        "misc": gym.spaces.Box(0, 1, (3,), np.float32),
+        "message": gym.spaces.Box(0, 255, (MSG_LEN,), np.uint8),
+    }
+    if teacher:
+        spaces["teacher_logits"] = gym.spaces.Box(-np.inf, np.inf, (N_ACTIONS,), np.float32)
+    return gym.spaces.Dict(spaces)
 
 
 def sf_obs(obs: dict) -> dict[str, np.ndarray]:
@@ -66,13 +69,21 @@ class NetHackSF(gym.Env):
     start state by replaying its prefix (the study's FAR evaluation).
     """
 
-    def __init__(self, character: str = "mon-hum-neu-mal", max_steps: int = 30_000, seeds=None, far=None, offset: int = 0):
+    def __init__(self, character: str = "mon-hum-neu-mal", max_steps: int = 30_000, seeds=None, far=None, offset: int = 0,
+                 teacher: str | Path | None = None):
         from nle import nethack as nh
 
         from retainrl.envs.nethack import make_env
 
         self.env = make_env(character, max_steps)
-        self.observation_space = obs_space()
+        # Kickstarting needs π*'s output on the states the learner trains on, with π*'s own
+        # recurrent context: π* is stepped here, alongside the game, and its logits ride in the obs.
+        self.teacher = None
+        if teacher:
+            self.teacher, tcfg = load_sf_policy(Path(teacher))
+            self.teacher.eval()
+            self.teacher_rnn = torch.zeros(1, tcfg.rnn_size)
+        self.observation_space = obs_space(teacher=self.teacher is not None)
         self.action_space = gym.spaces.Discrete(len(nh.ACTIONS))
         self.seeds = seeds
         self.far = far
@@ -91,11 +102,22 @@ class NetHackSF(gym.Env):
         else:
             obs, _ = self.env.reset()
         self.episode += 1
-        return sf_obs(obs), {}
+        if self.teacher is not None:
+            self.teacher_rnn.zero_()
+        return self._obs(obs), {}
+
+    def _obs(self, obs: dict) -> dict:
+        out = sf_obs(obs)
+        if self.teacher is not None:
+            with torch.no_grad():
+                res = self.teacher({k: torch.from_numpy(v)[None] for k, v in out.items()}, self.teacher_rnn)
+            self.teacher_rnn = res["new_rnn_states"]
+            out["teacher_logits"] = res["action_logits"][0].numpy().astype(np.float32)
+        return out
 
     def step(self, action):
         obs, reward, term, trunc, info = self.env.step(int(action))
-        return sf_obs(obs), float(reward), bool(term), bool(trunc), info
+        return self._obs(obs), float(reward), bool(term), bool(trunc), info
 
     def render(self):
         return None
@@ -106,9 +128,13 @@ class NetHackSF(gym.Env):
 
 def make_sf_env(full_env_name, cfg=None, env_config=None, render_mode=None):
     """sample-factory's env factory; each worker/env index gets its own slice of the seed cycle."""
+    from retainrl.envs.nethack import game_seeds
+
     idx = 0 if env_config is None else int(getattr(env_config, "env_id", 0) or 0)
     character = getattr(cfg, "nethack_character", "mon-hum-neu-mal")
-    return NetHackSF(character=character, offset=idx * 1000)
+    seed = int(getattr(cfg, "nethack_seed", 0))
+    seeds = game_seeds(1_000_000 + 1000 * seed + idx, 1000)  # reproducible, disjoint from the demos' seeds
+    return NetHackSF(character=character, seeds=seeds, teacher=getattr(cfg, "nethack_teacher", "") or None)
 
 
 # --------------------------------------------------------------------------- encoder
@@ -206,6 +232,8 @@ def sf_config(train_dir: Path, experiment: str, extra: list[str] | None = None):
     ] + list(extra or [])
     parser, _ = parse_sf_args(argv)
     parser.add_argument("--nethack_character", default="mon-hum-neu-mal", type=str)
+    parser.add_argument("--nethack_teacher", default="", type=str, help="π* experiment dir (kickstarting)")
+    parser.add_argument("--nethack_seed", default=0, type=int)
     return parse_full_cfg(parser, argv)
 
 
@@ -389,25 +417,37 @@ class RetentionLoss:
     * ``ewc``: coef · Σ_actor F (θ − θ*)², F from the ``fisher`` stage
     * ``bc``:  coef · KL(π*(·|s) ‖ π_θ(·|s)) on a batch of FAR-buffer states, each evaluated with
       the GRU state π* had there (stored in the buffer)
-    * ``finetune``: nothing.
+    * ``ks``:  coef_t · KL(π*(·|s) ‖ π_θ(·|s)) on the online minibatch (π*'s logits come with
+      the observations), coef_t = max(floor, coef · decay^t) per update
+    * ``finetune`` / ``scratch``: nothing.
     """
 
     def __init__(self, method: str, coef: float, anchor: dict | None = None, fisher: dict | None = None,
-                 buffer: dict | None = None, batch_size: int = 64, seed: int = 0):
+                 buffer: dict | None = None, batch_size: int = 64, seed: int = 0, decay: float = 1.0, floor: float = 0.0):
         self.method, self.coef = method, float(coef)
         self.anchor = {k: v.detach().clone() for k, v in (anchor or {}).items() if not k.startswith("critic_linear")}
         self.fisher = fisher
         self.buffer = {k: torch.from_numpy(np.asarray(v)) for k, v in (buffer or {}).items()}
         self.batch_size = batch_size
         self.gen = torch.Generator().manual_seed(seed)
+        self.decay, self.floor = decay, floor
         self.calls = 0
         self.last = 0.0
 
-    def __call__(self, ac) -> torch.Tensor:
+    def __call__(self, ac, mb=None, dist=None) -> torch.Tensor:
         self.calls += 1
         zero = next(ac.parameters()).new_zeros(())
-        if self.method == "finetune":
+        if self.method in ("finetune", "scratch"):
             return zero
+        if self.method == "ks":
+            coef = max(self.floor, self.coef * self.decay ** (self.calls - 1))
+            target = torch.log_softmax(mb.normalized_obs["teacher_logits"].float(), -1)
+            logq = torch.log_softmax(dist.raw_logits, -1)
+            kl = (target.exp() * (target - logq)).sum(-1)
+            valids = mb.valids.float() if "valids" in mb else torch.ones_like(kl)
+            loss = coef * (kl * valids).sum() / valids.sum().clamp_min(1.0)
+            self.last = float(loss.detach())
+            return loss
         if self.method in ("l2", "ewc"):
             total = zero
             for name, prm in ac.named_parameters():
@@ -450,7 +490,7 @@ def install_retention(loss: RetentionLoss, freeze_encoder: bool = True):
 
     def calc(self, mb, num_invalids):
         res = list(orig_calc(self, mb, num_invalids))
-        aux = loss(self.actor_critic)
+        aux = loss(self.actor_critic, mb, res[0])
         res[1] = res[1] + aux  # policy_loss: part of the actor loss
         res[-1]["retention_loss"] = aux.detach()
         return tuple(res)
@@ -463,21 +503,31 @@ def install_retention(loss: RetentionLoss, freeze_encoder: bool = True):
     return undo
 
 
-def run_appo(pretrained: Path, exp_dir: Path, loss: RetentionLoss, *, env_steps: int, num_envs: int, rollout: int,
-             batch_size: int, lr: float, entropy: float, freeze_encoder: bool = True) -> dict:
-    """Fine-tune π* with APPO (sample-factory, serial mode) plus ``loss``; writes into ``exp_dir``."""
+def run_appo(pretrained: Path | None, exp_dir: Path, loss: RetentionLoss, *, env_steps: int, num_envs: int, rollout: int,
+             batch_size: int, lr: float, entropy: float, freeze_encoder: bool = True, seed: int = 0) -> dict:
+    """Fine-tune π* with APPO (sample-factory, serial mode) plus ``loss``; writes into ``exp_dir``.
+
+    ``pretrained`` None trains from scratch (random init, nothing frozen). For ``ks`` the envs
+    step π* alongside the game (``--nethack_teacher``).
+    """
     import shutil
 
     from sample_factory.train import run_rl
 
-    shutil.copytree(pretrained, exp_dir, dirs_exist_ok=True)
+    if pretrained is not None:
+        shutil.copytree(pretrained, exp_dir, dirs_exist_ok=True)
+    else:
+        exp_dir.mkdir(parents=True, exist_ok=True)
+        freeze_encoder = False
+    teacher = [f"--nethack_teacher={pretrained}"] if loss.method == "ks" else []
     cfg = sf_config(exp_dir.parent, exp_dir.name, [
         "--num_workers=1", f"--num_envs_per_worker={num_envs}", "--worker_num_splits=1", "--serial_mode=True",
         "--async_rl=False", f"--batch_size={batch_size}", f"--rollout={rollout}", "--num_batches_per_epoch=1",
         "--num_epochs=1", f"--train_for_env_steps={env_steps}", "--save_every_sec=100000",
         "--experiment_summaries_interval=100000", "--with_wandb=False", "--restart_behavior=resume",
         "--decorrelate_envs_on_one_worker=False", f"--learning_rate={lr}", f"--exploration_loss_coeff={entropy}",
-    ])
+        f"--nethack_seed={seed}", f"--seed={seed}",
+    ] + teacher)
     undo = install_retention(loss, freeze_encoder)
     try:
         status = run_rl(cfg)
