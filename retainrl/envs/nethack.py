@@ -19,6 +19,18 @@ and the same actions, NetHack replays the game bit for bit, so:
 
 Options: NLE's defaults, except that autopickup takes gold only (picking up scrolls, potions
 and wands inside a shop makes the shopkeeper block the door, and the bot would be stuck).
+
+Stages (the family stage API; the sample-factory side lives in ``nethack_sf``):
+
+* ``collect_demos``: the scripted expert (``nethack_expert``) on ``demos.games`` seeded games →
+  ``games.npz`` (seeds, uint8 actions, per-game score / max depth / turns / FAR step),
+  ``far_starts.npz`` (FAR start states: seeds + prefix length), ``meta.json`` (summary);
+* ``pretrain``: BC of sample-factory's recurrent ActorCritic, then its critic → an SF experiment dir;
+* ``far_buffer``: FAR states (depth ≥ far.boundary) with π*'s logits and GRU state;
+* ``fisher``: EWC's diagonal Fisher of π*'s actor on those states;
+* ``finetune``: APPO (sample-factory, serial mode) from π* with scratch/finetune/l2/ewc/bc/ks; em refused;
+* ``evaluate``: every policy from fresh games (CLOSE) and from the FAR start states (FAR);
+* ``report``: report.md + a FAR bar chart.
 """
 
 from __future__ import annotations
@@ -592,13 +604,11 @@ def finetune(p: Params, paths, device=None, method: str = "finetune") -> dict:
     EM is refused before any compute (episodic memory needs an off-policy learner; APPO is
     on-policy). ``scratch`` starts from a random init (same network), the others from π*.
     """
-    from retainrl.artifacts import atomic_path
+    from retainrl.artifacts import atomic_path, require
     from retainrl.envs import nethack_sf as sf
     from retainrl.retention.methods import check_method
 
     check_method(method, learner="appo", off_policy=False, key="finetune.method")
-    from retainrl.artifacts import require
-
     if method != "scratch":
         require(paths.pretrained, "pretrained NetHack policy (π*)")
     anchor = fisher_diag = buffer = None
@@ -612,9 +622,7 @@ def finetune(p: Params, paths, device=None, method: str = "finetune") -> dict:
         if method == "ewc":
             from safetensors.torch import load_file
 
-            from retainrl.artifacts import require as req
-
-            fisher_diag = load_file(str(req(Path(paths.fisher) / "fisher.safetensors", "NetHack Fisher")))
+            fisher_diag = load_file(str(require(Path(paths.fisher) / "fisher.safetensors", "NetHack Fisher")))
     elif method == "bc":
         buffer = load_far_buffer(paths.far_buffer)
         coef = p.retention.bc.coef
@@ -625,7 +633,8 @@ def finetune(p: Params, paths, device=None, method: str = "finetune") -> dict:
         res = sf.run_appo(None if method == "scratch" else Path(paths.pretrained).resolve(), tmp, loss,
                           env_steps=ft.env_steps, num_envs=ft.num_envs, rollout=ft.rollout, batch_size=ft.batch_size,
                           lr=ft.lr, entropy=ft.entropy if method in ("finetune", "scratch") else 0.0,
-                          freeze_encoder=ft.freeze_encoder, seed=ft.seed)
+                          freeze_encoder=ft.freeze_encoder, seed=ft.seed,
+                          device="gpu" if device is not None and str(device).startswith("cuda") else "cpu")
         if res["status"] != 0:
             raise RuntimeError(f"sample-factory APPO exited with status {res['status']}")
         (tmp / "retention.json").write_text(json.dumps({"method": method, "coef": coef, **res}) + "\n")

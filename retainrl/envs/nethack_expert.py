@@ -253,7 +253,6 @@ class Expert:
         tty = obs["tty_chars"]
         top = text(tty[0])
         misc = obs["misc"]
-        screen = None
         if misc[2] or "--More--" in top:
             return self._key(ENTER, "more")
         if misc[1]:  # getlin: a line of text; only the engraving we asked for is typed

@@ -504,7 +504,8 @@ def install_retention(loss: RetentionLoss, freeze_encoder: bool = True):
 
 
 def run_appo(pretrained: Path | None, exp_dir: Path, loss: RetentionLoss, *, env_steps: int, num_envs: int, rollout: int,
-             batch_size: int, lr: float, entropy: float, freeze_encoder: bool = True, seed: int = 0) -> dict:
+             batch_size: int, lr: float, entropy: float, freeze_encoder: bool = True, seed: int = 0,
+             device: str = "cpu") -> dict:
     """Fine-tune π* with APPO (sample-factory, serial mode) plus ``loss``; writes into ``exp_dir``.
 
     ``pretrained`` None trains from scratch (random init, nothing frozen). For ``ks`` the envs
@@ -526,7 +527,7 @@ def run_appo(pretrained: Path | None, exp_dir: Path, loss: RetentionLoss, *, env
         "--num_epochs=1", f"--train_for_env_steps={env_steps}", "--save_every_sec=100000",
         "--experiment_summaries_interval=100000", "--with_wandb=False", "--restart_behavior=resume",
         "--decorrelate_envs_on_one_worker=False", f"--learning_rate={lr}", f"--exploration_loss_coeff={entropy}",
-        f"--nethack_seed={seed}", f"--seed={seed}",
+        f"--nethack_seed={seed}", f"--seed={seed}", f"--device={device}",
     ] + teacher)
     undo = install_retention(loss, freeze_encoder)
     try:
