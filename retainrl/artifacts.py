@@ -28,6 +28,8 @@ def atomic_path(dest: str | Path, *, directory: bool = False) -> Iterator[Path]:
     """Yield a temporary path next to ``dest``; move it onto ``dest`` on success, delete it on error."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    for stale in dest.parent.glob(f".{dest.name}.*.tmp"):  # left by a killed run (SIGKILL skips cleanup)
+        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
     if directory:
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     else:

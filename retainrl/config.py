@@ -162,7 +162,8 @@ def load_params(path: str | Path = DEFAULT_PARAMS, *, profile: str | None = None
     ``only`` validates a single family section (a stage of one environment need not import the
     others' heavy dependencies); the common keys are always checked.
     """
-    merged = resolve_raw(load_raw(path), profile)
+    raw = load_raw(path)
+    merged = resolve_raw(raw, profile)
     device = merged.get("device", "auto")
     if device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"device: must be one of auto, cpu, cuda (got {device!r})")
@@ -180,8 +181,22 @@ def load_params(path: str | Path = DEFAULT_PARAMS, *, profile: str | None = None
         if name not in merged:
             raise ConfigError(f"{name}: section missing from params.yaml")
         model = importlib.import_module(families[name]).Params
-        try:
-            sections[name] = model.model_validate(merged[name])
-        except ValidationError as err:
-            raise ConfigError(_format_validation(err, name)) from None
+        sections[name] = _validate(model, merged[name], name)
+        # The other profiles must be valid too: a typo in `paper` should not wait for a GPU run.
+        for other in (raw.get("profiles") or {}):
+            if other != merged["profile"]:
+                _validate(model, resolve_raw(raw, other)[name], f"profiles.{other}: {name}")
+        overlay = ((raw.get("profiles") or {}).get(merged["profile"]) or {}).get(name) or {}
+        if "methods" in (overlay.get("finetune") or {}):
+            raise ConfigError(
+                f"profiles.{merged['profile']}.{name}.finetune.methods: the method list expands into dvc.yaml stages "
+                "and cannot differ between profiles; change the base list instead"
+            )
     return Params(profile=merged["profile"], device=device, sections=sections)
+
+
+def _validate(model: type[BaseModel], data: Any, prefix: str) -> BaseModel:
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation(err, prefix)) from None

@@ -48,3 +48,7 @@ class Paths:
     def report(self) -> Path:
         """Written by `report`: report.md and its PNG figures."""
         return self.root / "reports" / self.env / "report"
+
+    def sweep(self, axis: str) -> Path:
+        """Written by a family's sweep stage (AppleRetrieval: forgetting against M or c)."""
+        return self.root / "reports" / self.env / f"sweep_{axis}"

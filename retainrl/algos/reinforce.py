@@ -13,10 +13,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
-from retainrl.envs.apple import AppleRetrieval, EnvParams, FinetuneParams, LogisticPolicy, evaluate_policy
+from retainrl.envs.apple import AppleRetrieval, EnvParams, FinetuneParams, LogisticPolicy, evaluate_policy, sample_actions
 from retainrl.retention.methods import RetentionMethod
 
 OFF_POLICY = False
@@ -31,26 +32,26 @@ class Rollout:
     success: torch.Tensor  # (models, B)
 
 
-@torch.no_grad()
-def rollout(policy: LogisticPolicy, env: EnvParams, episodes: int, generator: torch.Generator) -> Rollout:
-    n_models = policy.weight.shape[0]
-    sim = AppleRetrieval(env.c, env.M, env.T, (n_models, episodes), policy.weight.device)
+def rollout(policy: LogisticPolicy, env: EnvParams, episodes: int, rng: np.random.Generator) -> Rollout:
+    """Play ``episodes`` episodes per model (NumPy simulator); arrays come back as tensors."""
+    weight = policy.weight.detach().cpu().numpy()
+    sim = AppleRetrieval(env.c, env.M, env.T, (weight.shape[0], episodes))
     obs = sim.reset(1)
     rec_obs, rec_act, rec_rew, rec_alive = [], [], [], []
-    while not bool(sim.done.all()):
-        p_right = torch.sigmoid(policy.dist_params(obs)[..., 1])
-        action = (torch.rand(sim.batch, generator=generator, device=p_right.device) < p_right).long()
+    while not sim.done.all():
+        action = sample_actions(weight, obs, rng)
         rec_obs.append(obs)
         rec_act.append(action)
         obs, reward, alive = sim.step(action)
         rec_rew.append(reward)
         rec_alive.append(alive)
+    dev = policy.weight.device
     return Rollout(
-        obs=torch.stack(rec_obs, 1),
-        actions=torch.stack(rec_act, 1),
-        rewards=torch.stack(rec_rew, 1),
-        alive=torch.stack(rec_alive, 1),
-        success=sim.success,
+        obs=torch.from_numpy(np.stack(rec_obs, 1)).to(dev),
+        actions=torch.from_numpy(np.stack(rec_act, 1)).to(dev),
+        rewards=torch.from_numpy(np.stack(rec_rew, 1)).to(dev),
+        alive=torch.from_numpy(np.stack(rec_alive, 1)).to(dev),
+        success=torch.from_numpy(sim.success).to(dev),
     )
 
 
@@ -90,6 +91,7 @@ def train(
     env: EnvParams,
     cfg: FinetuneParams,
     retention: RetentionMethod,
+    rng: np.random.Generator,
     generator: torch.Generator,
     on_eval: Callable[[int, dict[str, torch.Tensor]], None] | None = None,
     progress: bool = True,
@@ -101,7 +103,7 @@ def train(
     curves: dict[str, list] = {"iteration": [], "close": [], "far": [], "full": []}
 
     def evaluate(it: int) -> None:
-        scores = evaluate_policy(policy, env, cfg.eval_episodes, generator)
+        scores = evaluate_policy(policy, env, cfg.eval_episodes, rng)
         curves["iteration"].append(it)
         for k, v in scores.items():
             curves[k].append(v)
@@ -110,7 +112,7 @@ def train(
 
     evaluate(0)
     for it in tqdm(range(1, cfg.iterations + 1), desc=desc, disable=not progress, mininterval=1.0):
-        ro = rollout(policy, env, cfg.episodes_per_iteration, generator)
+        ro = rollout(policy, env, cfg.episodes_per_iteration, rng)
         loss = policy_gradient_loss(policy, ro, cfg.baseline)
         online = visited_states(ro, cfg.ks_states, generator) if retention.uses_online_states else None
         aux = retention.aux_loss(policy, online, it - 1)

@@ -25,6 +25,10 @@ class RetainablePolicy(nn.Module):
     def dist_params(self, obs: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        """Calling the policy gives its distribution parameters (what torch.func transforms see)."""
+        return self.dist_params(obs)
+
     def critic_output(self, obs: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} has no critic to regularise")
 

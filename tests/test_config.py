@@ -1,0 +1,84 @@
+"""params.yaml validation: every profile loads, bad input names its key before any compute."""
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from retainrl.config import ConfigError, load_params, resolve_raw
+
+
+def write(tmp_path, mutate):
+    raw = yaml.safe_load(open("params.yaml"))
+    mutate(raw)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.mark.parametrize("profile", ["smoke", "default", "paper"])
+def test_every_profile_validates(profile):
+    params = load_params("params.yaml", profile=profile)
+    assert params.profile == profile
+    apple = params.section("apple")
+    assert apple.env.M <= apple.env.T / 2
+
+
+def test_profiles_override_base_values():
+    raw = yaml.safe_load(open("params.yaml"))
+    smoke = resolve_raw(raw, "smoke")
+    assert smoke["apple"]["finetune"]["seeds"] < raw["apple"]["finetune"]["seeds"]
+    assert smoke["apple"]["finetune"]["lr"] == raw["apple"]["finetune"]["lr"]
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda r: r["apple"]["finetune"].update(methods=["finetune", "ewk"]), r"apple\.finetune\.methods.*ewk"),
+        (lambda r: r["apple"]["env"].update(M=0), r"apple\.env\.M"),
+        (lambda r: r["apple"]["env"].update(M=51), r"M must be ≤ T/2"),
+        (lambda r: r["apple"]["env"].update(c=0), r"apple\.env\.c"),
+        (lambda r: r["apple"]["finetune"].update(methods=["finetune", "em"]), r"'em'.*on-policy"),
+        (lambda r: r["apple"]["sweep"].update(c=[0.5, -1.0]), r"apple\.sweep\.c"),
+        (lambda r: r["apple"]["sweep"].update(M=[10, 80]), r"sweep\.M"),
+        (lambda r: r["apple"]["finetune"].update(lr_typo=1), r"apple\.finetune\.lr_typo: unknown key"),
+        (lambda r: r.update(profile="huge"), r"profile: unknown profile 'huge'"),
+        (lambda r: r["profiles"]["smoke"]["apple"].update(nope=1), r"profiles: 'apple\.nope'"),
+        (lambda r: r.update(device="tpu"), r"device"),
+        (lambda r: r.update(montezuma_typo={}), r"montezuma_typo: unknown top-level key"),
+    ],
+)
+def test_bad_params_fail_naming_the_key(tmp_path, mutate, message):
+    path = write(tmp_path, mutate)
+    with pytest.raises(ConfigError, match=message):
+        load_params(path)
+
+
+def test_stage_cli_reports_bad_params_and_missing_artifacts(tmp_path, root):
+    path = write(tmp_path, lambda r: r["apple"]["env"].update(M=-3))
+    env_dir = tmp_path
+    res = subprocess.run([sys.executable, "-m", "stages.collect_demos", "apple", "--params", str(path)], cwd=root, capture_output=True, text=True)
+    assert res.returncode == 2 and "apple.env.M" in res.stderr
+    res = subprocess.run([sys.executable, "-m", "stages.collect_demos", "robotz", "--params", str(path)], cwd=root, capture_output=True, text=True)
+    assert res.returncode == 2 and "unknown environment 'robotz'" in res.stderr
+    # A stage whose upstream artifact is missing names it (run in an empty directory).
+    good = write(tmp_path, lambda r: None)
+    res = subprocess.run(
+        [sys.executable, "-c", "import sys; from retainrl.stage import main; sys.exit(main('pretrain'))", "apple", "--params", str(good)],
+        cwd=env_dir, capture_output=True, text=True,
+    )
+    assert res.returncode == 2 and "data/apple/demos/demos.npz: missing expert demonstrations" in res.stderr
+    assert not (env_dir / "models").exists()
+
+
+def test_profiles_cannot_change_the_method_list(tmp_path):
+    path = write(tmp_path, lambda r: r["profiles"]["smoke"]["apple"]["finetune"].update(methods=["finetune"]))
+    with pytest.raises(ConfigError, match="profiles.smoke.apple.finetune.methods"):
+        load_params(path, profile="smoke")
+
+
+def test_an_invalid_inactive_profile_is_reported(tmp_path):
+    path = write(tmp_path, lambda r: r["profiles"]["paper"]["apple"]["finetune"].update(seeds=0))
+    with pytest.raises(ConfigError, match="profiles.paper: apple.finetune.seeds"):
+        load_params(path, profile="default")

@@ -1,0 +1,88 @@
+"""End to end: `dvc repro` on the smoke profile in a temporary copy of the repository."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+
+def copy_repo(root: Path, dest: Path) -> Path:
+    """Copy what git would ship (tracked + untracked-not-ignored files), then make it a fresh repo."""
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=root, capture_output=True, check=True
+    ).stdout.decode().split("\0")
+    for rel in filter(None, files):
+        src = root / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    for rel in ("dvc.lock",):  # start from nothing: no cached results
+        (dest / rel).unlink(missing_ok=True)
+    return dest
+
+
+def run(cmd, cwd, env):
+    res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    assert res.returncode == 0, f"{cmd} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+    return res.stdout + res.stderr
+
+
+@pytest.fixture(scope="module")
+def smoke_repo(tmp_path_factory, root):
+    repo = copy_repo(root, tmp_path_factory.mktemp("repo"))
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["profile"] = "smoke"
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "RETAINRL_LOG": "WARNING"}
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"]):
+        run(cmd, repo, env)
+    out = run([sys.executable, "-m", "dvc", "repro"], repo, env)
+    return repo, env, out
+
+
+def test_smoke_repro_makes_every_artifact(smoke_repo):
+    repo, _, _ = smoke_repo
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    for rel in ("data/apple/demos/demos.npz", "models/apple/pretrained/policy.safetensors", "data/apple/far_buffer/far_buffer.npz",
+                "data/apple/fisher/fisher.safetensors", "reports/apple/report/report.md", "reports/apple/report/far_success.png",
+                "reports/apple/report/forgetting_vs_M.png", "reports/apple/report/forgetting_vs_c.png"):
+        assert (repo / rel).stat().st_size > 0, rel
+    for method in params["apple"]["finetune"]["methods"]:
+        assert (repo / f"models/apple/finetune/{method}/curves.npz").exists()
+        assert (repo / f"models/apple/finetune/{method}/live/metrics.json").exists()
+    # No temporary leftovers anywhere.
+    assert not list(repo.glob("**/.*.tmp"))
+
+
+def test_smoke_metrics_make_sense(smoke_repo):
+    repo, _, _ = smoke_repo
+    m = json.loads((repo / "reports/apple/eval/metrics.json").read_text())
+    assert m["pretrained"]["far"] > 0.9 and m["pretrained"]["close"] < 0.1  # the state coverage gap
+    methods = m["methods"]
+    for name, stats in methods.items():
+        assert 0.0 <= stats["forgetting"]["mean"] <= 1.0, name
+    assert methods["finetune"]["far_start"]["mean"] > 0.9
+    assert methods["finetune"]["forgetting"]["mean"] > methods["bc"]["forgetting"]["mean"]
+    sweep = json.loads((repo / "reports/apple/sweep_c/sweep.json").read_text())
+    ft = {r["value"]: r["forgetting"]["mean"] for r in sweep if r["method"] == "finetune"}
+    assert ft[min(ft)] > ft[max(ft)]  # forgetting shrinks with c
+
+
+def test_second_repro_is_a_no_op_and_dvc_reads_the_results(smoke_repo):
+    repo, env, _ = smoke_repo
+    out = run([sys.executable, "-m", "dvc", "repro"], repo, env)
+    assert "didn't change, skipping" in out or "is up to date" in out
+    assert "Running stage" not in out
+    status = run([sys.executable, "-m", "dvc", "status"], repo, env)
+    assert "up to date" in status
+    metrics = run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], repo, env)
+    assert "forgetting" in metrics
+    plots = run([sys.executable, "-m", "dvc", "plots", "show", "--json"], repo, env)
+    assert "far_success.json" in plots
