@@ -231,3 +231,37 @@ def test_finetune_refuses_em_and_missing_pretrained_before_any_compute(tmp_path)
         nhf.finetune(p, paths, method="ks")
     with pytest.raises(ConfigError, match="missing pretrained NetHack policy"):
         nhf.finetune(p, paths, method="l2")
+
+
+def test_registered_family_validates_through_params_yaml(tmp_path):
+    import yaml
+
+    from retainrl.config import load_params
+    from retainrl.envs import get_family
+
+    assert get_family("nethack") is nhf
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({"nethack": {"far": {"boundary": 1}}}))
+    with pytest.raises(ConfigError, match=r"nethack\.far\.boundary: FAR boundary must be ≥ 2"):
+        load_params(path, only="nethack")
+    path.write_text(yaml.safe_dump({"nethack": {"env": {"character": "mon-hum-neu-mal"}}}))
+    assert load_params(path, only="nethack").section("nethack").far.start_depth == 4
+
+
+def test_sample_factory_env_starts_episodes_in_far_start_states(env, game):
+    from retainrl.envs import nethack_sf as sf
+
+    demos = {
+        "seeds": game.seeds[None], "actions": game.actions, "offsets": np.array([0, len(game.actions)]),
+        "far_step": np.array([game.far_step]),
+    }
+    far = nhf.far_start_states(demos)
+    sfenv = sf.NetHackSF(max_steps=5000, far=(demos, far))
+    try:
+        obs, _ = sfenv.reset()
+        assert sfenv.observation_space.contains(obs)
+        assert obs["blstats"][12] == 2  # the fixture game's start depth
+        obs2, r, term, trunc, _ = sfenv.step(0)
+        assert not (term or trunc) and obs2["chars"].shape == (21, 79)
+    finally:
+        sfenv.close()
