@@ -1,6 +1,6 @@
-"""Measure the scripted NetHack expert over N seeded games (the numbers reported in the README).
+"""Measure the scripted NetHack expert over N seeded games (the quality numbers the lead reports).
 
-    PYTHONPATH=. python scripts/nethack_expert_eval.py --games 100 --seed 0 --out reports/nethack_expert.json
+    python benchmarks/nethack_expert_eval.py --games 100 --seed 0 --out benchmarks/results/nethack_expert_100.json
 """
 
 from __future__ import annotations
