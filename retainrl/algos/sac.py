@@ -161,7 +161,10 @@ class SACAgent(RetainablePolicy):
         mean, log_std = self.dist_params(obs).chunk(2, dim=-1)
         if deterministic:
             return torch.tanh(mean), None
-        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        if generator is not None and generator.device != mean.device:  # CPU generator, CUDA model
+            noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype).to(mean.device)
+        else:
+            noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
         u = mean + log_std.exp() * noise
         a = torch.tanh(u)
         logp = (-0.5 * noise.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)

@@ -14,6 +14,17 @@ CLOSE = the first stages (hammer, push), FAR = a suffix (peg-unplug-side, push-w
 cloned from Meta-World's scripted experts on FAR only, so fine-tuning from π* first spends its
 capacity on CLOSE, where π* is useless, and forgets FAR before it ever gets there.
 Starting an episode at stage k (``reset(stage=k)``) is how FAR is entered for evaluation.
+
+Pre-training (a choice, documented because it matters): the actor is cloned from the scripted
+experts (MSE on the action plus a σ fit, with DAgger rounds labelled by the expert); the critics
+are fitted by offline TD (SAC targets, π* fixed) on the experts' and π*'s own FAR transitions,
+which costs no extra env interaction. Known weakness: such a critic has only seen π*'s nearly
+deterministic actions, so its action-gradient on FAR states is unreliable. Methods that put FAR
+states into the actor's SAC loss (EM, through its protected replay) then move the FAR heads
+along that gradient, and on the default profile EM loses FAR within 500 steps (also with
+init_alpha 0.01, so the entropy bonus is not the cause). The study's π* came from online SAC,
+whose critic has seen exploratory actions; a short online SAC phase on FAR in ``pretrain`` is
+the likely fix (not done yet).
 """
 
 from __future__ import annotations
@@ -658,7 +669,7 @@ def finetune_seeds(method: str, p: Params, pretrained, far, fisher_diag, demos, 
         update_every=cfg.update_every, updates_per_step=cfg.updates_per_step, random_steps=cfg.random_steps,
     )
     learner = sac.SACLearner(agent, scfg, retention, gen)
-    replay = ProtectedReplay(cfg.replay_size, sac.replay_specs(agent.spec, m), "cpu")
+    replay = ProtectedReplay(cfg.replay_size, sac.replay_specs(agent.spec, m), device)
     venv = sac.VecEnv([RoboticSequence(p.env, base * 100 + i) for i in range(m)])
     eval_seqs = [RoboticSequence(p.env, base * 100 + 50 + i) for i in range(m)]
     curves: dict[str, list] = {"step": [], "success": [], "completed": []}
