@@ -60,8 +60,16 @@ def require(path: str | Path, what: str) -> Path:
     return path
 
 
+META_KEY = "retainrl"
+
+
 def save_tensors(path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, Any] | None = None) -> None:
-    meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
+    """safetensors with the metadata as ONE key of sorted JSON.
+
+    safetensors writes a metadata map in hash order, which changes between processes; with
+    several keys the same weights would get different bytes and DVC would see a changed output.
+    """
+    meta = {META_KEY: json.dumps(dict(metadata or {}), sort_keys=True)}
     with atomic_path(path) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
 
@@ -74,7 +82,7 @@ def load_metadata(path: str | Path) -> dict[str, Any]:
     from safetensors import safe_open
 
     with safe_open(str(require(path, "tensors")), framework="pt") as fh:
-        return {k: json.loads(v) for k, v in (fh.metadata() or {}).items()}
+        return json.loads((fh.metadata() or {}).get(META_KEY, "{}"))
 
 
 def save_npz(path: str | Path, **arrays: np.ndarray) -> None:

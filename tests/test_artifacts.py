@@ -84,3 +84,20 @@ def test_dvc_yaml_declares_the_paths_the_code_writes(root):
     metrics = raw["apple_evaluate"]["metrics"][0]
     assert list(metrics) == [str(p.evaluation / "metrics.json")]
     assert set(params["apple"]["finetune"]["methods"]) <= {"scratch", "finetune", "l2", "ewc", "bc", "ks"}
+
+
+def test_saved_tensors_are_byte_identical_across_processes(tmp_path):
+    """Same weights + metadata → same bytes in every process, or DVC sees a changed output."""
+    code = (
+        "import sys, torch; from retainrl.artifacts import save_tensors\n"
+        "save_tensors(sys.argv[1], {'b': torch.ones(3), 'a': torch.zeros(2)}, {'zeta': 1, 'alpha': [1, 2], 'mid': 'x'})\n"
+    )
+    outs = []
+    for i in range(3):
+        path = tmp_path / f"t{i}.safetensors"
+        subprocess.run([sys.executable, "-c", code, str(path)], check=True)
+        outs.append(path.read_bytes())
+    assert outs[0] == outs[1] == outs[2]
+    from retainrl.artifacts import load_metadata
+
+    assert load_metadata(tmp_path / "t0.safetensors") == {"zeta": 1, "alpha": [1, 2], "mid": "x"}

@@ -564,7 +564,7 @@ def fisher(p: Params, paths, device=None) -> dict:
     """
     import torch
 
-    from retainrl.artifacts import atomic_path
+    from retainrl.artifacts import atomic_path, save_tensors
     from retainrl.envs import nethack_sf as sf
 
     buf = load_far_buffer(paths.far_buffer)
@@ -589,10 +589,7 @@ def fisher(p: Params, paths, device=None) -> dict:
                 acc[name] += g.detach() ** 2
     fisher_diag = {name: (v / n).clamp_min(p.fisher.min_value) for name, v in acc.items()}
     with atomic_path(paths.fisher, directory=True) as tmp:
-        from safetensors.torch import save_file
-
-        save_file({k: v.contiguous() for k, v in fisher_diag.items()}, str(tmp / "fisher.safetensors"),
-                  metadata={"states": str(n), "estimator": p.fisher.estimator})
+        save_tensors(tmp / "fisher.safetensors", fisher_diag, {"states": n, "estimator": p.fisher.estimator})
     total = float(sum(v.sum() for v in fisher_diag.values()))
     log.info("Fisher on %d FAR states: %d tensors, total %.3g", n, len(fisher_diag), total)
     return {"states": n, "tensors": len(fisher_diag), "total": total}
