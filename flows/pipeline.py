@@ -157,6 +157,9 @@ def pipeline(root: str = ".", targets: list[str] | None = None, envs: list[str] 
     names = dag.topological()
     changed = dvcops.changed(rootp, names)
     logger.info("%d stages selected, %d changed according to `dvc status`: %s", len(names), len(changed), sorted(changed))
+    if order is not None and (fresh := [n for n in names if n not in changed]):
+        # Workers see nothing of this disk: up-to-date outputs they may need go through the remote.
+        dvcops.dvc(rootp, "push", *(["-r", remote] if remote else []), *fresh)
 
     stage_task = run_stage.with_options(retries=cfg.retries, retry_delay_seconds=cfg.retry_delay)
     results: dict[str, dict] = {}
