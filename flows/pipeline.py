@@ -60,6 +60,10 @@ class FlowConfig:
             raise ValueError(f"retries must be ≥ 0, got {self.retries}")
         if self.seeds is not None and self.seeds < 1:
             raise ValueError(f"seeds must be ≥ 1, got {self.seeds}")
+        from retainrl.config import PROFILES
+
+        if self.profile is not None and self.profile not in PROFILES:
+            raise ValueError(f"profile: unknown profile {self.profile!r}; allowed: {', '.join(PROFILES)}")
         if self.dask not in (None, "local") and not re.match(r"^(tcp|tls|inproc|ws|wss)://[^\s]+$", self.dask):
             raise ValueError(f"dask must be 'local' or a scheduler address like tcp://127.0.0.1:8786, got {self.dask!r}")
 
