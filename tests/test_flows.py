@@ -73,10 +73,24 @@ def base(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ref(base, tmp_path_factory) -> Path:
-    """The reference: a plain `dvc repro` of the whole smoke pipeline."""
+def ref_started(base, tmp_path_factory):
+    """Start the reference `dvc repro` in the background so it overlaps with the flow run."""
     repo = clone_dir(base, tmp_path_factory.mktemp("ref") / "repo")
-    sh(["nice", "-n", "5", sys.executable, "-m", "dvc", "repro"], repo)
+    log = open(repo.parent / "repro.log", "w")
+    proc = subprocess.Popen(["nice", "-n", "5", sys.executable, "-m", "dvc", "repro"], cwd=repo, env=ENV,
+                            stdout=log, stderr=subprocess.STDOUT)
+    yield repo, proc
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def ref(ref_started) -> Path:
+    """The reference: a plain `dvc repro` of the whole smoke pipeline."""
+    repo, proc = ref_started
+    assert proc.wait() == 0, (repo.parent / "repro.log").read_text()[-3000:]
     return repo
 
 
@@ -89,7 +103,7 @@ def harness():
 
 
 @pytest.fixture(scope="module")
-def flowed(base, harness, tmp_path_factory) -> tuple[Path, dict]:
+def flowed(base, harness, ref_started, tmp_path_factory) -> tuple[Path, dict]:
     """The whole smoke pipeline run by the Prefect flow, two stages at a time."""
     from flows.pipeline import FlowConfig, run
 
