@@ -11,6 +11,6 @@ os.environ.setdefault("RETAINRL_LOG", "WARNING")
 torch.set_num_threads(1)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def root() -> Path:
     return ROOT

@@ -112,18 +112,11 @@ class SweepParams(Strict):
             check_method(m, learner=LEARNER, off_policy=False, key="sweep.methods")
         return methods
 
-    @field_validator("M")
+    @field_validator("M", "c")
     @classmethod
-    def _positive_m(cls, values):
+    def _positive(cls, values, info):
         if not values or any(v <= 0 for v in values):
-            raise ValueError(f"every M must be > 0 (got {values})")
-        return values
-
-    @field_validator("c")
-    @classmethod
-    def _positive_c(cls, values):
-        if not values or any(v <= 0 for v in values):
-            raise ValueError(f"every c must be > 0 (got {values})")
+            raise ValueError(f"every {info.field_name} must be > 0 (got {values})")
         return values
 
 
@@ -300,7 +293,7 @@ def far_states(policy: LogisticPolicy, env: EnvParams, cfg: FarBufferParams) -> 
     return {"obs": states, "targets": policy.dist_params(states)[0]}
 
 
-def retention_context(method: str, pretrained: LogisticPolicy | None, far: dict | None, fisher: dict | None, gen: torch.Generator):
+def retention_context(pretrained: LogisticPolicy | None, far: dict | None, fisher: dict | None, gen: torch.Generator):
     from retainrl.retention.methods import RetentionContext
 
     return RetentionContext(
@@ -335,7 +328,7 @@ def finetune_seeds(
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     retention = build_retention(
-        method, retention_context(method, pretrained, far, fisher, gen), p.retention, learner=LEARNER, off_policy=reinforce.OFF_POLICY
+        method, retention_context(pretrained, far, fisher, gen), p.retention, learner=LEARNER, off_policy=reinforce.OFF_POLICY
     )
     if retention.starts_from_pretrained:
         init = pretrained.weight.detach().expand(n, 2)
