@@ -60,8 +60,13 @@ def require(path: str | Path, what: str) -> Path:
     return path
 
 
+_META_KEY = "retainrl"
+
+
 def save_tensors(path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, Any] | None = None) -> None:
-    meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
+    # One metadata key holding sorted JSON: safetensors writes its metadata map in a per-process
+    # random (Rust HashMap) order, so two keys made byte-different files from identical runs.
+    meta = {_META_KEY: json.dumps(dict(metadata), sort_keys=True)} if metadata else None
     with atomic_path(path) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
 
@@ -74,7 +79,10 @@ def load_metadata(path: str | Path) -> dict[str, Any]:
     from safetensors import safe_open
 
     with safe_open(str(require(path, "tensors")), framework="pt") as fh:
-        return {k: json.loads(v) for k, v in (fh.metadata() or {}).items()}
+        meta = fh.metadata() or {}
+    if set(meta) == {_META_KEY}:
+        return json.loads(meta[_META_KEY])
+    return {k: json.loads(v) for k, v in meta.items()}  # files written before the single-key format
 
 
 def save_npz(path: str | Path, **arrays: np.ndarray) -> None:
