@@ -4,8 +4,8 @@ One task run per DVC stage (named after the stage, with the stage's output as it
 DAG is read from DVC (retainrl.dag); the flow body is a small scheduler: a stage is submitted
 once all of its upstream stages have finished, at most ``concurrency`` at a time, so the
 fine-tune matrix runs side by side. A stage DVC reports as up to date (and whose upstream did
-not just re-run) is skipped. Each stage that runs is recorded with ``dvc commit`` right after it
-succeeds, so a failing stage fails the flow with its own error message and keeps every output
+not just re-run) is skipped. Each stage runs as ``dvc repro --single-item STAGE`` (see
+flows/dvcops.py for why that is parallel) and is in dvc.lock as soon as it succeeds, so a failing stage fails the flow with its own error message and keeps every output
 that was already made; retries cover transient failures.
 
 ``python -m flows.pipeline --help`` for the CLI; ``flows/serve.py`` registers the deployment.
@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import re
-import shutil
+import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -120,19 +120,14 @@ def run_stage(root: str, stage: dict, changed_at_start: bool, upstream: dict[str
     if recheck and info.name not in dvcops.changed(root, [info.name]):
         logger.info("%s: upstream re-ran but produced the same outputs: skipped", info.name)
         return {"stage": info.name, "ran": False, "lock": None, "seconds": 0.0}
-    for rel in info.outs:  # dvc repro removes non-persistent outputs before running
-        if rel in info.persist:
-            continue
-        p = Path(root) / rel
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p)
-        elif p.exists() or p.is_symlink():
-            p.unlink()
+    # `dvc repro --single-item` releases the repo lock while the command runs (DVC's
+    # `unlocked_repo(cmd_run)`), so sibling stages started this way really run side by side;
+    # --wait-for-lock makes each wait for the short locked phases (status, dvc.lock update).
+    cmd = f"{shlex.quote(sys.executable)} -m dvc --wait-for-lock repro --single-item {shlex.quote(info.name)}"
     logger.info("Running stage %r:\n> %s", info.name, info.cmd)
-    rc, tail = dvcops.run_command(info.cmd, info.wdir, dvcops.bin_env({"DVC_ROOT": str(root), "DVC_STAGE": info.name}), logger.info)
+    rc, tail = dvcops.run_command(cmd, str(root), dvcops.bin_env(), logger.info)
     if rc != 0:
         raise StageError(info.name, rc, tail)
-    dvcops.dvc(root, "commit", "--force", info.name)  # hashes outs, writes the stage's dvc.lock entry
     secs = time.perf_counter() - started
     logger.info("%s done in %.1fs and recorded in dvc.lock", info.name, secs)
     return {"stage": info.name, "ran": True, "lock": None, "seconds": secs}
