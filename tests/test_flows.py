@@ -56,6 +56,11 @@ def snapshot(repo: Path) -> tuple:
     return st, (repo / "dvc.lock").read_bytes() if (repo / "dvc.lock").exists() else b"", (repo / "params.yaml").read_bytes()
 
 
+def assert_status_clean(repo: Path) -> None:
+    out = sh([sys.executable, "-m", "dvc", "status", "--with-deps", *TARGETS], repo).stdout
+    assert "Data and pipelines are up to date." in out, out
+
+
 def clone_dir(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst, symlinks=True)
     return dst
@@ -122,7 +127,7 @@ def test_flow_runs_every_stage_and_matches_dvc_repro(flowed, ref):
 
     assert set(result) == set(load_dag(repo).select(TARGETS).stages)  # one task per stage, names from DVC
     assert all(r["ran"] for r in result.values())
-    assert "Data and pipelines are up to date." in sh([sys.executable, "-m", "dvc", "status"], repo).stdout
+    assert_status_clean(repo)
     mine, theirs = lock_stages(repo), lock_stages(ref)
     differ = {k: (mine.get(k), theirs.get(k)) for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k)}
     assert not differ, f"dvc.lock differs from `dvc repro`'s: {differ}"  # cmd, deps, params, out hashes
@@ -268,7 +273,7 @@ def test_dask_localcluster_fan_out(ref, harness, tmp_path, monkeypatch):
     result = run(FlowConfig(root=str(repo), targets=["apple_finetune"], dask="local", dask_workers=2, concurrency=2))
     assert {n for n, r in result.items() if r["ran"]} == {"apple_finetune@ewc", "apple_finetune@bc"}
     assert lock_stages(repo) == lock_stages(ref)
-    assert "Data and pipelines are up to date." in sh([sys.executable, "-m", "dvc", "status"], repo).stdout
+    assert_status_clean(repo)
     assert list((remote / "files" / "md5").iterdir())  # the artifacts travelled through the remote
 
 
