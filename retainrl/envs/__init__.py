@@ -26,6 +26,7 @@ from retainrl.config import ConfigError
 
 FAMILIES: dict[str, str] = {
     "apple": "retainrl.envs.apple",
+    "nethack": "retainrl.envs.nethack",
 }
 
 STAGES = ("collect_demos", "pretrain", "far_buffer", "fisher", "finetune", "evaluate", "report")

@@ -1,0 +1,775 @@
+"""Montezuma's Revenge: the study's Atari environment family.
+
+What the study did (Wolczyk et al. 2024, §4): PPO+RND, π* trained on the rooms from the 7th room
+of a fixed route onwards (FAR), fine-tuned from the start of the game (CLOSE rooms first); per
+room, success when started in that room is a coin, a new item, or leaving by another exit.
+
+What this module gives:
+
+* :class:`Params` – the ``montezuma`` section of params.yaml (see docs/montezuma.md);
+* :class:`MontezumaEnv` – ALE with the study's preprocessing (84×84 gray, max-pool of the last two
+  of 4 skipped frames, 4 stacked frames, sticky actions 0.25, at most 4500 agent steps), started
+  from reset or from any stored emulator state;
+* :class:`RoomSuccess` – the study's per-room success rule;
+* :func:`collect_demos` – the stage: the deterministic Go-Explore search
+  (:mod:`retainrl.envs.montezuma_search`), the best trajectory replayed from reset, its room
+  order and CLOSE/FAR split, written atomically to ``paths.demos``;
+* :func:`load_demos`, :func:`split_route`, :func:`room_start_states` – what later stages read;
+* :func:`room_success_rates` – the evaluation metric: success rate when started in each room;
+* :func:`pretrain` – BC of the CNN actor-critic and fitting of the RND predictor on the FAR
+  segment of the demo (networks in :mod:`retainrl.envs.montezuma_nets`);
+* :func:`far_buffer`, :func:`fisher` – π*'s FAR states with its outputs (for the BC retention
+  method) and the diagonal Fisher on them (for EWC);
+* :func:`finetune` – PPO+RND (:mod:`retainrl.algos.ppo_rnd`) from the start of the game with one
+  retention method, FAR/CLOSE room success evaluated along the way; :func:`evaluate`,
+  :func:`report` – FAR vs CLOSE per method.
+
+The whole stage API exists, but the family is not registered in ``retainrl.envs.FAMILIES``:
+that needs its params.yaml section and dvc.yaml block, which live in the lead's tree.
+
+One ale-py 0.11.2 quirk shapes the code: after ``restoreState`` the RAM and screen that
+``getRAM``/``getScreenGrayscale`` return are still those of the last *emulated* frame. The search
+therefore remembers what it needs with each state, demos store the RAM at each room entry, and
+:meth:`MontezumaEnv.reset` emulates one NOOP frame after a restore to read both, then restores
+again so that the episode starts exactly at the stored state.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import Field, field_validator, model_validator
+
+from retainrl.config import ConfigError, FisherParams, Method, RetentionParams, Strict
+from retainrl.envs.montezuma_ale import GAMES, RamInfo, array_to_state, decode_ram, make_ale, state_to_array
+
+log = logging.getLogger(__name__)
+
+#: The first 505 steps of a route found by the search (seed 0): room 1 (key, door) → 2 → 6, no life lost.
+ROUTE_PREFIX = "retainrl/envs/data/montezuma_route_prefix.npz"
+DEMOS_NPZ = "demos.npz"
+ROUTE_JSON = "route.json"
+
+
+# --------------------------------------------------------------------------- params
+
+
+class EnvParams(Strict):
+    game: str = Field("montezuma_revenge", description="ale-py ROM id")
+    sticky: float = Field(0.25, ge=0, lt=1, description="repeat_action_probability for training/evaluation")
+    frame_skip: int = Field(4, gt=0)
+    frame_size: int = Field(84, gt=0)
+    frame_stack: int = Field(4, gt=0)
+    max_steps: int = Field(4500, gt=0, description="agent steps per episode")
+
+    @field_validator("game")
+    @classmethod
+    def _known_game(cls, game):
+        if game not in GAMES:
+            raise ValueError(f"unknown game {game!r}; allowed: {', '.join(GAMES)}")
+        return game
+
+
+class SearchParams(Strict):
+    """The deterministic Go-Explore search (see :mod:`retainrl.envs.montezuma_search`)."""
+
+    frame_budget: int = Field(4_000_000, gt=0, description="emulator frames the search may spend")
+    #: stop early once the best trajectory has visited this many rooms (None: spend the budget)
+    stop_rooms: int | None = Field(None, gt=0)
+    #: wall-clock guard in seconds (None: none); the search stops at whichever limit comes first
+    time_limit: float | None = Field(None, gt=0)
+    seed: int = 0
+    x_bin: int = Field(16, gt=0, description="cell width in pixels")
+    y_bin: int = Field(16, gt=0, description="cell height in pixels")
+    explore_steps: int = Field(100, gt=0)
+    repeat_prob: float = Field(0.95, ge=0, le=1)
+    death_margin: int = Field(8, ge=0, description="steps before a death whose cells are dropped")
+    room_bonus: float = Field(1.0, ge=0)
+    frontier_bonus: float = Field(1.0, ge=0)
+    #: open-loop replays of the found actions under sticky actions, to report how robust the demo is
+    sticky_checks: int = Field(5, ge=0)
+    #: npz with ``actions`` of a known route prefix whose cells seed the archive (None: start
+    #: from an empty archive). The smoke profile uses the bundled ROUTE_PREFIX to get past room 1
+    #: in seconds; the default profile searches from scratch.
+    warm_start: str | None = None
+
+    @field_validator("warm_start")
+    @classmethod
+    def _warm_start_exists(cls, path):
+        if path is not None and not Path(path).is_file():
+            raise ValueError(f"file not found: {path!r} (paths are relative to the repository root)")
+        return path
+
+
+class RouteParams(Strict):
+    #: 1-based position on the route of the first FAR room (the study: the 7th room)
+    far_boundary: int = Field(7, ge=2, description="route position of the first FAR room")
+
+
+class PretrainParams(Strict):
+    """BC of the actor on the demo's FAR segment and fitting of the RND predictor to it."""
+
+    steps: int = Field(2000, gt=0)
+    lr: float = Field(1e-4, gt=0)
+    batch_size: int = Field(64, gt=0)
+    hidden: int = Field(448, gt=0, description="width of the CNN's last layer")
+    seed: int = 0
+
+
+class FarBufferParams(Strict):
+    """States π* visits when started in FAR rooms (sticky actions on), with its outputs (for BC)."""
+
+    size: int = Field(2000, gt=0)
+    #: steps per rollout from a FAR start state before starting over from the next one
+    rollout_steps: int = Field(200, gt=0)
+    seed: int = 0
+
+
+class FinetuneParams(Strict):
+    """PPO+RND fine-tuning from the start of the game (the study's hyperparameters by default,
+    except the scale: ``envs`` × ``steps`` × ``updates`` fit a 2-core CPU)."""
+
+    methods: list[Method] = ["scratch", "finetune", "l2", "ewc", "bc", "ks"]
+    seed: int = 0
+    #: 10 updates × 8 envs × 128 steps ≈ 41k frames: ~5 min per method on a loaded 2-core CPU
+    #: (benchmarks: ~110–300 training frames/s); the study ran 128 envs for tens of millions.
+    updates: int = Field(10, gt=0)
+    envs: int = Field(8, gt=0)
+    steps: int = Field(128, gt=0)
+    lr: float = Field(1e-4, gt=0)
+    gamma_ext: float = Field(0.999, gt=0, le=1)
+    gamma_int: float = Field(0.99, gt=0, le=1)
+    gae_lambda: float = Field(0.95, ge=0, le=1)
+    ext_coef: float = Field(2.0, ge=0)
+    int_coef: float = Field(1.0, ge=0)
+    epochs: int = Field(4, gt=0)
+    minibatches: int = Field(4, gt=0)
+    clip: float = Field(0.1, gt=0)
+    entropy: float = Field(0.001, ge=0)
+    rnd_update_proportion: float = Field(0.25, gt=0, le=1)
+    max_grad_norm: float = Field(0.5, gt=0)
+    eval_every: int = Field(5, gt=0, description="updates between room-success evaluations")
+    eval_episodes: int = Field(5, gt=0, description="episodes per room per evaluation")
+    eval_max_steps: int = Field(300, gt=0, description="agent steps before an undecided room counts as failure")
+
+    @field_validator("methods")
+    @classmethod
+    def _on_policy(cls, methods):
+        from retainrl.retention.methods import check_method
+
+        for m in methods:
+            check_method(m, learner="ppo_rnd", off_policy=False, key="finetune.methods")
+        if len(set(methods)) != len(methods):
+            raise ValueError("methods are listed twice")
+        return methods
+
+
+class Params(Strict):
+    env: EnvParams = EnvParams()
+    search: SearchParams = SearchParams()
+    route: RouteParams = RouteParams()
+    pretrain: PretrainParams = PretrainParams()
+    far_buffer: FarBufferParams = FarBufferParams()
+    #: Montezuma's CNN has ~1.7M actor weights: the exact estimator's per-state Jacobian over 18
+    #: logits does not fit in memory, so the default here is the sampled (Monte-Carlo) one.
+    fisher: FisherParams = FisherParams(estimator="sampled", states=256)
+    finetune: FinetuneParams = FinetuneParams()
+    retention: RetentionParams = RetentionParams()
+
+    @model_validator(mode="after")
+    def _cross_checks(self):
+        if self.env.frame_size != 84:
+            raise ValueError(f"env.frame_size: the Nature CNN of the agent needs 84 (got {self.env.frame_size})")
+        if self.search.stop_rooms is not None and self.search.stop_rooms < self.route.far_boundary:
+            raise ValueError(
+                f"route.far_boundary: {self.route.far_boundary} is beyond search.stop_rooms="
+                f"{self.search.stop_rooms}; the search would stop before reaching any FAR room"
+            )
+        return self
+
+
+def parse_params(raw: dict | None) -> Params:
+    """Validate the ``montezuma`` section; a bad value raises ConfigError naming the dotted key.
+
+    (``config.load_params`` does the same once the family is registered in FAMILIES.)
+    """
+    from pydantic import ValidationError
+
+    from retainrl.config import _format_validation
+
+    try:
+        return Params.model_validate(raw or {})
+    except ValidationError as err:
+        raise ConfigError(_format_validation(err, "montezuma")) from None
+
+
+# --------------------------------------------------------------------------- environment
+
+
+class MontezumaEnv:
+    """One ALE Montezuma's Revenge with the study's preprocessing.
+
+    Observations are uint8 arrays of shape (frame_stack, frame_size, frame_size): the max of the
+    last two raw gray frames of each skipped block (removes Atari sprite flicker), resized with
+    area interpolation. ``reset(state)`` starts inside the game from a stored emulator state (a
+    uint8 array from demos), which is how FAR rooms are reached without playing CLOSE ones.
+    The episode ends at game over or after ``max_steps`` agent steps (truncation).
+    """
+
+    def __init__(self, p: EnvParams | None = None, *, seed: int = 0, sticky: float | None = None):
+        p = p or EnvParams()
+        self.p = p
+        self.ale = make_ale(p.game, sticky=p.sticky if sticky is None else sticky, frame_skip=1, seed=seed)
+        self.actions = list(self.ale.getMinimalActionSet())
+        self.n_actions = len(self.actions)
+        h, w = self.ale.getScreenDims()
+        self._raw = np.zeros((2, h, w), dtype=np.uint8)
+        self._stack = np.zeros((p.frame_stack, p.frame_size, p.frame_size), dtype=np.uint8)
+        self.steps = 0
+        self._ram = None
+
+    def _frame(self) -> np.ndarray:
+        import cv2
+
+        frame = np.maximum(self._raw[0], self._raw[1])
+        return cv2.resize(frame, (self.p.frame_size, self.p.frame_size), interpolation=cv2.INTER_AREA)
+
+    def ram(self) -> RamInfo:
+        """Decoded RAM of the current state (right after a restore: of one NOOP frame later)."""
+        return decode_ram(self.ale.getRAM() if self._ram is None else self._ram)
+
+    def reset(self, state: np.ndarray | None = None) -> np.ndarray:
+        """Start a new episode at the game's start, or at ``state`` (an array from demos)."""
+        self.ale.reset_game()
+        self._ram = None
+        if state is not None:
+            # getRAM/getScreen are stale after a restore: emulate one NOOP frame to read them,
+            # then restore again so the episode starts exactly at the stored state (demos replay).
+            saved = array_to_state(state)
+            self.ale.restoreState(saved)
+            self.ale.act(self.actions[0])
+            self._ram = self.ale.getRAM().copy()
+            self.ale.getScreenGrayscale(self._raw[0])
+            self.ale.restoreState(saved)
+        else:
+            self.ale.getScreenGrayscale(self._raw[0])
+        self._raw[1] = self._raw[0]
+        self._stack[:] = self._frame()
+        self.steps = 0
+        return self._stack.copy()
+
+    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        """One agent step (``frame_skip`` frames); returns obs, reward, terminated, truncated, info."""
+        reward = 0.0
+        self._ram = None
+        a = self.actions[int(action)]
+        skip = self.p.frame_skip
+        for i in range(skip):
+            reward += self.ale.act(a)
+            if i >= skip - 2:
+                self.ale.getScreenGrayscale(self._raw[i - (skip - 2)])
+            if self.ale.game_over():
+                break
+        if skip == 1:
+            self._raw[0] = self._raw[1]
+        self._stack[:-1] = self._stack[1:]
+        self._stack[-1] = self._frame()
+        self.steps += 1
+        terminated = self.ale.game_over()
+        truncated = not terminated and self.steps >= self.p.max_steps
+        info = self.ram()
+        return self._stack.copy(), reward, terminated, truncated, {"ram": info, "room": info.room, "lives": info.lives}
+
+    def clone(self) -> np.ndarray:
+        return state_to_array(self.ale.cloneState())
+
+
+# --------------------------------------------------------------------------- room success
+
+
+@dataclass
+class RoomSuccess:
+    """The study's per-room success when an episode starts in a room.
+
+    Success: a positive reward (a coin, a key, a door opened, a monster killed), a change of
+    inventory (a new item), or leaving the room by an exit other than the one it was entered by.
+    Montezuma's exits each lead to a different neighbour room, so "another exit" is "a room other
+    than ``entered_from``" (``entered_from`` is None for the start room: any exit counts).
+    Failure: losing a life, or walking back out the way it came. ``update`` returns True
+    (success), False (failure) or None (undecided).
+    """
+
+    room: int
+    inventory: int
+    lives: int
+    entered_from: int | None = None
+
+    @classmethod
+    def start(cls, info: RamInfo, entered_from: int | None = None) -> "RoomSuccess":
+        return cls(room=info.room, inventory=info.inventory, lives=info.lives, entered_from=entered_from)
+
+    def update(self, info: RamInfo, reward: float) -> bool | None:
+        if info.lives < self.lives:
+            return False
+        if reward > 0 or info.inventory != self.inventory:
+            return True
+        if info.room != self.room:
+            return self.entered_from is None or info.room != self.entered_from
+        return None
+
+
+def run_room_episode(env: MontezumaEnv, state: np.ndarray, entered_from: int | None, policy, max_steps: int) -> bool:
+    """Start ``env`` at ``state`` and act with ``policy(obs) -> action`` until RoomSuccess decides.
+
+    Undecided after ``max_steps`` (or at game over) counts as failure.
+    """
+    obs = env.reset(state)
+    judge = RoomSuccess.start(env.ram(), entered_from)
+    for _ in range(max_steps):
+        obs, reward, terminated, truncated, info = env.step(policy(obs))
+        verdict = judge.update(info["ram"], reward)
+        if verdict is not None:
+            return verdict
+        if terminated or truncated:
+            break
+    return False
+
+
+# --------------------------------------------------------------------------- route and demos
+
+
+def split_route(rooms: list[int], far_boundary: int) -> tuple[list[int], list[int]]:
+    """CLOSE = rooms before the ``far_boundary``-th (1-based) room of the route, FAR = it and after."""
+    if far_boundary > len(rooms):
+        raise ConfigError(
+            f"montezuma.route.far_boundary: {far_boundary} is beyond the {len(rooms)} rooms the demos "
+            f"reach (route {rooms}); lower it or raise montezuma.search.frame_budget"
+        )
+    return list(rooms[: far_boundary - 1]), list(rooms[far_boundary - 1 :])
+
+
+def sticky_replay_rooms(actions: np.ndarray, p: EnvParams, seeds: int) -> list[int]:
+    """Distinct rooms reached when the demo's actions are replayed open-loop with sticky actions.
+
+    Why: the study trains with sticky actions 0.25, so a demo that only works deterministically
+    says little about how hard each room is; this number is reported, never required.
+    """
+    from retainrl.envs.montezuma_search import FRAME_SKIP
+
+    out = []
+    for seed in range(seeds):
+        ale = make_ale(p.game, sticky=p.sticky, frame_skip=FRAME_SKIP, seed=seed + 1)
+        acts = list(ale.getMinimalActionSet())
+        ale.reset_game()
+        rooms = {decode_ram(ale.getRAM()).room}
+        for a in actions:
+            ale.act(acts[int(a)])
+            if ale.game_over():
+                break
+            rooms.add(int(ale.getRAM()[3]))
+        out.append(len(rooms))
+    return out
+
+
+def collect_demos(p: Params, paths, device=None) -> Path:
+    """Stage ``collect_demos``: search, verify by replay, split the route, write ``paths.demos``.
+
+    Writes ``demos.npz`` (``actions`` as indices into the minimal action set; per route room its
+    ``rooms``, ``entered_from``, ``entry_steps``, ``entry_states`` (uint8 emulator states) and
+    ``entry_ram``) and ``route.json`` (route, CLOSE/FAR, search statistics). ``device`` is unused:
+    the search runs on the emulator.
+    """
+    from retainrl.artifacts import atomic_path
+    from retainrl.envs.montezuma_search import GoExplore, replay, rooms_per_budget
+
+    s = p.search
+    log.info("go-explore search: budget %d frames, seed %d", s.frame_budget, s.seed)
+    search = GoExplore(
+        game=p.env.game, seed=s.seed, x_bin=s.x_bin, y_bin=s.y_bin, explore_steps=s.explore_steps,
+        repeat_prob=s.repeat_prob, death_margin=s.death_margin, room_bonus=s.room_bonus,
+        frontier_bonus=s.frontier_bonus,
+    )
+    if s.warm_start is not None:
+        with np.load(s.warm_start) as data:
+            search.warm_start(data["actions"])
+    result = search.run(s.frame_budget, target_rooms=s.stop_rooms, time_limit=s.time_limit)
+    log.info(
+        "search done: %d rooms %s, score %g, %d frames in %.1fs (%d cells, %d iterations)",
+        len(result.rooms), result.rooms, result.score, result.frames, result.seconds, result.cells, result.iterations,
+    )
+    rep = replay(result.actions, game=p.env.game)
+    if rep["rooms"] != result.rooms or rep["score"] != result.score or rep["lost_life"]:
+        raise RuntimeError(
+            f"replay from reset does not reproduce the search's trajectory (rooms {rep['rooms']} vs "
+            f"{result.rooms}, score {rep['score']} vs {result.score}, lost life {rep['lost_life']})"
+        )
+    close, far = split_route(rep["rooms"], p.route.far_boundary)
+    sticky = sticky_replay_rooms(result.actions, p.env, s.sticky_checks)
+    ram = []
+    ale = make_ale(p.env.game)
+    for st in rep["entry_states"]:
+        ale.restoreState(array_to_state(st))
+        ale.act(ale.getMinimalActionSet()[0])  # RAM is stale after a restore; read it one NOOP frame on
+        ram.append(ale.getRAM().copy())
+    route = {
+        "game": p.env.game,
+        "rooms": rep["rooms"],
+        "entered_from": rep["entered_from"],
+        "entry_steps": rep["entry_steps"],
+        "far_boundary": p.route.far_boundary,
+        "close": close,
+        "far": far,
+        "score": rep["score"],
+        "steps": int(len(result.actions)),
+        "verified_by_replay": True,
+        "sticky_replay_rooms": sticky,
+        "search": {
+            "frames": result.frames,
+            "seconds": round(result.seconds, 2),
+            "cells": result.cells,
+            "iterations": result.iterations,
+            "progress": rooms_per_budget(result.progress),
+            "params": s.model_dump(),
+        },
+    }
+    with atomic_path(paths.demos, directory=True) as tmp:
+        with (tmp / DEMOS_NPZ).open("wb") as fh:
+            np.savez_compressed(
+                fh,
+                actions=result.actions.astype(np.uint8),
+                rooms=np.asarray(rep["rooms"], dtype=np.int64),
+                entered_from=np.asarray(rep["entered_from"], dtype=np.int64),
+                entry_steps=np.asarray(rep["entry_steps"], dtype=np.int64),
+                entry_states=np.stack(rep["entry_states"]).astype(np.uint8),
+                entry_ram=np.stack(ram).astype(np.uint8),
+            )
+        (tmp / ROUTE_JSON).write_text(json.dumps(route, indent=2) + "\n")
+    log.info("route %s: CLOSE %s, FAR %s -> %s", rep["rooms"], close, far, paths.demos)
+    return paths.demos
+
+
+def load_demos(paths) -> tuple[dict[str, np.ndarray], dict]:
+    """The arrays of ``demos.npz`` and the parsed ``route.json`` (clear error when missing)."""
+    from retainrl.artifacts import load_json, load_npz
+
+    arrays = load_npz(
+        Path(paths.demos) / DEMOS_NPZ, "Montezuma demos",
+        required=("actions", "rooms", "entered_from", "entry_steps", "entry_states"),
+    )
+    return arrays, load_json(Path(paths.demos) / ROUTE_JSON, "Montezuma route")
+
+
+def room_start_states(paths, p: Params, which: str = "far") -> list[dict]:
+    """Start states of the CLOSE or FAR rooms, from demos, for evaluation and pre-training.
+
+    Each item: ``room``, ``entered_from`` (None for the game's start room), ``state`` (uint8).
+    """
+    arrays, route = load_demos(paths)
+    rooms = [int(r) for r in arrays["rooms"]]
+    close, far = split_route(rooms, p.route.far_boundary)
+    chosen = {"close": range(len(close)), "far": range(len(close), len(rooms))}
+    if which not in chosen:
+        raise ConfigError(f"which: must be 'close' or 'far' (got {which!r})")
+    out = []
+    for i in chosen[which]:
+        came = int(arrays["entered_from"][i])
+        out.append({"room": rooms[i], "entered_from": None if came < 0 else came, "state": arrays["entry_states"][i]})
+    return out
+
+
+def pretrain(p: Params, paths, device=None) -> Path:
+    """Stage ``pretrain``: BC of the actor and RND predictor on the FAR part of the demo.
+
+    Writes ``policy.safetensors`` (ActorCritic), ``rnd.safetensors`` (RND incl. its observation
+    statistics) and ``metrics.json`` (BC loss and accuracy on the segment) to ``paths.pretrained``.
+    Why a single demo suffices as a start: the study's π* is good on FAR and bad on CLOSE; this
+    gives exactly that coverage gap. A stronger π* (PPO+RND started in FAR rooms) is future work.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    from retainrl.artifacts import atomic_path
+    from retainrl.envs.montezuma_nets import RND, ActorCritic, behaviour_clone, far_segments
+
+    device = torch.device(device or "cpu")
+    arrays, route = load_demos(paths)
+    seg = far_segments(arrays, p.route.far_boundary, p.env)
+    cfg = p.pretrain
+    torch.manual_seed(cfg.seed)
+    model = ActorCritic(n_actions=18, frame_stack=p.env.frame_stack, hidden=cfg.hidden)
+    log.info("BC on %d FAR steps (rooms %s) for %d steps", len(seg["actions"]), sorted(set(seg["rooms"].tolist())), cfg.steps)
+    losses = behaviour_clone(model, seg["obs"], seg["actions"], steps=cfg.steps, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed, device=device)
+    rnd = RND().to(device)
+    obs = torch.as_tensor(seg["obs"]).to(device)
+    rnd.update_stats(obs)
+    opt = torch.optim.Adam(rnd.predictor.parameters(), lr=cfg.lr)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    rnd_losses = []
+    for _ in range(cfg.steps):
+        idx = torch.randint(len(obs), (min(cfg.batch_size, len(obs)),), generator=gen)
+        loss = rnd.error(obs[idx]).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        rnd_losses.append(loss.item())
+    model.eval()
+    with torch.no_grad():
+        pred = torch.cat([model.dist_params(obs[i : i + 256]).argmax(-1) for i in range(0, len(obs), 256)])
+    accuracy = float((pred.cpu() == torch.as_tensor(seg["actions"])).float().mean())
+    metrics = {
+        "far_rooms": route["far"],
+        "segment_steps": int(len(seg["actions"])),
+        "bc_loss_first": losses[0],
+        "bc_loss_last": float(np.mean(losses[-10:])),
+        "bc_accuracy": accuracy,
+        "rnd_loss_first": rnd_losses[0],
+        "rnd_loss_last": float(np.mean(rnd_losses[-10:])),
+    }
+    with atomic_path(paths.pretrained, directory=True) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / "policy.safetensors"))
+        save_file({k: v.detach().cpu().contiguous() for k, v in rnd.state_dict().items()}, str(tmp / "rnd.safetensors"))
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    log.info("pretrained π*: BC accuracy %.2f on the FAR segment -> %s", accuracy, paths.pretrained)
+    return paths.pretrained
+
+
+def room_success_rates(
+    policy, starts: list[dict], p: EnvParams, *, episodes: int, max_steps: int, seed: int = 0, device=None
+) -> dict[int, float]:
+    """The study's per-room metric: success rate of ``policy`` started in each room of ``starts``.
+
+    ``policy`` is an ActorCritic (actions sampled from its logits) or any callable obs -> action;
+    ``starts`` comes from :func:`room_start_states`. Sticky actions are on (``p.sticky``), so
+    episodes differ even from the same start state.
+    """
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    if isinstance(policy, torch.nn.Module):
+        model = policy.eval()
+        dev = torch.device(device or "cpu")
+
+        @torch.no_grad()
+        def act(obs):
+            logits = model.dist_params(torch.as_tensor(obs)[None].to(dev)).cpu()
+            return int(torch.multinomial(logits.softmax(-1), 1, generator=gen))
+
+    else:
+        act = policy
+    env = MontezumaEnv(p, seed=seed)
+    rates = {}
+    for start in starts:
+        wins = sum(run_room_episode(env, start["state"], start["entered_from"], act, max_steps) for _ in range(episodes))
+        rates[int(start["room"])] = wins / episodes
+        log.info("room %d: success %.2f over %d episodes", start["room"], rates[int(start["room"])], episodes)
+    return rates
+
+
+def load_pretrained(paths, p: Params, device=None):
+    """π* (ActorCritic) from ``paths.pretrained``."""
+    import torch
+    from safetensors.torch import load_file
+
+    from retainrl.artifacts import require
+    from retainrl.envs.montezuma_nets import ActorCritic
+
+    path = require(Path(paths.pretrained) / "policy.safetensors", "pretrained Montezuma policy")
+    model = ActorCritic(n_actions=18, frame_stack=p.env.frame_stack, hidden=p.pretrain.hidden)
+    model.load_state_dict(load_file(str(path)))
+    return model.to(torch.device(device or "cpu")).eval()
+
+
+def far_buffer(p: Params, paths, device=None) -> Path:
+    """Stage ``far_buffer``: π* rolled out from each FAR start state in turn (sticky actions on)
+    until ``size`` states are seen; stores obs (uint8), π*'s logits and critic outputs and the
+    room of each state in ``buffer.npz``."""
+    import torch
+
+    from retainrl.artifacts import atomic_path
+
+    cfg = p.far_buffer
+    dev = torch.device(device or "cpu")
+    model = load_pretrained(paths, p, dev)
+    starts = room_start_states(paths, p, "far")
+    env = MontezumaEnv(p.env, seed=cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    obs_l, room_l = [], []
+    i = 0
+    with torch.no_grad():
+        while len(obs_l) < cfg.size:
+            start = starts[i % len(starts)]
+            i += 1
+            obs = env.reset(start["state"])
+            lives = env.ram().lives
+            for _ in range(cfg.rollout_steps):
+                obs_l.append(obs)
+                room_l.append(env.ram().room)
+                logits = model.dist_params(torch.as_tensor(obs)[None].to(dev)).cpu()
+                obs, _, terminated, truncated, info = env.step(int(torch.multinomial(logits.softmax(-1), 1, generator=gen)))
+                if terminated or truncated or info["lives"] < lives or len(obs_l) >= cfg.size:
+                    break
+    obs = np.stack(obs_l)
+    with torch.no_grad():
+        t = torch.as_tensor(obs)
+        logits = torch.cat([model.dist_params(t[j : j + 256].to(dev)).cpu() for j in range(0, len(t), 256)])
+        critic = torch.cat([model.critic_output(t[j : j + 256].to(dev)).cpu() for j in range(0, len(t), 256)])
+    with atomic_path(paths.far_buffer, directory=True) as tmp:
+        with (tmp / "buffer.npz").open("wb") as fh:
+            np.savez_compressed(fh, obs=obs, targets=logits.numpy(), critic=critic.numpy(), rooms=np.asarray(room_l))
+    log.info("FAR buffer: %d states from rooms %s -> %s", len(obs), sorted(set(room_l)), paths.far_buffer)
+    return paths.far_buffer
+
+
+def fisher(p: Params, paths, device=None) -> Path:
+    """Stage ``fisher``: diagonal Fisher of π*'s actor on ``fisher.states`` FAR-buffer states."""
+    import torch
+
+    from retainrl.artifacts import atomic_path, load_npz
+    from retainrl.retention.fisher import fisher_diagonal
+    from safetensors.torch import save_file
+
+    cfg = p.fisher
+    dev = torch.device(device or "cpu")
+    model = load_pretrained(paths, p, dev)
+    buf = load_npz(Path(paths.far_buffer) / "buffer.npz", "Montezuma FAR buffer", required=("obs",))
+    gen = torch.Generator().manual_seed(0)
+    idx = torch.randperm(len(buf["obs"]), generator=gen)[: cfg.states]
+    obs = torch.as_tensor(buf["obs"])[idx].to(dev)
+    fim = fisher_diagonal(model, obs, estimator=cfg.estimator, min_value=cfg.min_value, chunk_size=8, generator=gen)
+    with atomic_path(paths.fisher, directory=True) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in fim.items()}, str(tmp / "fisher.safetensors"))
+    log.info("Fisher (%s) on %d FAR states -> %s", cfg.estimator, len(obs), paths.fisher)
+    return paths.fisher
+
+
+def _eval_fn(p: Params, paths, device):
+    """Room success on FAR and CLOSE start rooms (sticky actions), for curves during fine-tuning."""
+    far, close = room_start_states(paths, p, "far"), room_start_states(paths, p, "close")
+    cfg = p.finetune
+
+    def on_eval(update, model):
+        kw = dict(episodes=cfg.eval_episodes, max_steps=cfg.eval_max_steps, seed=cfg.seed + update, device=device)
+        f = room_success_rates(model, far, p.env, **kw)
+        c = room_success_rates(model, close, p.env, **kw)
+        model.train()
+        return {
+            "far_success": float(np.mean(list(f.values()))),
+            "close_success": float(np.mean(list(c.values()))),
+            "far_rooms": {str(k): v for k, v in f.items()},
+            "close_rooms": {str(k): v for k, v in c.items()},
+        }
+
+    return on_eval
+
+
+def finetune(p: Params, paths, device, method: str) -> Path:
+    """Stage ``finetune``: PPO+RND from the start of the game with ``method``; writes
+    ``policy.safetensors`` and ``curves.json`` (training and FAR/CLOSE success curves)."""
+    import copy
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from retainrl.algos import ppo_rnd
+    from retainrl.artifacts import atomic_path, load_npz
+    from retainrl.envs.montezuma_nets import RND, ActorCritic
+    from retainrl.retention.methods import RetentionContext, build_retention
+
+    cfg = p.finetune
+    dev = torch.device(device or "cpu")
+    pretrained = load_pretrained(paths, p, dev)
+    buf = load_npz(Path(paths.far_buffer) / "buffer.npz", "Montezuma FAR buffer", required=("obs", "targets"))
+    fim = load_file(str(Path(paths.fisher) / "fisher.safetensors"))
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + sum(map(ord, method)))
+    ctx = RetentionContext(
+        pretrained=pretrained,
+        far_obs=torch.as_tensor(buf["obs"]),
+        far_targets=torch.as_tensor(buf["targets"]),
+        far_critic=torch.as_tensor(buf["critic"]) if "critic" in buf else None,
+        fisher={k: v.to(dev) for k, v in fim.items()},
+        generator=gen,
+    )
+    retention = build_retention(method, ctx, p.retention, learner=ppo_rnd.LEARNER, off_policy=ppo_rnd.OFF_POLICY)
+    torch.manual_seed(cfg.seed)
+    rnd = RND()
+    if retention.starts_from_pretrained:
+        model = copy.deepcopy(pretrained)
+        rnd.load_state_dict(load_file(str(Path(paths.pretrained) / "rnd.safetensors")))
+    else:
+        model = ActorCritic(n_actions=18, frame_stack=p.env.frame_stack, hidden=p.pretrain.hidden)
+    envs = [MontezumaEnv(p.env, seed=cfg.seed * 100 + i) for i in range(cfg.envs)]
+    curves = ppo_rnd.train(model, rnd, envs, cfg, retention, gen, device=dev, on_eval=_eval_fn(p, paths, dev), desc=f"montezuma {method}")
+    with atomic_path(paths.finetune(method), directory=True) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / "policy.safetensors"))
+        (tmp / "curves.json").write_text(json.dumps({"method": method, **curves}, indent=2) + "\n")
+    return paths.finetune(method)
+
+
+def evaluate(p: Params, paths, device=None) -> Path:
+    """Stage ``evaluate``: π* and every fine-tuned policy on FAR and CLOSE rooms; ``metrics.json``
+    (final success, FAR success at each evaluation) and ``far_success.csv`` (for dvc plots)."""
+    from retainrl.artifacts import atomic_path, load_json
+
+    import torch
+
+    dev = torch.device(device or "cpu")
+    on_eval = _eval_fn(p, paths, dev)
+    metrics = {"pretrained": on_eval(0, load_pretrained(paths, p, dev))}
+    rows = []
+    for method in p.finetune.methods:
+        curves = load_json(Path(paths.finetune(method)) / "curves.json", f"fine-tuning curves of {method}")
+        evals = curves["eval"]
+        metrics[method] = {
+            "final_far_success": evals[-1]["far_success"],
+            "final_close_success": evals[-1]["close_success"],
+            "min_far_success": min(e["far_success"] for e in evals),
+            "final_episode_return": curves["episode_return"][-1] if curves["episode_return"] else 0.0,
+            "rooms_seen": curves["rooms_seen"],
+        }
+        rows += [(method, e["frames"], e["far_success"], e["close_success"]) for e in evals]
+    with atomic_path(paths.evaluation, directory=True) as tmp:
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        lines = ["method,frames,far_success,close_success"] + [f"{m},{f},{a:.4f},{c:.4f}" for m, f, a, c in rows]
+        (tmp / "far_success.csv").write_text("\n".join(lines) + "\n")
+    return paths.evaluation
+
+
+def report(p: Params, paths) -> Path:
+    """Stage ``report``: report.md (FAR vs CLOSE table per method) and far_success.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from retainrl.artifacts import atomic_path, load_json
+
+    metrics = load_json(Path(paths.evaluation) / "metrics.json", "Montezuma evaluation metrics")
+    _, route = load_demos(paths)
+    lines = [
+        "# Montezuma's Revenge: forgetting of FAR rooms during PPO+RND fine-tuning",
+        "",
+        f"Route {route['rooms']}; CLOSE {route['close']}, FAR {route['far']} (boundary: room #{route['far_boundary']}).",
+        f"π*: FAR success {metrics['pretrained']['far_success']:.2f}, CLOSE {metrics['pretrained']['close_success']:.2f}.",
+        "",
+        "| method | final FAR success | min FAR success | final CLOSE success | rooms seen |",
+        "|---|---|---|---|---|",
+    ]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method in p.finetune.methods:
+        m = metrics[method]
+        lines.append(f"| {method} | {m['final_far_success']:.2f} | {m['min_far_success']:.2f} | {m['final_close_success']:.2f} | {m['rooms_seen']} |")
+        curves = load_json(Path(paths.finetune(method)) / "curves.json", f"fine-tuning curves of {method}")
+        ax.plot([e["frames"] for e in curves["eval"]], [e["far_success"] for e in curves["eval"]], label=method)
+    ax.set_xlabel("env frames")
+    ax.set_ylabel("FAR room success")
+    ax.legend()
+    with atomic_path(paths.report, directory=True) as tmp:
+        fig.savefig(tmp / "far_success.png", dpi=100, bbox_inches="tight")
+        (tmp / "report.md").write_text("\n".join(lines) + "\n\n![FAR success](far_success.png)\n")
+    plt.close(fig)
+    return paths.report

@@ -1,0 +1,745 @@
+"""NetHack (NLE, Human Monk): seeded, exactly replayable games, the scripted expert's demos, FAR starts.
+
+The study's NetHack setting: π* is behavioural cloning of an expert; CLOSE is dungeon level 1
+(where a cloned policy spends nearly all its time) and FAR is the deeper dungeon. FAR is
+evaluated from the states where the expert *first reached Dlvl 4*.
+
+Environment. ``NetHackScore`` with the NetHack Challenge's interface (the full keyboard,
+``nle.nethack.ACTIONS``; no --More--, menu or y/n question answered for the agent), score
+reward without the step penalty, and the three NLE seeds (core, disp, lgen) fixed per game.
+``NetHackChallenge-v0`` itself refuses seeding, which is why it is not used. With the seeds
+set, ``fix_moon_phase`` on (moon phase and Friday 13th come from the seed, not the wall clock)
+and the same actions, NetHack replays the game bit for bit, so:
+
+* a demonstration is stored as its seeds plus its action sequence (one byte a step: a whole
+  game is a few KiB); per-step observations for BC are re-rendered by replay, which runs at
+  raw NLE speed, far faster than the expert itself (see ``benchmarks/bench_nethack.py``);
+* a FAR start state is (seeds, action prefix): it is restored by replaying the prefix, no
+  patched NLE or game save needed (what the original code required).
+
+Options: NLE's defaults, except that autopickup takes gold only (picking up scrolls, potions
+and wands inside a shop makes the shopkeeper block the door, and the bot would be stuck).
+
+Stages (the family stage API; the sample-factory side lives in ``nethack_sf``):
+
+* ``collect_demos``: the scripted expert (``nethack_expert``) on ``demos.games`` seeded games →
+  ``games.npz`` (seeds, uint8 actions, per-game score / max depth / turns / FAR step),
+  ``far_starts.npz`` (FAR start states: seeds + prefix length), ``meta.json`` (summary);
+* ``pretrain``: BC of sample-factory's recurrent ActorCritic, then its critic → an SF experiment dir;
+* ``far_buffer``: FAR states (depth ≥ far.boundary) with π*'s logits and GRU state;
+* ``fisher``: EWC's diagonal Fisher of π*'s actor on those states;
+* ``finetune``: APPO (sample-factory, serial mode) from π* with scratch/finetune/l2/ewc/bc/ks; em refused;
+* ``evaluate``: every policy from fresh games (CLOSE) and from the FAR start states (FAR);
+* ``report``: report.md + a FAR bar chart.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import Field, field_validator, model_validator
+
+from retainrl.config import ConfigError, RetentionParams, Strict
+
+log = logging.getLogger(__name__)
+
+ROLES = ("arc", "bar", "cav", "hea", "kni", "mon", "pri", "ran", "rog", "sam", "tou", "val", "wiz")
+RACES = ("hum", "elf", "dwa", "gno", "orc")
+ALIGNS = ("law", "neu", "cha")
+GENDERS = ("mal", "fem")
+
+OBS_KEYS = (
+    "glyphs", "chars", "colors", "specials", "blstats", "message", "misc",
+    "inv_glyphs", "inv_letters", "inv_oclasses", "inv_strs",
+    "tty_chars", "tty_colors", "tty_cursor",
+)
+DEMO_FILE = "games.npz"
+FAR_FILE = "far_starts.npz"
+META_FILE = "meta.json"
+DEMO_ARRAYS = ("seeds", "actions", "offsets", "score", "max_depth", "turns", "steps", "done", "far_step")
+
+
+# --------------------------------------------------------------------------- params
+
+
+class EnvParams(Strict):
+    #: role-race-alignment-gender as NLE spells it; the study (and the expert) use the Human Monk.
+    character: str = "mon-hum-neu-mal"
+    #: An expert game is cut after this many env steps (keys pressed, prompts included).
+    max_steps: int = Field(30_000, gt=0)
+
+    @field_validator("character")
+    @classmethod
+    def _known_character(cls, value: str) -> str:
+        parts = value.split("-")
+        allowed = [ROLES, RACES, ALIGNS, GENDERS]
+        if len(parts) != 4 or any(p not in a for p, a in zip(parts, allowed)):
+            raise ValueError(
+                f"unknown character {value!r}; expected role-race-alignment-gender with role in "
+                f"{ROLES}, race in {RACES}, alignment in {ALIGNS}, gender in {GENDERS} "
+                "(e.g. 'mon-hum-neu-mal', the study's Human Monk)"
+            )
+        return value
+
+
+class DemoParams(Strict):
+    games: int = Field(100, gt=0, description="seeded expert games to record")
+    seed: int = Field(0, ge=0, description="master seed; game i's NLE seeds derive from (seed, i)")
+
+
+class FarParams(Strict):
+    #: FAR = dungeon level ≥ boundary; Dlvl 1 is CLOSE, so the boundary cannot be below 2.
+    boundary: int = 2
+    #: FAR start states are where the expert first reached this dungeon level (the study: 4).
+    start_depth: int = 4
+
+    @field_validator("boundary")
+    @classmethod
+    def _far_beyond_close(cls, value: int) -> int:
+        if value < 2:
+            raise ValueError("FAR boundary must be ≥ 2 (dungeon level 1 is CLOSE)")
+        return value
+
+    @field_validator("start_depth")
+    @classmethod
+    def _deep_enough(cls, value: int) -> int:
+        if value < 2:
+            raise ValueError("FAR start depth must be ≥ 2 (dungeon level 1 is CLOSE)")
+        return value
+
+
+class PretrainParams(Strict):
+    """BC of π* (sample-factory's recurrent ActorCritic), then its critic with the rest frozen."""
+
+    steps: int = Field(2000, gt=0, description="BC updates (each on batch × unroll expert steps)")
+    value_steps: int = Field(500, ge=0, description="critic-only updates after BC")
+    batch: int = Field(8, gt=0, description="games replayed side by side")
+    unroll: int = Field(32, gt=0, description="truncated-BPTT length")
+    lr: float = Field(1e-3, gt=0)
+    seed: int = 0
+
+
+class FarBufferParams(Strict):
+    """The BC retention buffer: FAR states (depth ≥ far.boundary) from the demos with π*'s outputs."""
+
+    size: int = Field(2048, gt=0)
+    every: int = Field(4, gt=0, description="keep every n-th FAR step of a game (consecutive states are near-duplicates)")
+
+
+class NetHackFisherParams(Strict):
+    """EWC's diagonal Fisher of π*'s actor on FAR-buffer states.
+
+    ``expert``: squared gradients of log π*(a_expert | s) (the study's NetHack choice, the
+    "empirical" Fisher); ``sampled``: of log π*(a | s) with a ~ π*(·|s) (an unbiased estimate of
+    the true Fisher). The closed-form expectation over 121 actions is not offered: 121 backward
+    passes per state buy nothing here.
+    """
+
+    estimator: Literal["expert", "sampled"] = "expert"
+    states: int = Field(512, gt=0)
+    min_value: float = Field(1e-5, ge=0)
+    seed: int = 0
+
+
+class FinetuneParams(Strict):
+    """APPO fine-tuning of π* in sample-factory (serial mode), one run per retention method."""
+
+    methods: list[str] = ["scratch", "finetune", "l2", "ewc", "bc", "ks"]
+    env_steps: int = Field(20_000, gt=0)
+    num_envs: int = Field(4, gt=0)
+    rollout: int = Field(32, gt=0)
+    batch_size: int = Field(512, gt=0)
+    lr: float = Field(1e-4, gt=0)
+    #: The study: entropy 0.001, and 0 whenever a retention method is on.
+    entropy: float = Field(0.001, ge=0)
+    freeze_encoder: bool = True
+    seed: int = 0
+
+    @field_validator("methods")
+    @classmethod
+    def _appo_methods(cls, methods):
+        from retainrl.retention.methods import check_method
+
+        for m in methods:
+            check_method(m, learner="appo", off_policy=False, key="finetune.methods")
+        if len(set(methods)) != len(methods):
+            raise ValueError("methods are listed twice")
+        return methods
+
+
+
+
+class EvalParams(Strict):
+    """CLOSE: episodes from the start of fresh seeded games; FAR: from the FAR start states."""
+
+    episodes: int = Field(10, gt=0, description="episodes per policy and per part (CLOSE, FAR)")
+    max_steps: int = Field(2000, gt=0, description="env steps per evaluation episode")
+    greedy: bool = False
+    seed: int = 10_000
+
+
+class Params(Strict):
+    env: EnvParams = EnvParams()
+    demos: DemoParams = DemoParams()
+    far: FarParams = FarParams()
+    pretrain: PretrainParams = PretrainParams()
+    far_buffer: FarBufferParams = FarBufferParams()
+    fisher: NetHackFisherParams = NetHackFisherParams()
+    finetune: FinetuneParams = FinetuneParams()
+    retention: RetentionParams = RetentionParams()
+    evaluate: EvalParams = EvalParams()
+
+    @model_validator(mode="after")
+    def _start_in_far(self):
+        if self.far.start_depth < self.far.boundary:
+            raise ValueError(
+                f"far.start_depth ({self.far.start_depth}) must be ≥ far.boundary ({self.far.boundary}): "
+                "FAR start states must lie in FAR"
+            )
+        return self
+
+
+def validate_params(raw: dict, section: str = "nethack") -> Params:
+    """Validate a raw ``nethack`` params section, failing with a ConfigError that names the dotted key.
+
+    (What ``retainrl.config.load_params`` does for registered families, usable before registration.)
+    """
+    from pydantic import ValidationError
+
+    from retainrl.config import _format_validation
+
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_validation(err, section)) from None
+
+
+# --------------------------------------------------------------------------- environment
+
+
+def game_seeds(master: int, n: int) -> np.ndarray:
+    """(n, 3) NLE seeds (core, disp, lgen), a pure function of (master, game index)."""
+    out = np.empty((n, 3), np.int64)
+    for i in range(n):
+        out[i] = np.random.default_rng([master, i]).integers(1, 2**31 - 1, size=3)
+    return out
+
+
+def make_env(character: str = "mon-hum-neu-mal", max_steps: int = 30_000):
+    """A seedable NetHack Challenge-style env (full keyboard, nothing auto-answered)."""
+    from nle import nethack as nh
+    from nle.env.tasks import NetHackScore
+
+    options = tuple(o for o in nh.NETHACKOPTIONS if not o.startswith("pickup_types")) + ("pickup_types:$",)
+    return NetHackScore(
+        character=character,
+        actions=nh.ACTIONS,
+        allow_all_yn_questions=True,
+        allow_all_modes=True,
+        penalty_step=0.0,
+        penalty_time=0.0,
+        max_episode_steps=max_steps,
+        fix_moon_phase=True,
+        observation_keys=OBS_KEYS,
+        options=options,
+    )
+
+
+def reset_seeded(env, seeds) -> dict:
+    """Reset ``env`` to the start of the game that ``seeds`` = (core, disp, lgen) determine."""
+    core, disp, lgen = (int(s) for s in seeds)
+    env.unwrapped.seed(core, disp, False, lgen=lgen)
+    obs, _ = env.reset()
+    return obs
+
+
+def replay(env, seeds, actions) -> tuple[dict, float, bool]:
+    """Replay ``actions`` from the start of the seeded game; returns (obs, total reward, done)."""
+    obs = reset_seeded(env, seeds)
+    total, done = 0.0, False
+    for i, a in enumerate(actions):
+        if done:
+            raise ConfigError(f"replay: the game ended at step {i} of {len(actions)}; actions do not match the seeds")
+        obs, r, term, trunc, _ = env.step(int(a))
+        total += r
+        done = term or trunc
+    return obs, total, done
+
+
+def iter_replay(env, seeds, actions):
+    """Yield (observation, action) for every step of a stored game, re-rendered by replay.
+
+    This is how BC reads demonstrations: the demos hold only seeds and actions, and the
+    observations the expert saw are regenerated at raw NLE speed (observation arrays are
+    reused by NLE, so copy what you keep).
+    """
+    obs = reset_seeded(env, seeds)
+    for i, a in enumerate(actions):
+        yield obs, int(a)
+        obs, _, term, trunc, _ = env.step(int(a))
+        if (term or trunc) and i + 1 < len(actions):
+            raise ConfigError(f"replay: the game ended at step {i + 1} of {len(actions)}; actions do not match the seeds")
+
+
+@dataclass
+class GameRecord:
+    seeds: np.ndarray
+    actions: np.ndarray  # uint8 indices into nle.nethack.ACTIONS
+    score: int
+    max_depth: int
+    turns: int
+    done: bool
+    far_step: int  # actions[:far_step] reach start_depth for the first time; -1 if never
+    seconds: float
+
+
+def play_expert(env, seeds, max_steps: int, start_depth: int = 4, expert=None) -> GameRecord:
+    """Play one seeded game with the scripted expert and record what replay needs."""
+    from retainrl.envs.nethack_expert import BL_DEPTH, Expert
+
+    expert = expert or Expert()
+    expert.reset()
+    t0 = time.perf_counter()
+    obs = reset_seeded(env, seeds)
+    actions: list[int] = []
+    max_depth = int(obs["blstats"][BL_DEPTH])
+    far_step = -1
+    score = int(obs["blstats"][9])
+    turns = int(obs["blstats"][20])
+    done = False
+    while len(actions) < max_steps:
+        a = expert.act(obs)
+        actions.append(a)
+        obs, _, term, trunc, _ = env.step(a)
+        done = term or trunc
+        if done:
+            break
+        bl = obs["blstats"]
+        depth = int(bl[BL_DEPTH])
+        if depth > max_depth:
+            max_depth = depth
+            if depth >= start_depth and far_step < 0:
+                far_step = len(actions)
+        # On the final step blstats are zeroed; keep the last in-game values.
+        score, turns = int(bl[9]), int(bl[20])
+    return GameRecord(
+        seeds=np.asarray(seeds, np.int64),
+        actions=np.asarray(actions, np.uint8),
+        score=score,
+        max_depth=max_depth,
+        turns=turns,
+        done=done,
+        far_step=far_step,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def summarize(records: list[GameRecord], start_depth: int = 4) -> dict:
+    depth = np.array([r.max_depth for r in records])
+    score = np.array([r.score for r in records])
+    steps = np.array([len(r.actions) for r in records])
+    secs = sum(r.seconds for r in records)
+    return {
+        "games": len(records),
+        f"reached_dlvl{start_depth}": float((depth >= start_depth).mean()),
+        "score_median": float(np.median(score)),
+        "score_mean": float(score.mean()),
+        "depth_median": float(np.median(depth)),
+        "depth_mean": float(depth.mean()),
+        "turns_median": float(np.median([r.turns for r in records])),
+        "steps_mean": float(steps.mean()),
+        "died_or_ended": float(np.mean([r.done for r in records])),
+        "expert_steps_per_s": float(steps.sum() / max(secs, 1e-9)),
+    }
+
+
+# --------------------------------------------------------------------------- demos on disk
+
+
+def save_demos(out_dir: Path, records: list[GameRecord], p: Params) -> None:
+    """Write games.npz (+ far_starts.npz, meta.json) into ``out_dir`` (already a temp dir)."""
+    lengths = np.array([len(r.actions) for r in records], np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    arrays = dict(
+        seeds=np.stack([r.seeds for r in records]).astype(np.int64),
+        actions=np.concatenate([r.actions for r in records]).astype(np.uint8) if records else np.zeros(0, np.uint8),
+        offsets=offsets,
+        score=np.array([r.score for r in records], np.int64),
+        max_depth=np.array([r.max_depth for r in records], np.int64),
+        turns=np.array([r.turns for r in records], np.int64),
+        steps=lengths,
+        done=np.array([r.done for r in records], bool),
+        far_step=np.array([r.far_step for r in records], np.int64),
+    )
+    with (out_dir / DEMO_FILE).open("wb") as fh:
+        np.savez_compressed(fh, **arrays)
+    far = far_start_states(arrays)
+    with (out_dir / FAR_FILE).open("wb") as fh:
+        np.savez_compressed(fh, **far)
+    import nle
+
+    meta = {
+        "character": p.env.character,
+        "nle_version": nle.__version__,
+        "action_set": "nle.nethack.ACTIONS",
+        "far_start_depth": p.far.start_depth,
+        "summary": summarize(records, p.far.start_depth) if records else {},
+    }
+    (out_dir / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+
+def load_demos(demo_dir: str | Path) -> dict[str, np.ndarray]:
+    """Load games.npz; an empty, truncated or foreign file fails with its path in the message."""
+    from retainrl.artifacts import load_npz, require
+
+    path = require(Path(demo_dir) / DEMO_FILE, "NetHack demonstrations")
+    if path.stat().st_size == 0:
+        raise ConfigError(f"{path}: demo file is empty; re-run collect_demos")
+    data = load_npz(path, "NetHack demonstrations", required=DEMO_ARRAYS)
+    n = len(data["seeds"])
+    if n == 0:
+        raise ConfigError(f"{path}: demo file holds no games; re-run collect_demos")
+    if data["seeds"].shape != (n, 3) or data["offsets"].shape != (n + 1,) or data["offsets"][-1] != len(data["actions"]):
+        raise ConfigError(f"{path}: demo file is inconsistent (seeds {data['seeds'].shape}, offsets {data['offsets'].shape}, actions {data['actions'].shape})")
+    return data
+
+
+def game_actions(demos: dict[str, np.ndarray], i: int) -> np.ndarray:
+    o = demos["offsets"]
+    return demos["actions"][o[i] : o[i + 1]]
+
+
+def far_start_states(demos: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """FAR start states: (seeds, prefix length) where each game first reached the start depth.
+
+    Restoring one costs ``prefix`` env steps of replay (stored, so its cost is known up front).
+    """
+    games = np.flatnonzero(demos["far_step"] >= 0)
+    return {
+        "game": games.astype(np.int64),
+        "seeds": demos["seeds"][games],
+        "prefix": demos["far_step"][games].astype(np.int64),
+    }
+
+
+def restore_far_state(env, demos: dict[str, np.ndarray], far: dict[str, np.ndarray], k: int) -> dict:
+    """Put ``env`` in the k-th FAR start state by replaying its action prefix; returns the observation."""
+    g = int(far["game"][k])
+    prefix = game_actions(demos, g)[: int(far["prefix"][k])]
+    obs, _, done = replay(env, far["seeds"][k], prefix)
+    if done:
+        raise ConfigError(f"FAR start state {k}: the replayed game ended before the start state")
+    return obs
+
+
+# --------------------------------------------------------------------------- stages
+
+
+def collect_demos(p: Params, paths, device=None) -> dict:
+    """Stage: the expert plays ``p.demos.games`` seeded games; writes ``paths.demos`` atomically."""
+    from tqdm import tqdm
+
+    from retainrl.artifacts import atomic_path
+    from retainrl.envs.nethack_expert import Expert
+
+    seeds = game_seeds(p.demos.seed, p.demos.games)
+    env = make_env(p.env.character, p.env.max_steps)
+    expert = Expert()
+    records = []
+    try:
+        for s in tqdm(seeds, desc="nethack expert games", unit="game"):
+            rec = play_expert(env, s, p.env.max_steps, p.far.start_depth, expert)
+            log.info("game %s: score %d, max depth %d, turns %d, steps %d", s.tolist(), rec.score, rec.max_depth, rec.turns, len(rec.actions))
+            records.append(rec)
+    finally:
+        env.close()
+    summary = summarize(records, p.far.start_depth)
+    log.info("expert over %d games: %s", len(records), summary)
+    with atomic_path(paths.demos, directory=True) as tmp:
+        save_demos(tmp, records, p)
+    return summary
+
+
+def pretrain(p: Params, paths, device=None) -> dict:
+    """Stage: BC of π* on the demos; writes ``paths.pretrained`` as a sample-factory experiment dir.
+
+    The directory holds ``checkpoint_p0/checkpoint_000000000_0.pth`` and ``config.json`` (so the
+    APPO learner loads π* as its starting point), plus ``metrics.json`` (BC loss/accuracy curves).
+    """
+    from retainrl.artifacts import atomic_path
+    from retainrl.envs import nethack_sf as sf
+
+    demos = load_demos(paths.demos)
+    cfg = sf.sf_config(Path(paths.pretrained).parent, Path(paths.pretrained).name)
+    pp = p.pretrain
+    ac, metrics = sf.behavioural_cloning(
+        demos, cfg, steps=pp.steps, value_steps=pp.value_steps, batch=pp.batch, unroll_len=pp.unroll,
+        lr=pp.lr, seed=pp.seed, character=p.env.character,
+    )
+    summary = {k: float(np.mean(v[-20:])) if v else None for k, v in metrics.items()}
+    log.info("BC done: %s", summary)
+    with atomic_path(paths.pretrained, directory=True) as tmp:
+        sf.save_sf_checkpoint(ac, cfg, tmp, cfg.learning_rate)
+        (tmp / "metrics.json").write_text(json.dumps({"final": summary, "curves": metrics}) + "\n")
+    return summary
+
+
+def far_buffer(p: Params, paths, device=None) -> dict:
+    """Stage: FAR states (depth ≥ far.boundary) of the demos with π*'s logits and GRU state.
+
+    π* is run along each whole demo (its recurrent state depends on the history), and every
+    ``far_buffer.every``-th step at depth ≥ boundary is kept until ``far_buffer.size`` states.
+    The stored GRU state lets the BC retention loss evaluate the fine-tuned policy on exactly
+    the context π* had.
+    """
+    import torch
+    from tqdm import tqdm
+
+    from retainrl.artifacts import atomic_path
+    from retainrl.envs import nethack_sf as sf
+
+    demos = load_demos(paths.demos)
+    ac, cfg = sf.load_sf_policy(paths.pretrained)
+    ac.eval()
+    env = make_env(p.env.character, 10**7)
+    keep: dict[str, list] = {k: [] for k in ("chars", "blstats", "misc", "message", "logits", "rnn", "action", "game", "step")}
+    n = 0
+    try:
+        with torch.no_grad():
+            for g in tqdm(range(len(demos["seeds"])), desc="FAR buffer", unit="game"):
+                if n >= p.far_buffer.size:
+                    break
+                if demos["max_depth"][g] < p.far.boundary:
+                    continue
+                rnn = torch.zeros(1, cfg.rnn_size)
+                far_steps = 0
+                for t, (obs, action) in enumerate(iter_replay(env, demos["seeds"][g], game_actions(demos, g))):
+                    x = {k: torch.from_numpy(v)[None] for k, v in sf.sf_obs(obs).items()}
+                    out = ac(x, rnn)
+                    if int(obs["blstats"][12]) >= p.far.boundary:
+                        if far_steps % p.far_buffer.every == 0 and n < p.far_buffer.size:
+                            for k, v in x.items():
+                                keep[k].append(v[0].numpy())
+                            keep["logits"].append(out["action_logits"][0].numpy())
+                            keep["rnn"].append(rnn[0].numpy())
+                            keep["action"].append(action)
+                            keep["game"].append(g)
+                            keep["step"].append(t)
+                            n += 1
+                        far_steps += 1
+                    rnn = out["new_rnn_states"]
+    finally:
+        env.close()
+    if n == 0:
+        raise ConfigError(f"far_buffer: no demo step reaches depth ≥ far.boundary={p.far.boundary}; collect more or longer demos")
+    arrays = {k: np.stack(v) for k, v in keep.items()}
+    with atomic_path(paths.far_buffer, directory=True) as tmp:
+        with (tmp / "buffer.npz").open("wb") as fh:
+            np.savez_compressed(fh, **arrays)
+    log.info("FAR buffer: %d states from %d games", n, len(set(keep["game"])))
+    return {"states": n, "games": len(set(keep["game"]))}
+
+
+FAR_BUFFER_ARRAYS = ("chars", "blstats", "misc", "message", "logits", "rnn", "action")
+
+
+def load_far_buffer(buffer_dir: str | Path) -> dict[str, np.ndarray]:
+    from retainrl.artifacts import load_npz
+
+    return load_npz(Path(buffer_dir) / "buffer.npz", "NetHack FAR buffer", required=FAR_BUFFER_ARRAYS)
+
+
+def fisher(p: Params, paths, device=None) -> dict:
+    """Stage: diagonal Fisher of π*'s actor (everything but the critic) on FAR-buffer states.
+
+    Each state is evaluated with the GRU state π* had there (stored in the buffer), so the
+    gradients are those of the policy as it acts in FAR. Written as safetensors, one tensor per
+    parameter name of sample-factory's ActorCritic, clipped below at ``fisher.min_value``.
+    """
+    import torch
+
+    from retainrl.artifacts import atomic_path
+    from retainrl.envs import nethack_sf as sf
+
+    buf = load_far_buffer(paths.far_buffer)
+    ac, cfg = sf.load_sf_policy(paths.pretrained)
+    ac.eval()
+    params = {n: q for n, q in ac.named_parameters() if not n.startswith("critic_linear")}
+    acc = {n: torch.zeros_like(q) for n, q in params.items()}
+    gen = torch.Generator().manual_seed(p.fisher.seed)
+    n = min(p.fisher.states, len(buf["action"]))
+    idx = torch.randperm(len(buf["action"]), generator=gen)[:n].tolist()
+    for i in idx:
+        x = {k: torch.from_numpy(buf[k][i : i + 1]) for k in ("chars", "blstats", "misc", "message")}
+        out = ac(x, torch.from_numpy(buf["rnn"][i : i + 1]))
+        logp = torch.log_softmax(out["action_logits"], -1)[0]
+        if p.fisher.estimator == "expert":
+            a = int(buf["action"][i])
+        else:
+            a = int(torch.multinomial(logp.exp().detach(), 1, generator=gen))
+        grads = torch.autograd.grad(logp[a], list(params.values()), allow_unused=True)
+        for (name, _), g in zip(params.items(), grads):
+            if g is not None:
+                acc[name] += g.detach() ** 2
+    fisher_diag = {name: (v / n).clamp_min(p.fisher.min_value) for name, v in acc.items()}
+    with atomic_path(paths.fisher, directory=True) as tmp:
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in fisher_diag.items()}, str(tmp / "fisher.safetensors"),
+                  metadata={"states": str(n), "estimator": p.fisher.estimator})
+    total = float(sum(v.sum() for v in fisher_diag.values()))
+    log.info("Fisher on %d FAR states: %d tensors, total %.3g", n, len(fisher_diag), total)
+    return {"states": n, "tensors": len(fisher_diag), "total": total}
+
+
+def finetune(p: Params, paths, device=None, method: str = "finetune") -> dict:
+    """Stage: APPO fine-tuning of π* with one retention method; writes ``paths.finetune(method)``.
+
+    EM is refused before any compute (episodic memory needs an off-policy learner; APPO is
+    on-policy). ``scratch`` starts from a random init (same network), the others from π*.
+    """
+    from retainrl.artifacts import atomic_path, require
+    from retainrl.envs import nethack_sf as sf
+    from retainrl.retention.methods import check_method
+
+    check_method(method, learner="appo", off_policy=False, key="finetune.method")
+    if method != "scratch":
+        require(paths.pretrained, "pretrained NetHack policy (π*)")
+    anchor = fisher_diag = buffer = None
+    coef = 0.0
+    if method == "ks":
+        coef = p.retention.ks.coef
+    if method in ("l2", "ewc"):
+        ac, _ = sf.load_sf_policy(paths.pretrained)
+        anchor = dict(ac.named_parameters())
+        coef = p.retention.l2.coef if method == "l2" else p.retention.ewc.coef
+        if method == "ewc":
+            from safetensors.torch import load_file
+
+            fisher_diag = load_file(str(require(Path(paths.fisher) / "fisher.safetensors", "NetHack Fisher")))
+    elif method == "bc":
+        buffer = load_far_buffer(paths.far_buffer)
+        coef = p.retention.bc.coef
+    loss = sf.RetentionLoss(method, coef, anchor, fisher_diag, buffer, p.retention.bc.batch_size, p.finetune.seed,
+                            decay=p.retention.ks.decay, floor=p.retention.ks.floor)
+    ft = p.finetune
+    with atomic_path(paths.finetune(method), directory=True) as tmp:
+        res = sf.run_appo(None if method == "scratch" else Path(paths.pretrained).resolve(), tmp, loss,
+                          env_steps=ft.env_steps, num_envs=ft.num_envs, rollout=ft.rollout, batch_size=ft.batch_size,
+                          lr=ft.lr, entropy=ft.entropy if method in ("finetune", "scratch") else 0.0,
+                          freeze_encoder=ft.freeze_encoder, seed=ft.seed,
+                          device="gpu" if device is not None and str(device).startswith("cuda") else "cpu")
+        if res["status"] != 0:
+            raise RuntimeError(f"sample-factory APPO exited with status {res['status']}")
+        (tmp / "retention.json").write_text(json.dumps({"method": method, "coef": coef, **res}) + "\n")
+    return res
+
+
+def run_policy(ac, cfg, env, obs: dict, max_steps: int, greedy: bool, gen) -> dict:
+    """Play ``ac`` from ``obs`` (env already there) for up to ``max_steps``; score and depth reached."""
+    import torch
+
+    from retainrl.envs import nethack_sf as sf
+
+    start_score, start_depth = int(obs["blstats"][9]), int(obs["blstats"][12])
+    score, depth, steps = start_score, start_depth, 0
+    rnn = torch.zeros(1, cfg.rnn_size)
+    with torch.no_grad():
+        for steps in range(1, max_steps + 1):
+            out = ac({k: torch.from_numpy(v)[None] for k, v in sf.sf_obs(obs).items()}, rnn)
+            rnn = out["new_rnn_states"]
+            logits = out["action_logits"][0]
+            a = int(logits.argmax()) if greedy else int(torch.multinomial(torch.softmax(logits, -1), 1, generator=gen))
+            obs, _, term, trunc, _ = env.step(a)
+            if term or trunc:
+                break
+            score, depth = int(obs["blstats"][9]), max(depth, int(obs["blstats"][12]))
+    return {"score": score, "score_gain": score - start_score, "start_depth": start_depth, "max_depth": depth, "steps": steps}
+
+
+def evaluate(p: Params, paths, device=None) -> dict:
+    """Stage: π* and every fine-tuned policy on CLOSE (game start) and FAR (FAR start states).
+
+    Writes ``metrics.json`` (means per policy, what ``dvc metrics`` reads) and ``episodes.json``.
+    FAR is scored as in the study: the score gained on top of the start state's score.
+    """
+    import torch
+
+    from retainrl.artifacts import atomic_path, require, save_json
+    from retainrl.envs import nethack_sf as sf
+
+    demos = load_demos(paths.demos)
+    far = far_start_states(demos)
+    if len(far["game"]) == 0:
+        raise ConfigError(f"{Path(paths.demos) / DEMO_FILE}: no game reached Dlvl {p.far.start_depth}; no FAR start states to evaluate from")
+    policies = {"pretrained": Path(paths.pretrained)}
+    for m in p.finetune.methods:
+        policies[m] = require(paths.finetune(m), f"fine-tuned NetHack policy ({m})")
+    close_seeds = game_seeds(p.evaluate.seed, p.evaluate.episodes)
+    env = make_env(p.env.character, 10**7)
+    rows, metrics = [], {}
+    try:
+        for name, exp_dir in policies.items():
+            ac, cfg = sf.load_sf_policy(exp_dir)
+            ac.eval()
+            gen = torch.Generator().manual_seed(p.evaluate.seed)
+            for part in ("close", "far"):
+                for e in range(p.evaluate.episodes):
+                    obs = reset_seeded(env, close_seeds[e]) if part == "close" else restore_far_state(env, demos, far, e % len(far["game"]))
+                    r = run_policy(ac, cfg, env, obs, p.evaluate.max_steps, p.evaluate.greedy, gen)
+                    rows.append({"policy": name, "part": part, "episode": e, **r})
+            mine = [r for r in rows if r["policy"] == name]
+            metrics[name] = {
+                f"{part}_{k}": float(np.mean([r[k] for r in mine if r["part"] == part]))
+                for part in ("close", "far") for k in ("score_gain", "max_depth")
+            }
+            log.info("%s: %s", name, metrics[name])
+    finally:
+        env.close()
+    with atomic_path(paths.evaluation, directory=True) as tmp:
+        save_json(tmp / "metrics.json", metrics)
+        save_json(tmp / "episodes.json", rows)
+    return metrics
+
+
+def report(p: Params, paths) -> None:
+    """Stage: report.md (the expert's demos, π* and each method on CLOSE/FAR) and a FAR bar chart."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from retainrl.artifacts import atomic_path, load_json, require
+
+    metrics = load_json(Path(paths.evaluation) / "metrics.json", "NetHack evaluation metrics")
+    meta = json.loads(require(Path(paths.demos) / META_FILE, "NetHack demo metadata").read_text())
+    lines = ["# NetHack (Human Monk): forgetting of pre-trained capabilities", ""]
+    s = meta.get("summary", {})
+    depth = meta["far_start_depth"]
+    if s:
+        lines += [
+            f"Expert over {s['games']} seeded games: reached Dlvl {depth} in "
+            f"{100 * s.get('reached_dlvl%d' % depth, 0):.0f}%, median score {s['score_median']:.0f} "
+            f"(mean {s['score_mean']:.0f}), median max depth {s['depth_median']:.0f} (mean {s['depth_mean']:.2f}).",
+            "",
+        ]
+    lines += ["| policy | CLOSE score | CLOSE max depth | FAR score gain | FAR max depth |", "|---|---|---|---|---|"]
+    for name, m in metrics.items():
+        lines.append(f"| {name} | {m['close_score_gain']:.1f} | {m['close_max_depth']:.2f} | {m['far_score_gain']:.1f} | {m['far_max_depth']:.2f} |")
+    with atomic_path(paths.report, directory=True) as tmp:
+        fig, ax = plt.subplots(figsize=(6, 3))
+        names = list(metrics)
+        ax.bar(names, [metrics[n]["far_score_gain"] for n in names])
+        ax.set_ylabel("score gained from FAR start")
+        ax.set_title(f"FAR: from the expert's first arrival on Dlvl {p.far.start_depth}")
+        fig.tight_layout()
+        fig.savefig(tmp / "far_score.png", dpi=100)
+        plt.close(fig)
+        lines += ["", "![FAR score](far_score.png)", ""]
+        (tmp / "report.md").write_text("\n".join(lines))

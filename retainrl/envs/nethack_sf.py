@@ -1,0 +1,537 @@
+"""NetHack inside sample-factory: the env adapter, the policy's encoder, and BC pre-training of π*.
+
+Why sample-factory's own ``ActorCritic``: the study fine-tunes π* with APPO in sample-factory, so
+π* must be a model sample-factory builds from its config and loads from its checkpoint layout
+(``<experiment>/checkpoint_p0/checkpoint_*.pth`` with ``model`` and ``optimizer`` state dicts,
+``<experiment>/config.json``). BC therefore trains exactly the network ``create_actor_critic``
+builds (our encoder + sample-factory's GRU core + its action head), then pre-trains the critic
+with everything else frozen (as the study did before fine-tuning).
+
+Demonstrations hold only seeds and actions; BC streams observations by replaying ``B`` games in
+parallel and training on chunks of ``T`` steps with the GRU state carried across chunks
+(truncated BPTT) and reset at game boundaries. Nothing is rendered to disk.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+SF_ENV = "nethack_monk"
+MAP_SHAPE = (21, 79)
+CROP = 9  # egocentric window (odd)
+BLSTATS = 27
+MSG_LEN = 256
+
+
+# --------------------------------------------------------------------------- env adapter
+
+
+N_ACTIONS = 121  # len(nle.nethack.ACTIONS)
+
+
+def obs_space(teacher: bool = False):
+    """The policy's observation; with ``teacher`` also π*'s logits on the same state (for KS)."""
+    spaces = {
+        "chars": gym.spaces.Box(0, 255, MAP_SHAPE, np.uint8),
+        "blstats": gym.spaces.Box(-np.inf, np.inf, (BLSTATS,), np.float32),
+        "misc": gym.spaces.Box(0, 1, (3,), np.float32),
+        "message": gym.spaces.Box(0, 255, (MSG_LEN,), np.uint8),
+    }
+    if teacher:
+        spaces["teacher_logits"] = gym.spaces.Box(-np.inf, np.inf, (N_ACTIONS,), np.float32)
+    return gym.spaces.Dict(spaces)
+
+
+def sf_obs(obs: dict) -> dict[str, np.ndarray]:
+    """The policy's view of an NLE observation (copies: NLE reuses its arrays)."""
+    return {
+        "chars": obs["chars"].astype(np.uint8, copy=True),
+        "blstats": obs["blstats"].astype(np.float32),
+        "misc": obs["misc"].astype(np.float32),
+        "message": obs["message"].astype(np.uint8, copy=True),
+    }
+
+
+class NetHackSF(gym.Env):
+    """A gymnasium env for sample-factory: seeded games, or episodes started in FAR start states.
+
+    ``seeds``: (n, 3) game seeds cycled through in order (reproducible episodes), or None for
+    fresh NLE seeds. ``far``: (demos, far_start_states) to start each episode in the next FAR
+    start state by replaying its prefix (the study's FAR evaluation).
+    """
+
+    def __init__(self, character: str = "mon-hum-neu-mal", max_steps: int = 30_000, seeds=None, far=None, offset: int = 0,
+                 teacher: str | Path | None = None):
+        from nle import nethack as nh
+
+        from retainrl.envs.nethack import make_env
+
+        self.env = make_env(character, max_steps)
+        # Kickstarting needs π*'s output on the states the learner trains on, with π*'s own
+        # recurrent context: π* is stepped here, alongside the game, and its logits ride in the obs.
+        self.teacher = None
+        if teacher:
+            self.teacher, tcfg = load_sf_policy(Path(teacher))
+            self.teacher.eval()
+            self.teacher_rnn = torch.zeros(1, tcfg.rnn_size)
+        self.observation_space = obs_space(teacher=self.teacher is not None)
+        self.action_space = gym.spaces.Discrete(len(nh.ACTIONS))
+        self.seeds = seeds
+        self.far = far
+        self.episode = offset
+        self.render_mode = None
+
+    def reset(self, seed=None, options=None):
+        from retainrl.envs.nethack import reset_seeded, restore_far_state
+
+        if self.far is not None:
+            demos, far = self.far
+            k = self.episode % len(far["game"])
+            obs = restore_far_state(self.env, demos, far, k)
+        elif self.seeds is not None:
+            obs = reset_seeded(self.env, self.seeds[self.episode % len(self.seeds)])
+        else:
+            obs, _ = self.env.reset()
+        self.episode += 1
+        if self.teacher is not None:
+            self.teacher_rnn.zero_()
+        return self._obs(obs), {}
+
+    def _obs(self, obs: dict) -> dict:
+        out = sf_obs(obs)
+        if self.teacher is not None:
+            with torch.no_grad():
+                res = self.teacher({k: torch.from_numpy(v)[None] for k, v in out.items()}, self.teacher_rnn)
+            self.teacher_rnn = res["new_rnn_states"]
+            out["teacher_logits"] = res["action_logits"][0].numpy().astype(np.float32)
+        return out
+
+    def step(self, action):
+        obs, reward, term, trunc, info = self.env.step(int(action))
+        return self._obs(obs), float(reward), bool(term), bool(trunc), info
+
+    def render(self):
+        return None
+
+    def close(self):
+        self.env.close()
+
+
+def make_sf_env(full_env_name, cfg=None, env_config=None, render_mode=None):
+    """sample-factory's env factory; each worker/env index gets its own slice of the seed cycle."""
+    from retainrl.envs.nethack import game_seeds
+
+    idx = 0 if env_config is None else int(getattr(env_config, "env_id", 0) or 0)
+    character = getattr(cfg, "nethack_character", "mon-hum-neu-mal")
+    seed = int(getattr(cfg, "nethack_seed", 0))
+    seeds = game_seeds(1_000_000 + 1000 * seed + idx, 1000)  # reproducible, disjoint from the demos' seeds
+    return NetHackSF(character=character, seeds=seeds, teacher=getattr(cfg, "nethack_teacher", "") or None)
+
+
+# --------------------------------------------------------------------------- encoder
+
+
+def _symlog(x: torch.Tensor) -> torch.Tensor:
+    return torch.sign(x) * torch.log1p(x.abs())
+
+
+def make_encoder_cls():
+    from sample_factory.model.encoder import Encoder
+
+    class NetHackEncoder(Encoder):
+        """Map (embedded chars, strided convs) + egocentric crop + bottom line + message → 512."""
+
+        def __init__(self, cfg, space):
+            super().__init__(cfg)
+            e = 16
+            self.embed = nn.Embedding(256, e)
+            self.map_conv = nn.Sequential(
+                nn.Conv2d(e, 16, 3, stride=2, padding=1), nn.ELU(), nn.Conv2d(16, 16, 3, stride=2, padding=1), nn.ELU()
+            )
+            self.map_fc = nn.Sequential(nn.Linear(16 * 6 * 20, 256), nn.ELU())
+            self.crop_conv = nn.Sequential(nn.Conv2d(e, 16, 3, padding=1), nn.ELU(), nn.Conv2d(16, 16, 3, padding=1), nn.ELU())
+            self.crop_fc = nn.Sequential(nn.Linear(16 * CROP * CROP, 128), nn.ELU())
+            self.stats_fc = nn.Sequential(nn.Linear(BLSTATS + 3, 64), nn.ELU())
+            self.msg_embed = nn.Embedding(256, 32, padding_idx=0)
+            self.msg_fc = nn.Sequential(nn.Linear(32, 64), nn.ELU())
+            self.out = nn.Sequential(nn.Linear(256 + 128 + 64 + 64, 512), nn.ELU())
+            r = CROP // 2
+            self.register_buffer("offs", torch.arange(-r, r + 1), persistent=False)
+
+        def forward(self, obs):
+            chars = obs["chars"].long()
+            b = chars.shape[0]
+            emb = self.embed(chars).permute(0, 3, 1, 2)  # B, e, 21, 79
+            m = self.map_fc(self.map_conv(emb).flatten(1))
+            r = CROP // 2
+            padded = nn.functional.pad(chars, (r, r, r, r))
+            x = obs["blstats"][:, 0].long().clamp(0, MAP_SHAPE[1] - 1) + r
+            y = obs["blstats"][:, 1].long().clamp(0, MAP_SHAPE[0] - 1) + r
+            ys = (y[:, None] + self.offs[None, :])[:, :, None]
+            xs = (x[:, None] + self.offs[None, :])[:, None, :]
+            crop = padded[torch.arange(b, device=chars.device)[:, None, None], ys, xs]
+            c = self.crop_fc(self.crop_conv(self.embed(crop).permute(0, 3, 1, 2)).flatten(1))
+            s = self.stats_fc(torch.cat([_symlog(obs["blstats"].float()), obs["misc"].float()], 1))
+            msg = obs["message"].long()
+            me = self.msg_embed(msg).sum(1) / (msg > 0).sum(1, keepdim=True).clamp_min(1)
+            return self.out(torch.cat([m, c, s, self.msg_fc(me)], 1))
+
+        def get_out_size(self) -> int:
+            return 512
+
+    return NetHackEncoder
+
+
+_ENCODER_CLS = None
+
+
+def make_nethack_encoder(cfg, space):
+    """Module-level (picklable) encoder factory: sample-factory ships it to its worker processes."""
+    global _ENCODER_CLS
+    if _ENCODER_CLS is None:
+        _ENCODER_CLS = make_encoder_cls()
+    return _ENCODER_CLS(cfg, space)
+
+
+_REGISTERED = False
+
+
+def register() -> None:
+    """Register the env and the encoder with sample-factory (idempotent)."""
+    global _REGISTERED
+    if _REGISTERED:
+        return
+    from sample_factory.algo.utils.context import global_model_factory
+    from sample_factory.envs.env_utils import register_env
+
+    register_env(SF_ENV, make_sf_env)
+    global_model_factory().register_encoder_factory(make_nethack_encoder)
+    _REGISTERED = True
+
+
+def sf_config(train_dir: Path, experiment: str, extra: list[str] | None = None):
+    """A sample-factory config for the NetHack policy (recurrent: GRU core, as in the study)."""
+    from sample_factory.cfg.arguments import parse_full_cfg, parse_sf_args
+
+    register()
+    argv = [
+        f"--env={SF_ENV}", "--algo=APPO", f"--train_dir={train_dir}", f"--experiment={experiment}",
+        "--use_rnn=True", "--rnn_type=gru", "--rnn_size=256", "--rnn_num_layers=1",
+        "--normalize_input=False", "--normalize_returns=True", "--device=cpu",
+        "--learning_rate=0.0001", "--gamma=0.999", "--max_grad_norm=4.0", "--reward_clip=10",
+        "--rollout=32", "--batch_size=4096", "--exploration_loss_coeff=0.001",
+    ] + list(extra or [])
+    parser, _ = parse_sf_args(argv)
+    parser.add_argument("--nethack_character", default="mon-hum-neu-mal", type=str)
+    parser.add_argument("--nethack_teacher", default="", type=str, help="π* experiment dir (kickstarting)")
+    parser.add_argument("--nethack_seed", default=0, type=int)
+    return parse_full_cfg(parser, argv)
+
+
+# --------------------------------------------------------------------------- BC
+
+
+class ReplayStream:
+    """``batch`` games replayed side by side; ``chunk(T)`` gives T steps of (obs, action, first, return).
+
+    Games are taken in a fixed order (cycling), so BC is reproducible. ``first`` marks the first
+    step of a game (the GRU state is reset there). ``return`` is the discounted score-to-go,
+    computed by one extra replay of the game when it is started (cheap next to training).
+    """
+
+    def __init__(self, demos: dict, batch: int, gamma: float, character: str = "mon-hum-neu-mal", games=None):
+        from retainrl.envs.nethack import make_env
+
+        self.demos = demos
+        self.games = np.arange(len(demos["seeds"])) if games is None else np.asarray(games)
+        self.gamma = gamma
+        self.envs = [make_env(character, 10**7) for _ in range(batch)]
+        self.next_game = 0
+        self.slots = [self._start(i) for i in range(batch)]
+
+    def _start(self, slot: int) -> dict:
+        from retainrl.envs.nethack import game_actions, iter_replay, reset_seeded
+
+        g = int(self.games[self.next_game % len(self.games)])
+        self.next_game += 1
+        actions = game_actions(self.demos, g)
+        env = self.envs[slot]
+        rewards = np.zeros(len(actions), np.float64)
+        # one pass for the rewards (score deltas), then the stream itself
+        reset_seeded(env, self.demos["seeds"][g])
+        for t, a in enumerate(actions):
+            _, r, _, _, _ = env.step(int(a))
+            rewards[t] = r
+        ret = np.zeros_like(rewards)
+        acc = 0.0
+        for t in range(len(rewards) - 1, -1, -1):
+            acc = rewards[t] + self.gamma * acc
+            ret[t] = acc
+        return {"it": iter_replay(env, self.demos["seeds"][g], actions), "t": 0, "ret": ret.astype(np.float32)}
+
+    def chunk(self, T: int):
+        B = len(self.slots)
+        out = {k: np.zeros((T, B) + s.shape, s.dtype) for k, s in obs_space().spaces.items()}
+        actions = np.zeros((T, B), np.int64)
+        first = np.zeros((T, B), np.float32)
+        rets = np.zeros((T, B), np.float32)
+        for b in range(B):
+            for t in range(T):
+                slot = self.slots[b]
+                try:
+                    obs, a = next(slot["it"])
+                except StopIteration:
+                    slot = self.slots[b] = self._start(b)
+                    obs, a = next(slot["it"])
+                first[t, b] = slot["t"] == 0
+                for k, v in sf_obs(obs).items():
+                    out[k][t, b] = v
+                actions[t, b] = a
+                rets[t, b] = slot["ret"][slot["t"]]
+                slot["t"] += 1
+        return {k: torch.from_numpy(v) for k, v in out.items()}, torch.from_numpy(actions), torch.from_numpy(first), torch.from_numpy(rets)
+
+    def close(self):
+        for e in self.envs:
+            e.close()
+
+
+def unroll(ac, obs: dict, first: torch.Tensor, rnn: torch.Tensor):
+    """Run the actor-critic over a (T, B) chunk; returns logits (T, B, A), values (T, B), last state."""
+    T = first.shape[0]
+    logits, values = [], []
+    for t in range(T):
+        rnn = rnn * (1.0 - first[t])[:, None]
+        head = ac.forward_head({k: v[t] for k, v in obs.items()})
+        core, rnn = ac.forward_core(head, rnn)
+        res = ac.forward_tail(core, values_only=False, sample_actions=False)
+        logits.append(res["action_logits"])
+        values.append(res["values"].reshape(-1))
+    return torch.stack(logits), torch.stack(values), rnn
+
+
+def behavioural_cloning(demos: dict, cfg, *, steps: int, value_steps: int, batch: int, unroll_len: int, lr: float,
+                        seed: int = 0, character: str = "mon-hum-neu-mal", progress: bool = True):
+    """BC of sample-factory's ActorCritic on the expert's actions, then its critic on score-to-go.
+
+    Returns (actor_critic, metrics). The critic stage trains only ``critic_linear`` (the
+    encoder, core and action head stay frozen), regressing normalised discounted returns.
+    """
+    from nle import nethack as nh
+    from sample_factory.model.actor_critic import create_actor_critic
+    from tqdm import tqdm
+
+    torch.manual_seed(seed)
+    import gymnasium as gym
+
+    ac = create_actor_critic(cfg, obs_space(), gym.spaces.Discrete(len(nh.ACTIONS)))
+    ac.train()
+    stream = ReplayStream(demos, batch, cfg.gamma, character)
+    rnn = torch.zeros(batch, cfg.rnn_size)
+    opt = torch.optim.Adam(ac.parameters(), lr=lr)
+    metrics = {"bc_loss": [], "bc_acc": [], "value_loss": []}
+    try:
+        for _ in tqdm(range(steps), desc="BC (actor)", disable=not progress):
+            obs, actions, first, _ = stream.chunk(unroll_len)
+            logits, _, rnn = unroll(ac, obs, first, rnn)
+            loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), actions.reshape(-1))
+            opt.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(ac.parameters(), cfg.max_grad_norm)
+            opt.step()
+            rnn = rnn.detach()
+            metrics["bc_loss"].append(float(loss.detach()))
+            metrics["bc_acc"].append(float((logits.detach().argmax(-1) == actions).float().mean()))
+        for name, prm in ac.named_parameters():
+            prm.requires_grad_(name.startswith("critic_linear"))
+        vopt = torch.optim.Adam(ac.critic_linear.parameters(), lr=lr)
+        for _ in tqdm(range(value_steps), desc="BC (critic)", disable=not progress):
+            obs, _, first, rets = stream.chunk(unroll_len)
+            with torch.no_grad():
+                target = rets.reshape(-1, 1).clone()
+                if ac.returns_normalizer is not None:
+                    ac.returns_normalizer(target)  # updates the running stats and normalises in place
+            _, values, rnn = unroll(ac, obs, first, rnn)
+            vloss = nn.functional.mse_loss(values.reshape(-1), target.reshape(-1))
+            vopt.zero_grad()
+            vloss.backward()
+            vopt.step()
+            rnn = rnn.detach()
+            metrics["value_loss"].append(float(vloss.detach()))
+    finally:
+        stream.close()
+        for prm in ac.parameters():
+            prm.requires_grad_(True)
+    return ac, metrics
+
+
+def save_sf_checkpoint(ac, cfg, exp_dir: Path, lr: float) -> Path:
+    """Write the model where sample-factory's learner looks for it (and its config.json)."""
+    ckpt_dir = Path(exp_dir) / "checkpoint_p0"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    opt = torch.optim.Adam(ac.parameters(), lr=lr)
+    path = ckpt_dir / "checkpoint_000000000_0.pth"
+    torch.save({"train_step": 0, "env_steps": 0, "best_performance": -1e9, "model": ac.state_dict(),
+                "optimizer": opt.state_dict(), "curr_lr": lr}, path)
+    (Path(exp_dir) / "config.json").write_text(json.dumps(vars(cfg), indent=2, default=str))
+    return path
+
+
+def load_sf_policy(exp_dir: Path):
+    """Rebuild the ActorCritic from a checkpoint directory (what the fine-tuning learner will do)."""
+    import gymnasium as gym
+    from nle import nethack as nh
+    from sample_factory.algo.learning.learner import Learner
+    from sample_factory.model.actor_critic import create_actor_critic
+    from sample_factory.utils.attr_dict import AttrDict
+
+    register()
+    cfg = AttrDict(json.loads((Path(exp_dir) / "config.json").read_text()))
+    ac = create_actor_critic(cfg, obs_space(), gym.spaces.Discrete(len(nh.ACTIONS)))
+    ckpts = Learner.get_checkpoints(str(Path(exp_dir) / "checkpoint_p0"))
+    state = Learner.load_checkpoint(ckpts, "cpu")
+    if state is None:
+        from retainrl.config import ConfigError
+
+        raise ConfigError(f"{exp_dir}: no sample-factory checkpoint found")
+    ac.load_state_dict(state["model"])
+    return ac, cfg
+
+
+# --------------------------------------------------------------------------- retention in APPO
+
+
+class RetentionLoss:
+    """The auxiliary loss a retention method adds to APPO's actor loss (the critic is left alone).
+
+    * ``l2``:  coef · Σ_actor (θ − θ*)²
+    * ``ewc``: coef · Σ_actor F (θ − θ*)², F from the ``fisher`` stage
+    * ``bc``:  coef · KL(π*(·|s) ‖ π_θ(·|s)) on a batch of FAR-buffer states, each evaluated with
+      the GRU state π* had there (stored in the buffer)
+    * ``ks``:  coef_t · KL(π*(·|s) ‖ π_θ(·|s)) on the online minibatch (π*'s logits come with
+      the observations), coef_t = max(floor, coef · decay^t) per update
+    * ``finetune`` / ``scratch``: nothing.
+    """
+
+    def __init__(self, method: str, coef: float, anchor: dict | None = None, fisher: dict | None = None,
+                 buffer: dict | None = None, batch_size: int = 64, seed: int = 0, decay: float = 1.0, floor: float = 0.0):
+        self.method, self.coef = method, float(coef)
+        self.anchor = {k: v.detach().clone() for k, v in (anchor or {}).items() if not k.startswith("critic_linear")}
+        self.fisher = fisher
+        self.buffer = {k: torch.from_numpy(np.asarray(v)) for k, v in (buffer or {}).items()}
+        self.batch_size = batch_size
+        self.gen = torch.Generator().manual_seed(seed)
+        self.decay, self.floor = decay, floor
+        self.calls = 0
+        self.last = 0.0
+
+    def __call__(self, ac, mb=None, dist=None) -> torch.Tensor:
+        self.calls += 1
+        zero = next(ac.parameters()).new_zeros(())
+        if self.method in ("finetune", "scratch"):
+            return zero
+        if self.method == "ks":
+            coef = max(self.floor, self.coef * self.decay ** (self.calls - 1))
+            target = torch.log_softmax(mb.normalized_obs["teacher_logits"].float(), -1)
+            logq = torch.log_softmax(dist.raw_logits, -1)
+            kl = (target.exp() * (target - logq)).sum(-1)
+            valids = mb.valids.float() if "valids" in mb else torch.ones_like(kl)
+            loss = coef * (kl * valids).sum() / valids.sum().clamp_min(1.0)
+            self.last = float(loss.detach())
+            return loss
+        if self.method in ("l2", "ewc"):
+            total = zero
+            for name, prm in ac.named_parameters():
+                if name in self.anchor and prm.requires_grad:
+                    d2 = (prm - self.anchor[name]) ** 2
+                    total = total + (d2 * self.fisher[name] if self.method == "ewc" else d2).sum()
+            loss = self.coef * total
+        elif self.method == "bc":
+            n = len(self.buffer["logits"])
+            idx = torch.randint(n, (min(self.batch_size, n),), generator=self.gen)
+            x = {k: self.buffer[k][idx] for k in ("chars", "blstats", "misc", "message")}
+            out = ac(x, self.buffer["rnn"][idx])
+            target = torch.log_softmax(self.buffer["logits"][idx].float(), -1)
+            logq = torch.log_softmax(out["action_logits"], -1)
+            loss = self.coef * (target.exp() * (target - logq)).sum(-1).mean()
+        else:
+            from retainrl.config import ConfigError
+
+            raise ConfigError(f"finetune.method: {self.method!r} has no NetHack retention loss")
+        self.last = float(loss.detach())
+        return loss
+
+
+def install_retention(loss: RetentionLoss, freeze_encoder: bool = True):
+    """Wire ``loss`` into sample-factory's learner (serial mode: the learner runs in this process).
+
+    Returns a function that undoes the patch. The encoder is frozen after the learner loads π*
+    (the study froze encoders while fine-tuning).
+    """
+    from sample_factory.algo.learning.learner import Learner
+
+    orig_calc, orig_init = Learner._calculate_losses, Learner.init
+
+    def init(self):
+        out = orig_init(self)
+        if freeze_encoder:
+            for prm in self.actor_critic.encoder.parameters():
+                prm.requires_grad_(False)
+        return out
+
+    def calc(self, mb, num_invalids):
+        res = list(orig_calc(self, mb, num_invalids))
+        aux = loss(self.actor_critic, mb, res[0])
+        res[1] = res[1] + aux  # policy_loss: part of the actor loss
+        res[-1]["retention_loss"] = aux.detach()
+        return tuple(res)
+
+    Learner._calculate_losses, Learner.init = calc, init
+
+    def undo():
+        Learner._calculate_losses, Learner.init = orig_calc, orig_init
+
+    return undo
+
+
+def run_appo(pretrained: Path | None, exp_dir: Path, loss: RetentionLoss, *, env_steps: int, num_envs: int, rollout: int,
+             batch_size: int, lr: float, entropy: float, freeze_encoder: bool = True, seed: int = 0,
+             device: str = "cpu") -> dict:
+    """Fine-tune π* with APPO (sample-factory, serial mode) plus ``loss``; writes into ``exp_dir``.
+
+    ``pretrained`` None trains from scratch (random init, nothing frozen). For ``ks`` the envs
+    step π* alongside the game (``--nethack_teacher``).
+    """
+    import shutil
+
+    from sample_factory.train import run_rl
+
+    if pretrained is not None:
+        shutil.copytree(pretrained, exp_dir, dirs_exist_ok=True)
+    else:
+        exp_dir.mkdir(parents=True, exist_ok=True)
+        freeze_encoder = False
+    teacher = [f"--nethack_teacher={pretrained}"] if loss.method == "ks" else []
+    cfg = sf_config(exp_dir.parent, exp_dir.name, [
+        "--num_workers=1", f"--num_envs_per_worker={num_envs}", "--worker_num_splits=1", "--serial_mode=True",
+        "--async_rl=False", f"--batch_size={batch_size}", f"--rollout={rollout}", "--num_batches_per_epoch=1",
+        "--num_epochs=1", f"--train_for_env_steps={env_steps}", "--save_every_sec=100000",
+        "--experiment_summaries_interval=100000", "--with_wandb=False", "--restart_behavior=resume",
+        "--decorrelate_envs_on_one_worker=False", f"--learning_rate={lr}", f"--exploration_loss_coeff={entropy}",
+        f"--nethack_seed={seed}", f"--seed={seed}", f"--device={device}",
+    ] + teacher)
+    undo = install_retention(loss, freeze_encoder)
+    try:
+        status = run_rl(cfg)
+    finally:
+        undo()
+    return {"status": int(status), "retention_calls": loss.calls, "retention_loss_last": loss.last}

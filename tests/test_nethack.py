@@ -1,0 +1,267 @@
+"""NetHack family: exact seeded replay, demos on disk, FAR start states, params errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("nle")
+torch = pytest.importorskip("torch")
+torch.set_num_threads(1)  # the CI box is shared; thread oversubscription makes small convs crawl
+
+from retainrl.config import ConfigError  # noqa: E402
+from retainrl.envs import nethack as nhf  # noqa: E402
+from retainrl.paths import Paths  # noqa: E402
+
+SEEDS = nhf.game_seeds(0, 2)
+
+
+@pytest.fixture(scope="module")
+def env():
+    e = nhf.make_env(max_steps=5000)
+    yield e
+    e.close()
+
+
+@pytest.fixture(scope="module")
+def game(env):
+    return nhf.play_expert(env, SEEDS[0], max_steps=600, start_depth=2)
+
+
+def _final(env, seeds, actions):
+    obs, total, done = nhf.replay(env, seeds, actions)
+    return {k: obs[k].copy() for k in ("glyphs", "blstats", "tty_chars", "message", "inv_strs")}, total, done
+
+
+def test_replay_from_seeds_and_actions_is_exact(env, game):
+    a, ra, _ = _final(env, game.seeds, game.actions)
+    b, rb, _ = _final(env, game.seeds, game.actions)  # the env has been played on in between
+    fresh = nhf.make_env(max_steps=5000)
+    try:
+        c, rc, _ = _final(fresh, game.seeds, game.actions)
+    finally:
+        fresh.close()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+        np.testing.assert_array_equal(a[key], c[key], err_msg=key)
+    assert ra == rb == rc
+    assert int(a["blstats"][9]) == game.score  # the score the expert saw
+    assert int(a["blstats"][20]) == game.turns
+
+
+def test_replayed_observations_are_what_the_expert_saw(env, game):
+    """Demos store no observations: BC re-renders them by replay. Feeding the replayed
+    observations to a fresh (deterministic) expert must give back every recorded action."""
+    from retainrl.envs.nethack_expert import Expert
+
+    bot = Expert()
+    replayed = [bot.act(obs) for obs, _ in nhf.iter_replay(env, game.seeds, game.actions)]
+    assert replayed == game.actions.tolist()
+
+
+def test_seeds_matter(env):
+    a = nhf.reset_seeded(env, SEEDS[0])["glyphs"].copy()
+    b = nhf.reset_seeded(env, SEEDS[1])["glyphs"].copy()
+    assert not np.array_equal(a, b)
+    np.testing.assert_array_equal(nhf.reset_seeded(env, SEEDS[0])["glyphs"], a)
+
+
+def test_game_seeds_are_a_pure_function_of_the_master_seed():
+    np.testing.assert_array_equal(nhf.game_seeds(3, 4), nhf.game_seeds(3, 4))
+    assert not np.array_equal(nhf.game_seeds(3, 4), nhf.game_seeds(4, 4))
+    np.testing.assert_array_equal(nhf.game_seeds(3, 4)[:2], nhf.game_seeds(3, 2))
+
+
+def test_expert_makes_progress_on_dlvl1(game):
+    assert game.turns > 100 and len(game.actions) <= 600
+    assert game.max_depth >= 2 and game.far_step > 0  # this seed leaves Dlvl 1 within 600 keys
+
+
+def test_collect_demos_round_trip_and_far_state_restore(tmp_path, env, monkeypatch):
+    p = nhf.validate_params({"env": {"max_steps": 600}, "demos": {"games": 2, "seed": 0}, "far": {"start_depth": 2}})
+    paths = Paths("nethack", root=tmp_path)
+    summary = nhf.collect_demos(p, paths)
+    assert summary["games"] == 2
+    files = sorted(f.name for f in paths.demos.iterdir())
+    assert files == sorted([nhf.DEMO_FILE, nhf.FAR_FILE, nhf.META_FILE])
+    assert not [f for f in paths.demos.parent.iterdir() if f.name.startswith(".")]  # no temp left
+    demos = nhf.load_demos(paths.demos)
+    np.testing.assert_array_equal(demos["seeds"], SEEDS)
+    assert demos["actions"].dtype == np.uint8 and demos["offsets"][-1] == len(demos["actions"])
+    # Game 0 replays to the recorded summary.
+    obs, _, _ = nhf.replay(env, demos["seeds"][0], nhf.game_actions(demos, 0))
+    assert int(obs["blstats"][9]) == demos["score"][0]
+    # FAR start states: replaying the prefix lands on the start depth, one step earlier does not.
+    far = nhf.far_start_states(demos)
+    assert len(far["game"]) >= 1
+    obs = nhf.restore_far_state(env, demos, far, 0)
+    assert int(obs["blstats"][12]) == 2
+    g, n = int(far["game"][0]), int(far["prefix"][0])
+    before, _, _ = nhf.replay(env, far["seeds"][0], nhf.game_actions(demos, g)[: n - 1])
+    assert int(before["blstats"][12]) == 1
+
+
+def test_empty_missing_and_corrupted_demo_files_name_the_file(tmp_path):
+    with pytest.raises(ConfigError, match="games.npz: missing NetHack demonstrations"):
+        nhf.load_demos(tmp_path)
+    (tmp_path / nhf.DEMO_FILE).write_bytes(b"")
+    with pytest.raises(ConfigError, match="games.npz: demo file is empty"):
+        nhf.load_demos(tmp_path)
+    (tmp_path / nhf.DEMO_FILE).write_bytes(b"PK\x03\x04 this is not a zip")
+    with pytest.raises(ConfigError, match="games.npz: cannot read NetHack demonstrations"):
+        nhf.load_demos(tmp_path)
+    np.savez(tmp_path / nhf.DEMO_FILE, seeds=np.zeros((1, 3)))
+    with pytest.raises(ConfigError, match=r"games.npz: NetHack demonstrations lacks arrays \['actions'"):
+        nhf.load_demos(tmp_path)
+    arrays = {k: np.zeros(0, np.int64) for k in nhf.DEMO_ARRAYS}
+    arrays["seeds"], arrays["offsets"] = np.zeros((0, 3), np.int64), np.zeros(1, np.int64)
+    np.savez(tmp_path / nhf.DEMO_FILE, **arrays)
+    with pytest.raises(ConfigError, match="games.npz: demo file holds no games"):
+        nhf.load_demos(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("raw", "match"),
+    [
+        ({"env": {"character": "mon-hum-neu-xyz"}}, r"nethack\.env\.character: unknown character 'mon-hum-neu-xyz'"),
+        ({"env": {"character": "Monk"}}, r"nethack\.env\.character: unknown character"),
+        ({"far": {"boundary": 1}}, r"nethack\.far\.boundary: FAR boundary must be ≥ 2"),
+        ({"far": {"boundary": 0}}, r"nethack\.far\.boundary"),
+        ({"far": {"boundary": 5}}, r"far\.start_depth \(4\) must be ≥ far\.boundary \(5\)"),
+        ({"demos": {"games": 0}}, r"nethack\.demos\.games"),
+        ({"fisher": {"estimator": "exact"}}, r"nethack\.fisher\.estimator"),
+        ({"pretrain": {"unroll": 0}}, r"nethack\.pretrain\.unroll"),
+        ({"finetune": {"methods": ["em"]}}, r"nethack\.finetune\.methods: .*'em' \(episodic memory\) needs an off-policy learner"),
+        ({"env": {"charcter": "mon-hum-neu-mal"}}, r"nethack\.env\.charcter: unknown key"),
+    ],
+)
+def test_bad_params_fail_naming_the_key(raw, match):
+    with pytest.raises(ConfigError, match=match):
+        nhf.validate_params(raw)
+
+
+def test_default_params_are_the_studys_monk():
+    p = nhf.validate_params({})
+    assert p.env.character == "mon-hum-neu-mal" and p.far.boundary == 2 and p.far.start_depth == 4
+
+
+def test_bc_pretrain_writes_a_sample_factory_policy_and_far_buffer(tmp_path):
+    """Smoke: collect → BC (a few updates) → sample-factory checkpoint reloads → FAR buffer."""
+    pytest.importorskip("sample_factory")
+    from retainrl.envs import nethack_sf as sf
+
+    p = nhf.validate_params({
+        "env": {"max_steps": 600}, "demos": {"games": 2}, "far": {"boundary": 2, "start_depth": 2},
+        "pretrain": {"steps": 2, "value_steps": 1, "batch": 2, "unroll": 8},
+        "far_buffer": {"size": 12, "every": 3},
+    })
+    paths = Paths("nethack", root=tmp_path)
+    nhf.collect_demos(p, paths)
+    summary = nhf.pretrain(p, paths)
+    assert np.isfinite(summary["bc_loss"]) and np.isfinite(summary["value_loss"])
+    ckpt = list((paths.pretrained / "checkpoint_p0").glob("checkpoint_*.pth"))
+    assert len(ckpt) == 1 and (paths.pretrained / "config.json").exists()
+    ac, cfg = sf.load_sf_policy(paths.pretrained)
+    assert cfg.use_rnn and cfg.rnn_type == "gru"
+    res = nhf.far_buffer(p, paths)
+    buf = np.load(paths.far_buffer / "buffer.npz")
+    assert res["states"] == len(buf["logits"]) == 12
+    assert buf["logits"].shape == (12, 121) and buf["rnn"].shape == (12, cfg.rnn_size)
+    assert (buf["blstats"][:, 12] >= 2).all()  # FAR only
+    # The stored logits are π*'s on the stored state and GRU context.
+    ac.eval()
+    with torch.no_grad():
+        x = {k: torch.from_numpy(buf[k][:3]) for k in ("chars", "blstats", "misc", "message")}
+        out = ac(x, torch.from_numpy(buf["rnn"][:3]))
+    np.testing.assert_allclose(out["action_logits"].numpy(), buf["logits"][:3], rtol=1e-4, atol=1e-4)
+    # EWC's Fisher: one non-negative tensor per actor parameter, none for the critic.
+    from safetensors.torch import load_file
+
+    res = nhf.fisher(p, paths)
+    fisher = load_file(str(paths.fisher / "fisher.safetensors"))
+    actor = {n for n, _ in ac.named_parameters() if not n.startswith("critic_linear")}
+    assert set(fisher) == actor and res["states"] == 12
+    assert all((v >= 1e-5).all() for v in fisher.values())
+    assert sum(float(v.sum()) for v in fisher.values()) > 1e-5 * sum(v.numel() for v in fisher.values())
+
+    # Retention losses: zero at π*, the textbook formula once the actor moves.
+    anchor = {n: q.detach().clone() for n, q in ac.named_parameters()}
+    l2 = sf.RetentionLoss("l2", 2.0, anchor)
+    ewc = sf.RetentionLoss("ewc", 3.0, anchor, fisher)
+    assert float(l2(ac)) == 0.0 and float(ewc(ac)) == 0.0
+    with torch.no_grad():
+        ac.action_parameterization.distribution_linear.bias.add_(0.5)
+        ac.critic_linear.bias.add_(7.0)  # the critic is never regularised
+    nb = ac.action_parameterization.distribution_linear.bias.numel()
+    f = fisher["action_parameterization.distribution_linear.bias"]
+    assert float(l2(ac)) == pytest.approx(2.0 * 0.25 * nb, rel=1e-5)
+    assert float(ewc(ac)) == pytest.approx(3.0 * 0.25 * float(f.sum()), rel=1e-5)
+    bc = sf.RetentionLoss("bc", 1.0, buffer=dict(buf), batch_size=4)
+    assert float(bc(ac)) > 0.0  # π_θ moved away from π* on FAR states
+    bc(ac).backward()
+    assert ac.action_parameterization.distribution_linear.bias.grad is not None
+
+    # APPO through sample-factory from π*, with the BC retention loss wired into its learner.
+    p2 = p.model_copy(update={"finetune": p.finetune.model_copy(update={"env_steps": 256, "num_envs": 2, "rollout": 16, "batch_size": 64})})
+    res = nhf.finetune(p2, paths, method="bc")
+    assert res["status"] == 0 and res["retention_calls"] > 0 and res["retention_loss_last"] > 0
+    assert len(list((paths.finetune("bc") / "checkpoint_p0").glob("checkpoint_*.pth"))) >= 2  # π* + fine-tuned
+
+    # Kickstarting: π* is stepped in the env and its logits reach the learner with the batch.
+    res = nhf.finetune(p2, paths, method="ks")
+    assert res["status"] == 0 and res["retention_calls"] > 0 and res["retention_loss_last"] > 0
+
+    # evaluate (π* and the BC-retained policy on CLOSE and FAR) → report.
+    p3 = p2.model_copy(update={"finetune": p2.finetune.model_copy(update={"methods": ["bc"]}),
+                               "evaluate": p2.evaluate.model_copy(update={"episodes": 2, "max_steps": 20})})
+    metrics = nhf.evaluate(p3, paths)
+    assert set(metrics) == {"pretrained", "bc"}
+    assert metrics["bc"]["far_max_depth"] >= 2 and metrics["bc"]["close_max_depth"] >= 1
+    nhf.report(p3, paths)
+    text = (paths.report / "report.md").read_text()
+    assert "| bc |" in text and (paths.report / "far_score.png").stat().st_size > 0
+
+
+def test_finetune_refuses_em_and_missing_pretrained_before_any_compute(tmp_path):
+    p = nhf.validate_params({})
+    paths = Paths("nethack", root=tmp_path)
+    with pytest.raises(ConfigError, match="'em' .*off-policy"):
+        nhf.finetune(p, paths, method="em")
+    with pytest.raises(ConfigError, match="missing pretrained NetHack policy"):
+        nhf.finetune(p, paths, method="ks")
+    with pytest.raises(ConfigError, match="missing pretrained NetHack policy"):
+        nhf.finetune(p, paths, method="l2")
+
+
+def test_registered_family_validates_through_params_yaml(tmp_path):
+    import yaml
+
+    from retainrl.config import load_params
+    from retainrl.envs import get_family
+
+    assert get_family("nethack") is nhf
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({"nethack": {"far": {"boundary": 1}}}))
+    with pytest.raises(ConfigError, match=r"nethack\.far\.boundary: FAR boundary must be ≥ 2"):
+        load_params(path, only="nethack")
+    path.write_text(yaml.safe_dump({"nethack": {"env": {"character": "mon-hum-neu-mal"}}}))
+    assert load_params(path, only="nethack").section("nethack").far.start_depth == 4
+
+
+def test_sample_factory_env_starts_episodes_in_far_start_states(env, game):
+    from retainrl.envs import nethack_sf as sf
+
+    demos = {
+        "seeds": game.seeds[None], "actions": game.actions, "offsets": np.array([0, len(game.actions)]),
+        "far_step": np.array([game.far_step]),
+    }
+    far = nhf.far_start_states(demos)
+    sfenv = sf.NetHackSF(max_steps=5000, far=(demos, far))
+    try:
+        obs, _ = sfenv.reset()
+        assert sfenv.observation_space.contains(obs)
+        assert obs["blstats"][12] == 2  # the fixture game's start depth
+        obs2, r, term, trunc, _ = sfenv.step(0)
+        assert not (term or trunc) and obs2["chars"].shape == (21, 79)
+    finally:
+        sfenv.close()
