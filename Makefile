@@ -37,3 +37,6 @@ bench: setup
 
 clean-venv:
 	rm -rf $(VENV)
+
+# Orchestration: make server | deploy | flow | flow-dask | push | retrieve | bench-flows (docs/orchestration.md)
+include Makefile.flows
