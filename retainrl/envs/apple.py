@@ -25,7 +25,8 @@ import torch
 from pydantic import Field, field_validator, model_validator
 from torch import nn
 
-from retainrl.config import FisherParams, Method, RetentionParams, Strict
+from retainrl.config import FisherParams, RetentionParams, Strict
+from retainrl.retention.methods import method_list
 from retainrl.retention.policy import RetainablePolicy
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ class FarBufferParams(Strict):
 
 
 class FinetuneParams(Strict):
-    methods: list[Method] = ["scratch", "finetune", "l2", "ewc", "bc", "ks"]
+    methods: method_list(LEARNER, off_policy=False) = ["scratch", "finetune", "l2", "ewc", "bc", "ks"]
     seeds: int = Field(5, gt=0)
     iterations: int = Field(400, gt=0)
     episodes_per_iteration: int = Field(32, gt=0)
@@ -84,33 +85,15 @@ class FinetuneParams(Strict):
     scratch_init_std: float = Field(0.1, ge=0)
     ks_states: int = Field(256, gt=0, description="visited states per update that kickstarting distils on")
 
-    @field_validator("methods")
-    @classmethod
-    def _on_policy(cls, methods):
-        from retainrl.retention.methods import check_method
-
-        for m in methods:
-            check_method(m, learner=LEARNER, off_policy=False, key="finetune.methods")
-        if len(set(methods)) != len(methods):
-            raise ValueError("methods are listed twice")
-        return methods
 
 
 class SweepParams(Strict):
     """Forgetting against M (at the base c) and against c (at the base M)."""
 
-    methods: list[Method] = ["finetune", "ewc", "bc"]
+    methods: method_list(LEARNER, off_policy=False) = ["finetune", "ewc", "bc"]
     M: list[int] = [5, 10, 20, 30, 40, 50]
     c: list[float] = [0.1, 0.25, 0.5, 0.75, 1.0, 1.5]
 
-    @field_validator("methods")
-    @classmethod
-    def _on_policy(cls, methods):
-        from retainrl.retention.methods import check_method
-
-        for m in methods:
-            check_method(m, learner=LEARNER, off_policy=False, key="sweep.methods")
-        return methods
 
     @field_validator("M", "c")
     @classmethod

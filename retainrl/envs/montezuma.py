@@ -45,7 +45,8 @@ from typing import Any
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from retainrl.config import ConfigError, FisherParams, Method, RetentionParams, Strict
+from retainrl.config import ConfigError, FisherParams, RetentionParams, Strict
+from retainrl.retention.methods import method_list
 from retainrl.envs.montezuma_ale import GAMES, RamInfo, array_to_state, decode_ram, make_ale, state_to_array
 
 log = logging.getLogger(__name__)
@@ -134,7 +135,7 @@ class FinetuneParams(Strict):
     """PPO+RND fine-tuning from the start of the game (the study's hyperparameters by default,
     except the scale: ``envs`` × ``steps`` × ``updates`` fit a 2-core CPU)."""
 
-    methods: list[Method] = ["scratch", "finetune", "l2", "ewc", "bc", "ks"]
+    methods: method_list("ppo_rnd", off_policy=False) = ["scratch", "finetune", "l2", "ewc", "bc", "ks"]
     seed: int = 0
     #: 10 updates × 8 envs × 128 steps ≈ 41k frames: ~5 min per method on a loaded 2-core CPU
     #: (benchmarks: ~110–300 training frames/s); the study ran 128 envs for tens of millions.
@@ -157,16 +158,6 @@ class FinetuneParams(Strict):
     eval_episodes: int = Field(5, gt=0, description="episodes per room per evaluation")
     eval_max_steps: int = Field(300, gt=0, description="agent steps before an undecided room counts as failure")
 
-    @field_validator("methods")
-    @classmethod
-    def _on_policy(cls, methods):
-        from retainrl.retention.methods import check_method
-
-        for m in methods:
-            check_method(m, learner="ppo_rnd", off_policy=False, key="finetune.methods")
-        if len(set(methods)) != len(methods):
-            raise ValueError("methods are listed twice")
-        return methods
 
 
 class Params(Strict):

@@ -46,6 +46,7 @@ import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from retainrl.config import ConfigError, RetentionParams, Strict
+from retainrl.retention.methods import method_list
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +151,7 @@ class NetHackFisherParams(Strict):
 class FinetuneParams(Strict):
     """APPO fine-tuning of π* in sample-factory (serial mode), one run per retention method."""
 
-    methods: list[str] = ["scratch", "finetune", "l2", "ewc", "bc", "ks"]
+    methods: method_list("appo", off_policy=False) = ["scratch", "finetune", "l2", "ewc", "bc", "ks"]
     env_steps: int = Field(20_000, gt=0)
     num_envs: int = Field(4, gt=0)
     rollout: int = Field(32, gt=0)
@@ -161,16 +162,6 @@ class FinetuneParams(Strict):
     freeze_encoder: bool = True
     seed: int = 0
 
-    @field_validator("methods")
-    @classmethod
-    def _appo_methods(cls, methods):
-        from retainrl.retention.methods import check_method
-
-        for m in methods:
-            check_method(m, learner="appo", off_policy=False, key="finetune.methods")
-        if len(set(methods)) != len(methods):
-            raise ValueError("methods are listed twice")
-        return methods
 
 
 

@@ -37,7 +37,8 @@ import numpy as np
 import torch
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from retainrl.config import ConfigError, FisherParams, L2Params, EWCParams, BCParams, KSParams, EMParams, Method, RetentionParams, Strict
+from retainrl.config import BCParams, ConfigError, EMParams, EWCParams, FisherParams, KSParams, L2Params, RetentionParams, Strict
+from retainrl.retention.methods import method_list
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +132,7 @@ class NetParams(Strict):
 
 
 class FinetuneParams(Strict):
-    methods: list[Method] = ["scratch", "finetune", "l2", "ewc", "bc", "ks", "em"]
+    methods: method_list(LEARNER, off_policy=True) = ["scratch", "finetune", "l2", "ewc", "bc", "ks", "em"]
     seeds: int = Field(3, gt=0)
     steps: int = Field(3000, gt=0, description="env steps per seed")
     batch_size: int = Field(128, gt=0)
@@ -148,16 +149,6 @@ class FinetuneParams(Strict):
     #: Save the actor of every model at these many evenly spaced points (plus the final full agent).
     checkpoints: int = Field(2, ge=0)
 
-    @field_validator("methods")
-    @classmethod
-    def _methods(cls, methods):
-        from retainrl.retention.methods import check_method
-
-        for m in methods:
-            check_method(m, learner=LEARNER, off_policy=True, key="finetune.methods")
-        if len(set(methods)) != len(methods):
-            raise ValueError("methods are listed twice")
-        return methods
 
 
 def _robot_retention() -> RetentionParams:

@@ -208,3 +208,23 @@ def check_method(method: str, *, learner: str, off_policy: bool, key: str = "met
 
 def build_retention(method: str, ctx: RetentionContext, params: RetentionParams, *, learner: str, off_policy: bool) -> RetentionMethod:
     return check_method(method, learner=learner, off_policy=off_policy)(ctx, params)
+
+
+def method_list(learner: str, *, off_policy: bool):
+    """The pydantic type of a family's method list: known names, allowed by ``learner``, no repeats.
+
+    ``methods: method_list("reinforce", off_policy=False) = [...]`` in a params model rejects
+    ``em`` for an on-policy learner at load time, naming the key.
+    """
+    from typing import Annotated
+
+    from pydantic import AfterValidator
+
+    def check(methods: list[str]) -> list[str]:
+        for m in methods:
+            check_method(m, learner=learner, off_policy=off_policy, key="methods")
+        if len(set(methods)) != len(methods):
+            raise ValueError(f"methods are listed twice: {methods}")
+        return methods
+
+    return Annotated[list[str], AfterValidator(check)]
