@@ -193,14 +193,18 @@ REGISTRY: dict[str, type[RetentionMethod]] = {
 assert set(REGISTRY) == set(METHODS)
 
 
-def check_method(method: str, *, learner: str, off_policy: bool, key: str = "method") -> type[RetentionMethod]:
-    """Validate a method name against a learner before any compute; return its class."""
+def check_method(method: str, *, learner: str, off_policy: bool, key: str | None = "method") -> type[RetentionMethod]:
+    """Validate a method name against a learner before any compute; return its class.
+
+    ``key`` prefixes the message (None inside a params validator, which adds the dotted key itself).
+    """
+    prefix = f"{key}: " if key else ""
     if method not in REGISTRY:
-        raise ConfigError(f"{key}: unknown retention method {method!r}; allowed: {', '.join(REGISTRY)}")
+        raise ConfigError(f"{prefix}unknown retention method {method!r}; allowed: {', '.join(REGISTRY)}")
     cls = REGISTRY[method]
     if cls.off_policy_only and not off_policy:
         raise ConfigError(
-            f"{key}: method {method!r} (episodic memory) needs an off-policy learner with a replay buffer; "
+            f"{prefix}method {method!r} (episodic memory) needs an off-policy learner with a replay buffer; "
             f"{learner!r} is on-policy"
         )
     return cls
@@ -222,7 +226,7 @@ def method_list(learner: str, *, off_policy: bool):
 
     def check(methods: list[str]) -> list[str]:
         for m in methods:
-            check_method(m, learner=learner, off_policy=off_policy, key="methods")
+            check_method(m, learner=learner, off_policy=off_policy, key=None)
         if len(set(methods)) != len(methods):
             raise ValueError(f"methods are listed twice: {methods}")
         return methods
