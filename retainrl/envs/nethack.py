@@ -149,10 +149,14 @@ class NetHackFisherParams(Strict):
 
 
 class FinetuneParams(Strict):
-    """APPO fine-tuning of π* in sample-factory (serial mode), one run per retention method."""
+    """APPO fine-tuning of π* in sample-factory (serial mode), one run per retention method and seed."""
 
     methods: method_list("appo", off_policy=False) = ["scratch", "finetune", "l2", "ewc", "bc", "ks"]
-    env_steps: int = Field(20_000, gt=0)
+    seeds: int = Field(2, gt=0, description="independent runs per method (seed = finetune.seed + k)")
+    env_steps: int = Field(20_000, gt=0, description="env steps per run")
+    #: Training episodes start at fresh seeded games (CLOSE) and are cut after this many env steps
+    #: (the study plays to the end; a cap keeps episodes resetting within a small budget).
+    max_episode_steps: int = Field(30_000, gt=0)
     num_envs: int = Field(4, gt=0)
     rollout: int = Field(32, gt=0)
     batch_size: int = Field(512, gt=0)
@@ -160,16 +164,16 @@ class FinetuneParams(Strict):
     #: The study: entropy 0.001, and 0 whenever a retention method is on.
     entropy: float = Field(0.001, ge=0)
     freeze_encoder: bool = True
+    #: Policy snapshots kept at evenly spaced env steps (the last is the final policy); each is
+    #: evaluated on CLOSE and FAR for the curves over fine-tuning.
+    snapshots: int = Field(2, gt=0)
     seed: int = 0
-
-
-
 
 
 class EvalParams(Strict):
     """CLOSE: episodes from the start of fresh seeded games; FAR: from the FAR start states."""
 
-    episodes: int = Field(10, gt=0, description="episodes per policy and per part (CLOSE, FAR)")
+    episodes: int = Field(10, gt=0, description="episodes per policy snapshot and per part (CLOSE, FAR)")
     max_steps: int = Field(2000, gt=0, description="env steps per evaluation episode")
     greedy: bool = False
     seed: int = 10_000
@@ -587,16 +591,19 @@ def fisher(p: Params, paths, device=None) -> dict:
 
 
 def finetune(p: Params, paths, device=None, method: str = "finetune") -> dict:
-    """Stage: APPO fine-tuning of π* with one retention method; writes ``paths.finetune(method)``.
+    """Stage: APPO fine-tuning of π* with one retention method, ``finetune.seeds`` runs.
 
+    Writes ``paths.finetune(method)/seed_<k>/`` (a sample-factory experiment dir: checkpoints,
+    ``snapshots/step_<n>.pth``, ``train_episodes.json``, ``retention.json``), seed = finetune.seed + k.
     EM is refused before any compute (episodic memory needs an off-policy learner; APPO is
-    on-policy). ``scratch`` starts from a random init (same network), the others from π*.
+    on-policy). ``scratch`` starts from a random init (same network), the others from π*; entropy
+    is off and the encoder frozen whenever a retention method is on (the study's setting).
     """
     from retainrl.artifacts import atomic_path, require
     from retainrl.envs import nethack_sf as sf
     from retainrl.retention.methods import check_method
 
-    check_method(method, learner="appo", off_policy=False, key="finetune.method")
+    check_method(method, learner="appo", off_policy=False, key="nethack.finetune.methods")
     if method != "scratch":
         require(paths.pretrained, "pretrained NetHack policy (π*)")
     anchor = fisher_diag = buffer = None
@@ -614,29 +621,41 @@ def finetune(p: Params, paths, device=None, method: str = "finetune") -> dict:
     elif method == "bc":
         buffer = load_far_buffer(paths.far_buffer)
         coef = p.retention.bc.coef
-    loss = sf.RetentionLoss(method, coef, anchor, fisher_diag, buffer, p.retention.bc.batch_size, p.finetune.seed,
-                            decay=p.retention.ks.decay, floor=p.retention.ks.floor)
     ft = p.finetune
+    retention_on = method not in ("finetune", "scratch")
+    runs = []
     with atomic_path(paths.finetune(method), directory=True) as tmp:
-        res = sf.run_appo(None if method == "scratch" else Path(paths.pretrained).resolve(), tmp, loss,
-                          env_steps=ft.env_steps, num_envs=ft.num_envs, rollout=ft.rollout, batch_size=ft.batch_size,
-                          lr=ft.lr, entropy=ft.entropy if method in ("finetune", "scratch") else 0.0,
-                          freeze_encoder=ft.freeze_encoder, seed=ft.seed,
-                          device="gpu" if device is not None and str(device).startswith("cuda") else "cpu")
-        if res["status"] != 0:
-            raise RuntimeError(f"sample-factory APPO exited with status {res['status']}")
-        (tmp / "retention.json").write_text(json.dumps({"method": method, "coef": coef, **res}) + "\n")
-    return res
+        for k in range(ft.seeds):
+            seed = ft.seed + k
+            loss = sf.RetentionLoss(method, coef, anchor, fisher_diag, buffer, p.retention.bc.batch_size, seed,
+                                    decay=p.retention.ks.decay, floor=p.retention.ks.floor)
+            run_dir = tmp / f"seed_{k}"
+            log.info("finetune[%s] seed %d/%d: %d env steps", method, k + 1, ft.seeds, ft.env_steps)
+            res = sf.run_appo(None if method == "scratch" else Path(paths.pretrained).resolve(), run_dir, loss,
+                              env_steps=ft.env_steps, num_envs=ft.num_envs, rollout=ft.rollout, batch_size=ft.batch_size,
+                              lr=ft.lr, entropy=0.0 if retention_on else ft.entropy,
+                              freeze_encoder=ft.freeze_encoder and method != "scratch", seed=seed,
+                              device="gpu" if device is not None and str(device).startswith("cuda") else "cpu",
+                              max_episode_steps=ft.max_episode_steps, snapshots=ft.snapshots)
+            if res["status"] != 0:
+                raise RuntimeError(f"sample-factory APPO exited with status {res['status']} ({method}, seed {seed})")
+            res = {"method": method, "seed": seed, "coef": coef, **res}
+            (run_dir / "retention.json").write_text(json.dumps(res) + "\n")
+            log.info("finetune[%s] seed %d: %.0f env steps/s, %d training episodes", method, seed, res["env_steps_per_s"], res["train_episodes"])
+            runs.append(res)
+    return {"method": method, "runs": runs}
 
 
 def run_policy(ac, cfg, env, obs: dict, max_steps: int, greedy: bool, gen) -> dict:
-    """Play ``ac`` from ``obs`` (env already there) for up to ``max_steps``; score and depth reached."""
+    """Play ``ac`` from ``obs`` (env already there) for up to ``max_steps``; score, depth, turns, xplvl reached."""
     import torch
 
     from retainrl.envs import nethack_sf as sf
 
-    start_score, start_depth = int(obs["blstats"][9]), int(obs["blstats"][12])
-    score, depth, steps = start_score, start_depth, 0
+    bl = obs["blstats"]
+    start_score, start_depth = int(bl[9]), int(bl[12])
+    score, depth, turns, xplvl, steps = start_score, start_depth, int(bl[20]), int(bl[18]), 0
+    died = False
     rnn = torch.zeros(1, cfg.rnn_size)
     with torch.no_grad():
         for steps in range(1, max_steps + 1):
@@ -646,58 +665,148 @@ def run_policy(ac, cfg, env, obs: dict, max_steps: int, greedy: bool, gen) -> di
             a = int(logits.argmax()) if greedy else int(torch.multinomial(torch.softmax(logits, -1), 1, generator=gen))
             obs, _, term, trunc, _ = env.step(a)
             if term or trunc:
+                died = bool(term)
                 break
-            score, depth = int(obs["blstats"][9]), max(depth, int(obs["blstats"][12]))
-    return {"score": score, "score_gain": score - start_score, "start_depth": start_depth, "max_depth": depth, "steps": steps}
+            bl = obs["blstats"]
+            score, depth, turns, xplvl = int(bl[9]), max(depth, int(bl[12])), int(bl[20]), int(bl[18])
+    return {"score": score, "score_gain": score - start_score, "start_depth": start_depth, "max_depth": depth,
+            "levels": depth - start_depth, "turns": turns, "xplvl": xplvl, "steps": steps, "died": died}
+
+
+#: What the evaluation reports per part (CLOSE: from the game start; FAR: from a FAR start state).
+EVAL_KEYS = ("score_gain", "max_depth", "levels", "turns", "xplvl")
+
+
+def _policy_snapshots(p: Params, paths) -> dict[str, list[list[tuple[int, Path, Path]]]]:
+    """method → per seed → [(step, experiment dir, snapshot file)], sorted by step."""
+    from retainrl.artifacts import require
+
+    out = {}
+    for m in p.finetune.methods:
+        root = require(paths.finetune(m), f"fine-tuned NetHack policy ({m})")
+        seeds = sorted(root.glob("seed_*"), key=lambda d: int(d.name.split("_")[1]))
+        if not seeds:
+            raise ConfigError(f"{root}: no seed_<k> runs; re-run nethack_finetune@{m}")
+        out[m] = []
+        for d in seeds:
+            snaps = sorted((d / "snapshots").glob("step_*.pth"))
+            if not snaps:
+                raise ConfigError(f"{d / 'snapshots'}: no policy snapshots; re-run nethack_finetune@{m}")
+            out[m].append([(int(f.stem.split("_")[1]), d, f) for f in snaps])
+    return out
 
 
 def evaluate(p: Params, paths, device=None) -> dict:
-    """Stage: π* and every fine-tuned policy on CLOSE (game start) and FAR (FAR start states).
+    """Stage: π* and every fine-tuning snapshot of every method and seed on CLOSE and FAR.
 
-    Writes ``metrics.json`` (means per policy, what ``dvc metrics`` reads) and ``episodes.json``.
-    FAR is scored as in the study: the score gained on top of the start state's score.
+    CLOSE = ``evaluate.episodes`` fresh seeded games from the start (score, max depth, turns,
+    xplvl after at most ``evaluate.max_steps`` env steps); FAR = as many episodes from the
+    replayed FAR start states (where the expert first reached Dlvl ``far.start_depth``): the
+    score gained on top of the state's score and the levels descended. Every policy plays the
+    same games with the same sampling seed. A method's step-0 snapshot *is* π* (same weights)
+    and reuses π*'s episodes; ``scratch``'s step 0 is its random init and is played.
+
+    Writes ``metrics.json`` (final snapshot, mean/std over seeds: what ``dvc metrics`` reads),
+    ``summary.json`` (also per seed and π*), ``close_score.json`` / ``far_score.json`` (mean
+    over seeds per snapshot step: ``dvc plots``) and ``episodes.json`` (every episode).
     """
     import torch
+    from tqdm import tqdm
 
-    from retainrl.artifacts import atomic_path, require, save_json
+    from retainrl.artifacts import atomic_path, save_json
     from retainrl.envs import nethack_sf as sf
+    from retainrl.evaluation import scalar_metrics, spread
 
     demos = load_demos(paths.demos)
     far = far_start_states(demos)
     if len(far["game"]) == 0:
         raise ConfigError(f"{Path(paths.demos) / DEMO_FILE}: no game reached Dlvl {p.far.start_depth}; no FAR start states to evaluate from")
-    policies = {"pretrained": Path(paths.pretrained)}
-    for m in p.finetune.methods:
-        policies[m] = require(paths.finetune(m), f"fine-tuned NetHack policy ({m})")
+    snapshots = _policy_snapshots(p, paths)
     close_seeds = game_seeds(p.evaluate.seed, p.evaluate.episodes)
     env = make_env(p.env.character, 10**7)
-    rows, metrics = [], {}
+    ev = p.evaluate
+
+    def play(ac, cfg) -> dict:
+        ac.eval()
+        gen = torch.Generator().manual_seed(ev.seed)
+        res = {}
+        for part in ("close", "far"):
+            eps = []
+            for e in range(ev.episodes):
+                obs = reset_seeded(env, close_seeds[e]) if part == "close" else restore_far_state(env, demos, far, e % len(far["game"]))
+                eps.append(run_policy(ac, cfg, env, obs, ev.max_steps, ev.greedy, gen))
+            res[part] = eps
+        return res
+
+    def means(res: dict) -> dict:
+        return {f"{part}_{k}": float(np.mean([r[k] for r in res[part]])) for part in ("close", "far") for k in EVAL_KEYS}
+
+    rows: list[dict] = []
+    jobs = sum(len(s) for seeds in snapshots.values() for s in seeds)
     try:
-        for name, exp_dir in policies.items():
-            ac, cfg = sf.load_sf_policy(exp_dir)
-            ac.eval()
-            gen = torch.Generator().manual_seed(p.evaluate.seed)
+        with tqdm(total=jobs + 1, desc="NetHack evaluation", unit="policy") as bar:
+            ac, cfg = sf.load_sf_policy(paths.pretrained)
+            pre = play(ac, cfg)
+            bar.update()
+            pre_means = means(pre)
             for part in ("close", "far"):
-                for e in range(p.evaluate.episodes):
-                    obs = reset_seeded(env, close_seeds[e]) if part == "close" else restore_far_state(env, demos, far, e % len(far["game"]))
-                    r = run_policy(ac, cfg, env, obs, p.evaluate.max_steps, p.evaluate.greedy, gen)
-                    rows.append({"policy": name, "part": part, "episode": e, **r})
-            mine = [r for r in rows if r["policy"] == name]
-            metrics[name] = {
-                f"{part}_{k}": float(np.mean([r[k] for r in mine if r["part"] == part]))
-                for part in ("close", "far") for k in ("score_gain", "max_depth")
-            }
-            log.info("%s: %s", name, metrics[name])
+                rows += [{"policy": "pretrained", "seed": None, "step": 0, "part": part, "episode": e, **r} for e, r in enumerate(pre[part])]
+            log.info("pretrained: %s", pre_means)
+            per_step: dict[str, list[dict[int, dict]]] = {}
+            for m, seeds in snapshots.items():
+                per_step[m] = []
+                for k, snaps in enumerate(seeds):
+                    got = {}
+                    for step, exp_dir, f in snaps:
+                        if step == 0 and m != "scratch":
+                            got[0] = pre_means
+                            bar.update()
+                            continue
+                        ac, cfg = sf.load_snapshot(exp_dir, f)
+                        res = play(ac, cfg)
+                        bar.update()
+                        got[step] = means(res)
+                        for part in ("close", "far"):
+                            rows += [{"policy": m, "seed": k, "step": step, "part": part, "episode": e, **r} for e, r in enumerate(res[part])]
+                    per_step[m].append(got)
+                    last = got[max(got)]
+                    log.info("%s seed %d (step %d): CLOSE score %.1f, FAR gain %.1f", m, k, max(got), last["close_score_gain"], last["far_score_gain"])
     finally:
         env.close()
+
+    summary = {"pretrained": {k: spread([v]) for k, v in pre_means.items()}, "methods": {}}
+    curves = {"close": [], "far": []}
+    steps = sorted(set().union(*[set(g) for seeds in per_step.values() for g in seeds]))
+    for part, key in (("close", "close_score_gain"), ("far", "far_score_gain")):
+        for step in steps:
+            row = {"step": int(step)}
+            for m, seeds in per_step.items():
+                vals = [g[step][key] for g in seeds if step in g]
+                if vals:
+                    row[m] = float(np.mean(vals))
+                    row[f"{m}_std"] = float(np.std(vals))
+            curves[part].append(row)
+    for m, seeds in per_step.items():
+        finals = [g[max(g)] for g in seeds]
+        summary["methods"][m] = {k: spread([f[k] for f in finals]) for k in finals[0]}
+        summary["methods"][m]["final_step"] = int(max(seeds[0]))
+    metrics = {"pretrained": scalar_metrics(summary["pretrained"]), **{m: scalar_metrics({k: v for k, v in s.items() if k != "final_step"})
+                                                                        for m, s in summary["methods"].items()}}
     with atomic_path(paths.evaluation, directory=True) as tmp:
         save_json(tmp / "metrics.json", metrics)
+        save_json(tmp / "summary.json", summary)
+        save_json(tmp / "close_score.json", curves["close"])
+        save_json(tmp / "far_score.json", curves["far"])
         save_json(tmp / "episodes.json", rows)
-    return metrics
+    return summary
 
 
 def report(p: Params, paths) -> None:
-    """Stage: report.md (the expert's demos, π* and each method on CLOSE/FAR) and a FAR bar chart."""
+    """Stage: report.md (expert, π*, each method's final CLOSE/FAR over seeds) and the two figures.
+
+    ``close_score.png``: CLOSE score over fine-tuning (the study's Figure 3a);
+    ``far_score.png``: score gained from the FAR start states over fine-tuning (its Figure 5).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -705,11 +814,14 @@ def report(p: Params, paths) -> None:
 
     from retainrl.artifacts import atomic_path, load_json, require
 
-    metrics = load_json(Path(paths.evaluation) / "metrics.json", "NetHack evaluation metrics")
+    ev_dir = Path(paths.evaluation)
+    summary = load_json(ev_dir / "summary.json", "NetHack evaluation summary")
+    curves = {part: load_json(ev_dir / f"{part}_score.json", f"NetHack {part.upper()} curves") for part in ("close", "far")}
     meta = json.loads(require(Path(paths.demos) / META_FILE, "NetHack demo metadata").read_text())
+    ft = p.finetune
+    depth = meta["far_start_depth"]
     lines = ["# NetHack (Human Monk): forgetting of pre-trained capabilities", ""]
     s = meta.get("summary", {})
-    depth = meta["far_start_depth"]
     if s:
         lines += [
             f"Expert over {s['games']} seeded games: reached Dlvl {depth} in "
@@ -717,17 +829,49 @@ def report(p: Params, paths) -> None:
             f"(mean {s['score_mean']:.0f}), median max depth {s['depth_median']:.0f} (mean {s['depth_mean']:.2f}).",
             "",
         ]
-    lines += ["| policy | CLOSE score | CLOSE max depth | FAR score gain | FAR max depth |", "|---|---|---|---|---|"]
-    for name, m in metrics.items():
-        lines.append(f"| {name} | {m['close_score_gain']:.1f} | {m['close_max_depth']:.2f} | {m['far_score_gain']:.1f} | {m['far_max_depth']:.2f} |")
+    lines += [
+        f"Fine-tuning: APPO (sample-factory), {ft.env_steps:,} env steps per run, {ft.seeds} seeds per method, "
+        f"lr {ft.lr:g}, batch {ft.batch_size}, {ft.num_envs} envs × rollout {ft.rollout}, training episodes cut at "
+        f"{ft.max_episode_steps:,} steps. Evaluation: {p.evaluate.episodes} episodes per part and policy, at most "
+        f"{p.evaluate.max_steps:,} env steps each ({'greedy' if p.evaluate.greedy else 'sampled'} actions). "
+        f"CLOSE = from the start of a game; FAR = from the state where the expert first reached Dlvl {depth}, "
+        "scored as the score gained on top of that state's. Mean ± std over seeds of the final policy.",
+        "",
+        "| policy | CLOSE score | CLOSE turns | CLOSE dlvl | CLOSE xplvl | FAR score gained | FAR levels descended |",
+        "|---|---|---|---|---|---|---|",
+    ]
+
+    def cell(st: dict, fmt: str = ".1f") -> str:
+        return f"{st['mean']:{fmt}} ± {st['std']:{fmt}}" if st.get("std") else f"{st['mean']:{fmt}}"
+
+    rows = [("π* (pretrained)", summary["pretrained"])] + list(summary["methods"].items())
+    for name, m in rows:
+        lines.append(f"| {name} | {cell(m['close_score_gain'])} | {cell(m['close_turns'], '.0f')} | {cell(m['close_max_depth'], '.2f')} | "
+                     f"{cell(m['close_xplvl'], '.2f')} | {cell(m['far_score_gain'])} | {cell(m['far_levels'], '.2f')} |")
+    lines += ["", "Per seed (final CLOSE score / FAR score gained):", ""]
+    for name, m in summary["methods"].items():
+        lines.append(f"- {name}: " + ", ".join(f"{a:.1f} / {b:.1f}" for a, b in zip(m["close_score_gain"]["per_seed"], m["far_score_gain"]["per_seed"])))
     with atomic_path(paths.report, directory=True) as tmp:
-        fig, ax = plt.subplots(figsize=(6, 3))
-        names = list(metrics)
-        ax.bar(names, [metrics[n]["far_score_gain"] for n in names])
-        ax.set_ylabel("score gained from FAR start")
-        ax.set_title(f"FAR: from the expert's first arrival on Dlvl {p.far.start_depth}")
-        fig.tight_layout()
-        fig.savefig(tmp / "far_score.png", dpi=100)
-        plt.close(fig)
-        lines += ["", "![FAR score](far_score.png)", ""]
+        for part, fname, title, ylabel in (
+            ("close", "close_score.png", "CLOSE: score from the start of a game", "score"),
+            ("far", "far_score.png", f"FAR: score gained from the expert's first arrival on Dlvl {depth}", "score gained"),
+        ):
+            rows_ = curves[part]
+            fig, ax = plt.subplots(figsize=(6.4, 4.0))
+            methods = [k for k in summary["methods"]]
+            for m in methods:
+                pts = [(r["step"], r[m], r[f"{m}_std"]) for r in rows_ if m in r]
+                if not pts:
+                    continue
+                x, y, e = (np.array(v, float) for v in zip(*pts))
+                (line,) = ax.plot(x, y, marker="o", label=m)
+                ax.fill_between(x, y - e, y + e, color=line.get_color(), alpha=0.15)
+            ax.axhline(summary["pretrained"][f"{part}_score_gain"]["mean"], color="k", ls="--", lw=1, label="π*")
+            ax.set(title=title, xlabel="fine-tuning env steps", ylabel=ylabel)
+            ax.legend(fontsize=8)
+            ax.grid(alpha=0.3)
+            fig.tight_layout()
+            fig.savefig(tmp / fname, dpi=100)
+            plt.close(fig)
+        lines += ["", "![CLOSE score over fine-tuning](close_score.png)", "", "![FAR score over fine-tuning](far_score.png)", ""]
         (tmp / "report.md").write_text("\n".join(lines))

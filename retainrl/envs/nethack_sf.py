@@ -61,6 +61,12 @@ def sf_obs(obs: dict) -> dict[str, np.ndarray]:
     }
 
 
+#: Training episodes that ended in this process (serial mode: the envs live here) and the env
+#: steps taken so far; ``run_appo`` resets both and writes them next to the checkpoints.
+EPISODES: list[dict] = []
+ENV_STEPS = 0
+
+
 class NetHackSF(gym.Env):
     """A gymnasium env for sample-factory: seeded games, or episodes started in FAR start states.
 
@@ -89,6 +95,7 @@ class NetHackSF(gym.Env):
         self.far = far
         self.episode = offset
         self.render_mode = None
+        self._score = self._depth = self._turns = self._xplvl = 0
 
     def reset(self, seed=None, options=None):
         from retainrl.envs.nethack import reset_seeded, restore_far_state
@@ -104,7 +111,15 @@ class NetHackSF(gym.Env):
         self.episode += 1
         if self.teacher is not None:
             self.teacher_rnn.zero_()
+        self._track(obs, new=True)
         return self._obs(obs), {}
+
+    def _track(self, obs: dict, new: bool = False) -> None:
+        bl = obs["blstats"]
+        if int(bl[12]) == 0:  # the final observation of a game has zeroed blstats: keep the last in-game values
+            return
+        self._score, self._turns, self._xplvl = int(bl[9]), int(bl[20]), int(bl[18])
+        self._depth = int(bl[12]) if new else max(self._depth, int(bl[12]))
 
     def _obs(self, obs: dict) -> dict:
         out = sf_obs(obs)
@@ -116,7 +131,13 @@ class NetHackSF(gym.Env):
         return out
 
     def step(self, action):
+        global ENV_STEPS
         obs, reward, term, trunc, info = self.env.step(int(action))
+        ENV_STEPS += 1
+        self._track(obs)
+        if term or trunc:
+            EPISODES.append({"env_steps": ENV_STEPS, "score": self._score, "max_depth": self._depth,
+                             "turns": self._turns, "xplvl": self._xplvl, "died": bool(term)})
         return self._obs(obs), float(reward), bool(term), bool(trunc), info
 
     def render(self):
@@ -134,7 +155,8 @@ def make_sf_env(full_env_name, cfg=None, env_config=None, render_mode=None):
     character = getattr(cfg, "nethack_character", "mon-hum-neu-mal")
     seed = int(getattr(cfg, "nethack_seed", 0))
     seeds = game_seeds(1_000_000 + 1000 * seed + idx, 1000)  # reproducible, disjoint from the demos' seeds
-    return NetHackSF(character=character, seeds=seeds, teacher=getattr(cfg, "nethack_teacher", "") or None)
+    return NetHackSF(character=character, max_steps=int(getattr(cfg, "nethack_max_steps", 30_000)), seeds=seeds,
+                     teacher=getattr(cfg, "nethack_teacher", "") or None)
 
 
 # --------------------------------------------------------------------------- encoder
@@ -234,6 +256,7 @@ def sf_config(train_dir: Path, experiment: str, extra: list[str] | None = None):
     parser.add_argument("--nethack_character", default="mon-hum-neu-mal", type=str)
     parser.add_argument("--nethack_teacher", default="", type=str, help="π* experiment dir (kickstarting)")
     parser.add_argument("--nethack_seed", default=0, type=int)
+    parser.add_argument("--nethack_max_steps", default=30_000, type=int, help="env steps per training episode")
     return parse_full_cfg(parser, argv)
 
 
@@ -386,7 +409,7 @@ def save_sf_checkpoint(ac, cfg, exp_dir: Path, lr: float) -> Path:
     return path
 
 
-def load_sf_policy(exp_dir: Path):
+def load_sf_policy(exp_dir: Path, weights: bool = True):
     """Rebuild the ActorCritic from a checkpoint directory (what the fine-tuning learner will do)."""
     import gymnasium as gym
     from nle import nethack as nh
@@ -397,6 +420,8 @@ def load_sf_policy(exp_dir: Path):
     register()
     cfg = AttrDict(json.loads((Path(exp_dir) / "config.json").read_text()))
     ac = create_actor_critic(cfg, obs_space(), gym.spaces.Discrete(len(nh.ACTIONS)))
+    if not weights:
+        return ac, cfg
     ckpts = Learner.get_checkpoints(str(Path(exp_dir) / "checkpoint_p0"))
     state = Learner.load_checkpoint(ckpts, "cpu")
     if state is None:
@@ -471,21 +496,36 @@ class RetentionLoss:
         return loss
 
 
-def install_retention(loss: RetentionLoss, freeze_encoder: bool = True):
+def install_retention(loss: RetentionLoss, freeze_encoder: bool = True, snapshot_dir: Path | None = None,
+                      snapshot_steps: list[int] | tuple = ()):
     """Wire ``loss`` into sample-factory's learner (serial mode: the learner runs in this process).
 
-    Returns a function that undoes the patch. The encoder is frozen after the learner loads π*
-    (the study froze encoders while fine-tuning).
+    * the loss is added to APPO's policy loss in ``Learner._calculate_losses`` (so it goes through
+      the learner's own backward, gradient clipping and optimizer step);
+    * the encoder is frozen after the learner loads π* (the study froze encoders while fine-tuning);
+    * the model is saved to ``snapshot_dir/step_<n>.pth`` at the learner's initial weights (n = 0)
+      and when its env-step count first reaches each of ``snapshot_steps``.
+
+    Returns a function that undoes the patch.
     """
     from sample_factory.algo.learning.learner import Learner
 
-    orig_calc, orig_init = Learner._calculate_losses, Learner.init
+    orig_calc, orig_init, orig_train = Learner._calculate_losses, Learner.init, Learner.train
+    pending = sorted(int(s) for s in snapshot_steps)
+
+    def snapshot(learner, step: int) -> None:
+        if snapshot_dir is None:
+            return
+        Path(snapshot_dir).mkdir(parents=True, exist_ok=True)
+        torch.save({"model": learner.actor_critic.state_dict(), "env_steps": int(learner.env_steps), "step": step},
+                   Path(snapshot_dir) / f"step_{step:09d}.pth")
 
     def init(self):
         out = orig_init(self)
         if freeze_encoder:
             for prm in self.actor_critic.encoder.parameters():
                 prm.requires_grad_(False)
+        snapshot(self, 0)
         return out
 
     def calc(self, mb, num_invalids):
@@ -495,23 +535,45 @@ def install_retention(loss: RetentionLoss, freeze_encoder: bool = True):
         res[-1]["retention_loss"] = aux.detach()
         return tuple(res)
 
-    Learner._calculate_losses, Learner.init = calc, init
+    def train(self, batch):
+        out = orig_train(self, batch)
+        while pending and self.env_steps >= pending[0]:
+            snapshot(self, pending.pop(0))
+        return out
+
+    Learner._calculate_losses, Learner.init, Learner.train = calc, init, train
 
     def undo():
-        Learner._calculate_losses, Learner.init = orig_calc, orig_init
+        Learner._calculate_losses, Learner.init, Learner.train = orig_calc, orig_init, orig_train
 
     return undo
 
 
+def snapshot_schedule(env_steps: int, snapshots: int) -> list[int]:
+    """Evenly spaced env steps at which snapshots are taken; the last is ``env_steps`` (the final policy)."""
+    return sorted({int(round(env_steps * (k + 1) / snapshots)) for k in range(snapshots)})
+
+
+def load_snapshot(exp_dir: Path, path: Path):
+    """π's network from ``exp_dir/config.json`` with the weights of one snapshot file."""
+    ac, cfg = load_sf_policy(exp_dir, weights=False)
+    ac.load_state_dict(torch.load(path, map_location="cpu")["model"])
+    return ac, cfg
+
+
 def run_appo(pretrained: Path | None, exp_dir: Path, loss: RetentionLoss, *, env_steps: int, num_envs: int, rollout: int,
              batch_size: int, lr: float, entropy: float, freeze_encoder: bool = True, seed: int = 0,
-             device: str = "cpu") -> dict:
+             device: str = "cpu", max_episode_steps: int = 30_000, snapshots: int = 1) -> dict:
     """Fine-tune π* with APPO (sample-factory, serial mode) plus ``loss``; writes into ``exp_dir``.
 
     ``pretrained`` None trains from scratch (random init, nothing frozen). For ``ks`` the envs
-    step π* alongside the game (``--nethack_teacher``).
+    step π* alongside the game (``--nethack_teacher``). Besides sample-factory's checkpoints,
+    ``exp_dir`` gets ``snapshots/step_<n>.pth`` (see ``install_retention``) and
+    ``train_episodes.json`` (every training episode that ended: env step, score, depth, ...).
     """
+    global ENV_STEPS
     import shutil
+    import time
 
     from sample_factory.train import run_rl
 
@@ -527,11 +589,18 @@ def run_appo(pretrained: Path | None, exp_dir: Path, loss: RetentionLoss, *, env
         "--num_epochs=1", f"--train_for_env_steps={env_steps}", "--save_every_sec=100000",
         "--experiment_summaries_interval=100000", "--with_wandb=False", "--restart_behavior=resume",
         "--decorrelate_envs_on_one_worker=False", f"--learning_rate={lr}", f"--exploration_loss_coeff={entropy}",
-        f"--nethack_seed={seed}", f"--seed={seed}", f"--device={device}",
+        f"--nethack_seed={seed}", f"--seed={seed}", f"--device={device}", f"--nethack_max_steps={max_episode_steps}",
     ] + teacher)
-    undo = install_retention(loss, freeze_encoder)
+    EPISODES.clear()
+    ENV_STEPS = 0
+    undo = install_retention(loss, freeze_encoder, exp_dir / "snapshots", snapshot_schedule(env_steps, snapshots))
+    t0 = time.perf_counter()
     try:
         status = run_rl(cfg)
     finally:
         undo()
-    return {"status": int(status), "retention_calls": loss.calls, "retention_loss_last": loss.last}
+    wall = time.perf_counter() - t0
+    (exp_dir / "train_episodes.json").write_text(json.dumps(EPISODES) + "\n")
+    return {"status": int(status), "retention_calls": loss.calls, "retention_loss_last": loss.last,
+            "env_steps": ENV_STEPS, "wall_s": wall, "env_steps_per_s": ENV_STEPS / max(wall, 1e-9),
+            "train_episodes": len(EPISODES)}

@@ -1,0 +1,195 @@
+"""Retention losses inside sample-factory's APPO learner: gradient checks against the closed forms.
+
+``install_retention`` patches ``Learner._calculate_losses`` so that the retention term is added
+to APPO's policy loss; everything after it (backward, clipping, Adam) is the learner's own. Here
+the learner's original loss is replaced by a known stand-in, so the gradient of what the patched
+learner returns must be exactly the stand-in's gradient plus the method's:
+
+* l2:  2·coef·(θ − θ*) on the actor, nothing on the critic or on a frozen encoder;
+* ewc: 2·coef·F·(θ − θ*);
+* ks:  coef_t·(softmax(z) − π*(·|s))·valid/Σvalid on the learner's logits z, coef_t = max(floor, coef·decay^t);
+* bc:  the gradient of coef·E KL(π* ‖ π_θ) on FAR-buffer states computed by the retention library's ``kl``.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+import pytest
+
+pytest.importorskip("sample_factory")
+torch = pytest.importorskip("torch")
+torch.set_num_threads(1)
+
+from retainrl.config import ConfigError  # noqa: E402
+from retainrl.envs import nethack as nhf  # noqa: E402
+from retainrl.envs import nethack_sf as sf  # noqa: E402
+from retainrl.paths import Paths  # noqa: E402
+from retainrl.retention.dists import kl  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory):
+    import gymnasium as gym
+    from sample_factory.model.actor_critic import create_actor_critic
+
+    torch.manual_seed(0)
+    cfg = sf.sf_config(tmp_path_factory.mktemp("sf"), "grad")
+    ac = create_actor_critic(cfg, sf.obs_space(), gym.spaces.Discrete(sf.N_ACTIONS))
+    anchor = {n: q.detach().clone() for n, q in ac.named_parameters()}
+    with torch.no_grad():  # move every parameter away from θ*
+        for q in ac.parameters():
+            q.add_(0.01 * torch.randn_like(q))
+    return ac, cfg, anchor
+
+
+def random_obs(n: int, gen: torch.Generator) -> dict:
+    return {
+        "chars": torch.randint(32, 127, (n, *sf.MAP_SHAPE), generator=gen, dtype=torch.uint8),
+        "blstats": torch.cat([torch.randint(0, 21, (n, 2), generator=gen).float(), torch.rand(n, sf.BLSTATS - 2, generator=gen) * 10], 1),
+        "misc": torch.zeros(n, 3),
+        "message": torch.randint(0, 127, (n, sf.MSG_LEN), generator=gen, dtype=torch.uint8),
+    }
+
+
+class FakeLearner:
+    def __init__(self, ac):
+        self.actor_critic = ac
+
+
+def patched_policy_loss(monkeypatch, loss, ac, base, mb=None, dist=None, freeze_encoder=False):
+    """policy_loss as sample-factory's (patched) learner returns it, with ``base`` as APPO's own."""
+    from sample_factory.algo.learning.learner import Learner
+
+    def stand_in(self, mb, num_invalids):
+        return dist, base(self.actor_critic), None, None, None, torch.zeros(()), {}
+
+    monkeypatch.setattr(Learner, "_calculate_losses", stand_in)
+    undo = sf.install_retention(loss, freeze_encoder=freeze_encoder)
+    try:
+        res = Learner._calculate_losses(FakeLearner(ac), mb, 0)
+    finally:
+        undo()
+    assert Learner._calculate_losses is stand_in  # the patch is undone
+    assert "retention_loss" in res[-1]
+    return res[1]
+
+
+def grads(ac, loss) -> dict:
+    for q in ac.parameters():
+        q.grad = None
+    loss.backward()
+    return {n: (q.grad.clone() if q.grad is not None else torch.zeros_like(q)) for n, q in ac.named_parameters()}
+
+
+def base_loss(ac):
+    """A stand-in for APPO's loss touching the actor head and the critic."""
+    return (ac.action_parameterization.distribution_linear.bias ** 2).sum() + ac.critic_linear.weight.sum()
+
+
+def test_sample_factory_returns_the_policy_loss_second():
+    """The patch adds to element 1 of _calculate_losses' result: that must stay APPO's policy loss."""
+    from sample_factory.algo.learning.learner import Learner
+
+    src = inspect.getsource(Learner._calculate_losses)
+    assert "return action_distribution, policy_loss, exploration_loss, kl_old, kl_loss, value_loss, loss_summaries" in src
+    assert "actor_loss: Tensor = policy_loss + exploration_loss + kl_loss" in inspect.getsource(Learner._train)
+
+
+@pytest.mark.parametrize("method", ["l2", "ewc"])
+def test_l2_and_ewc_gradients_through_the_learner(monkeypatch, net, method):
+    ac, _, anchor = net
+    gen = torch.Generator().manual_seed(1)
+    fisher = {n: torch.rand(q.shape, generator=gen) + 0.1 for n, q in ac.named_parameters() if not n.startswith("critic_linear")}
+    coef = 3.0
+    loss = sf.RetentionLoss(method, coef, anchor, fisher if method == "ewc" else None)
+    for frozen in (False, True):
+        total = patched_policy_loss(monkeypatch, loss, ac, base_loss, freeze_encoder=False)
+        if frozen:  # what install_retention's init does after loading π*: the encoder stops training
+            for q in ac.encoder.parameters():
+                q.requires_grad_(False)
+            total = patched_policy_loss(monkeypatch, loss, ac, base_loss)
+        g = grads(ac, total)
+        g0 = grads(ac, base_loss(ac))
+        for name, q in ac.named_parameters():
+            if not q.requires_grad:
+                continue
+            expect = g0[name].clone()
+            if not name.startswith("critic_linear") and not (frozen and name.startswith("encoder")):
+                d = (q.detach() - anchor[name]) * 2 * coef
+                expect += d * fisher[name] if method == "ewc" else d
+            torch.testing.assert_close(g[name], expect, rtol=1e-5, atol=1e-7, msg=f"{method} {name}")
+        for q in ac.encoder.parameters():
+            q.requires_grad_(True)
+
+
+def test_ks_gradient_on_the_learners_logits_with_decay_and_floor(monkeypatch, net):
+    from sample_factory.algo.utils.action_distributions import get_action_distribution
+    from sample_factory.utils.attr_dict import AttrDict
+
+    ac, _, _ = net
+    gen = torch.Generator().manual_seed(2)
+    n, coef, decay, floor = 6, 0.75, 0.5, 0.33
+    teacher = torch.randn(n, sf.N_ACTIONS, generator=gen)
+    z = torch.randn(n, sf.N_ACTIONS, generator=gen, requires_grad=True)
+    valids = torch.tensor([1, 1, 0, 1, 1, 1], dtype=torch.bool)
+    mb = AttrDict({"normalized_obs": {"teacher_logits": teacher}, "valids": valids})
+    loss = sf.RetentionLoss("ks", coef, decay=decay, floor=floor)
+    for t, coef_t in enumerate([0.75, 0.375, 0.33, 0.33]):  # coef·decay^t, floored
+        dist = get_action_distribution(ac.action_space, z)
+        total = patched_policy_loss(monkeypatch, loss, ac, lambda _: torch.zeros(()), mb=mb, dist=dist)
+        (gz,) = torch.autograd.grad(total, z)
+        expect = coef_t * (torch.softmax(z, -1) - torch.softmax(teacher, -1)) * valids[:, None] / valids.sum()
+        torch.testing.assert_close(gz, expect.detach(), rtol=1e-5, atol=1e-8, msg=f"update {t}")
+        assert loss.last == pytest.approx(float(coef_t * (kl("categorical", teacher, z.detach())[valids]).mean()), rel=1e-5)
+
+
+def test_bc_gradient_matches_the_retention_librarys_kl_on_far_states(monkeypatch, net):
+    ac, cfg, _ = net
+    gen = torch.Generator().manual_seed(3)
+    n = 5
+    buf = {k: v.numpy() for k, v in random_obs(n, gen).items()}
+    buf["logits"] = torch.randn(n, sf.N_ACTIONS, generator=gen).numpy()
+    buf["rnn"] = torch.randn(n, cfg.rnn_size, generator=gen).numpy() * 0.1
+    coef = 2.0
+    loss = sf.RetentionLoss("bc", coef, buffer=buf, batch_size=n, seed=7)
+    total = patched_policy_loss(monkeypatch, loss, ac, base_loss)
+    g = grads(ac, total)
+    idx = torch.randint(n, (n,), generator=torch.Generator().manual_seed(7))  # the states RetentionLoss drew
+    x = {k: torch.from_numpy(buf[k])[idx] for k in ("chars", "blstats", "misc", "message")}
+    out = ac(x, torch.from_numpy(buf["rnn"])[idx])
+    ref = base_loss(ac) + coef * kl("categorical", torch.from_numpy(buf["logits"])[idx], out["action_logits"]).mean()
+    g_ref = grads(ac, ref)
+    for name in g:
+        torch.testing.assert_close(g[name], g_ref[name], rtol=1e-4, atol=1e-7, msg=name)
+    assert float(g["action_parameterization.distribution_linear.bias"].abs().sum()) > 0
+    assert float((g["critic_linear.weight"] - 1.0).abs().max()) < 1e-6  # the critic only sees APPO's own loss
+
+
+def test_finetune_and_scratch_add_nothing(monkeypatch, net):
+    ac, _, _ = net
+    for method in ("finetune", "scratch"):
+        total = patched_policy_loss(monkeypatch, sf.RetentionLoss(method, 1.0), ac, base_loss)
+        assert float(total) == pytest.approx(float(base_loss(ac)))
+
+
+def test_em_is_refused_naming_the_method_list(tmp_path):
+    with pytest.raises(ConfigError, match=r"nethack\.finetune\.methods: method 'em' \(episodic memory\) needs an off-policy learner"):
+        nhf.finetune(nhf.validate_params({}), Paths("nethack", root=tmp_path), method="em")
+    with pytest.raises(ConfigError, match=r"nethack\.finetune\.methods: .*'em'"):
+        nhf.validate_params({"finetune": {"methods": ["finetune", "em"]}})
+    with pytest.raises(ConfigError, match="has no NetHack retention loss"):
+        sf.RetentionLoss("em", 1.0)(_Tiny())
+
+
+class _Tiny(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+
+def test_snapshot_schedule_is_even_and_ends_at_the_budget():
+    assert sf.snapshot_schedule(1000, 1) == [1000]
+    assert sf.snapshot_schedule(1000, 4) == [250, 500, 750, 1000]
+    assert np.all(np.diff(sf.snapshot_schedule(12_000, 3)) > 0)
