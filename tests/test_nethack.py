@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -201,25 +203,46 @@ def test_bc_pretrain_writes_a_sample_factory_policy_and_far_buffer(tmp_path):
     bc(ac).backward()
     assert ac.action_parameterization.distribution_linear.bias.grad is not None
 
-    # APPO through sample-factory from π*, with the BC retention loss wired into its learner.
-    p2 = p.model_copy(update={"finetune": p.finetune.model_copy(update={"env_steps": 256, "num_envs": 2, "rollout": 16, "batch_size": 64})})
+    # APPO through sample-factory from π*, with the BC retention loss wired into its learner; 2 seeds.
+    p2 = p.model_copy(update={"finetune": p.finetune.model_copy(update={
+        "env_steps": 256, "num_envs": 2, "rollout": 16, "batch_size": 64, "seeds": 2, "snapshots": 2, "max_episode_steps": 100})})
     res = nhf.finetune(p2, paths, method="bc")
-    assert res["status"] == 0 and res["retention_calls"] > 0 and res["retention_loss_last"] > 0
-    assert len(list((paths.finetune("bc") / "checkpoint_p0").glob("checkpoint_*.pth"))) >= 2  # π* + fine-tuned
+    assert [r["seed"] for r in res["runs"]] == [0, 1]
+    for k, r in enumerate(res["runs"]):
+        assert r["status"] == 0 and r["retention_calls"] > 0 and r["retention_loss_last"] > 0 and r["env_steps"] >= 256
+        run = paths.finetune("bc") / f"seed_{k}"
+        assert len(list((run / "checkpoint_p0").glob("checkpoint_*.pth"))) == 1  # the fine-tuned one (π*'s copy is dropped)
+        assert sorted(f.name for f in (run / "snapshots").glob("*.pth")) == ["step_000000000.pth", "step_000000128.pth", "step_000000256.pth"]
+        eps = json.loads((run / "train_episodes.json").read_text())
+        assert eps and all(e["max_depth"] >= 1 for e in eps)  # 100-step training episodes ended and were logged
+    # The step-0 snapshot is π* itself; the last one is what sample-factory saved last.
+    snap0, _ = sf.load_snapshot(paths.finetune("bc") / "seed_0", paths.finetune("bc") / "seed_0" / "snapshots" / "step_000000000.pth")
+    pi_star, _ = sf.load_sf_policy(paths.pretrained)
+    for (n, a), b in zip(snap0.state_dict().items(), pi_star.state_dict().values()):
+        assert torch.equal(a, b), n
 
     # Kickstarting: π* is stepped in the env and its logits reach the learner with the batch.
-    res = nhf.finetune(p2, paths, method="ks")
-    assert res["status"] == 0 and res["retention_calls"] > 0 and res["retention_loss_last"] > 0
+    p2k = p2.model_copy(update={"finetune": p2.finetune.model_copy(update={"seeds": 1, "snapshots": 1})})
+    res = nhf.finetune(p2k, paths, method="ks")
+    assert res["runs"][0]["status"] == 0 and res["runs"][0]["retention_calls"] > 0 and res["runs"][0]["retention_loss_last"] > 0
 
-    # evaluate (π* and the BC-retained policy on CLOSE and FAR) → report.
+    # evaluate (π* and the BC-retained policy's snapshots on CLOSE and FAR) → report.
     p3 = p2.model_copy(update={"finetune": p2.finetune.model_copy(update={"methods": ["bc"]}),
                                "evaluate": p2.evaluate.model_copy(update={"episodes": 2, "max_steps": 20})})
-    metrics = nhf.evaluate(p3, paths)
-    assert set(metrics) == {"pretrained", "bc"}
-    assert metrics["bc"]["far_max_depth"] >= 2 and metrics["bc"]["close_max_depth"] >= 1
+    summary = nhf.evaluate(p3, paths)
+    assert set(summary["methods"]) == {"bc"} and summary["methods"]["bc"]["final_step"] == 256
+    bc_final = summary["methods"]["bc"]
+    assert len(bc_final["far_score_gain"]["per_seed"]) == 2 and bc_final["far_max_depth"]["min"] >= 2
+    assert bc_final["close_max_depth"]["min"] >= 1
+    metrics = json.loads((paths.evaluation / "metrics.json").read_text())
+    assert set(metrics) == {"pretrained", "bc"} and set(metrics["bc"]["close_score_gain"]) == {"mean", "std"}
+    curve = json.loads((paths.evaluation / "close_score.json").read_text())
+    assert [r["step"] for r in curve] == [0, 128, 256] and all("bc" in r for r in curve)
     nhf.report(p3, paths)
     text = (paths.report / "report.md").read_text()
-    assert "| bc |" in text and (paths.report / "far_score.png").stat().st_size > 0
+    assert "| bc |" in text and "| π* (pretrained) |" in text
+    for png in ("far_score.png", "close_score.png"):
+        assert (paths.report / png).stat().st_size > 0
 
 
 def test_finetune_refuses_em_and_missing_pretrained_before_any_compute(tmp_path):

@@ -600,6 +600,9 @@ def run_appo(pretrained: Path | None, exp_dir: Path, loss: RetentionLoss, *, env
     finally:
         undo()
     wall = time.perf_counter() - t0
+    ckpts = sorted((exp_dir / "checkpoint_p0").glob("checkpoint_*.pth"))
+    if pretrained is not None and len(ckpts) > 1:
+        ckpts[0].unlink()  # the copy of π* it started from (snapshots/step_000000000.pth holds the same weights)
     (exp_dir / "train_episodes.json").write_text(json.dumps(EPISODES) + "\n")
     return {"status": int(status), "retention_calls": loss.calls, "retention_loss_last": loss.last,
             "env_steps": ENV_STEPS, "wall_s": wall, "env_steps_per_s": ENV_STEPS / max(wall, 1e-9),
