@@ -116,6 +116,8 @@ def main() -> None:
         "far_restore_s_max": float(np.max(costs)) if costs else None,
         "far_prefix_steps_mean": float(np.mean(prefixes)) if prefixes else None,
         "far_prefix_steps_max": int(np.max(prefixes)) if prefixes else None,
+        "far_restore_per_state": [{"prefix_steps": int(n), "restore_s": float(c)} for n, c in zip(prefixes, costs)],
+        "far_restore_steps_per_s": float(np.sum(prefixes) / np.sum(costs)) if costs else None,
         "appo_env_steps_per_s": appo,
         "appo_vs_raw": appo / raw if appo else None,
         "appo_wall_s": appo_wall,

@@ -57,6 +57,24 @@ def test_smoke_repro_makes_every_artifact(smoke_repo):
     for method in params["apple"]["finetune"]["methods"]:
         assert (repo / f"models/apple/finetune/{method}/curves.npz").exists()
         assert (repo / f"models/apple/finetune/{method}/live/metrics.json").exists()
+    # NetHack: demos (seeds + actions), π* as a sample-factory checkpoint, every method's runs, the report.
+    for rel in ("data/nethack/demos/games.npz", "data/nethack/far_buffer/buffer.npz", "data/nethack/fisher/fisher.safetensors",
+                "models/nethack/pretrained/config.json", "reports/nethack/eval/metrics.json", "reports/nethack/eval/close_score.json",
+                "reports/nethack/eval/far_score.json", "reports/nethack/report/report.md", "reports/nethack/report/close_score.png",
+                "reports/nethack/report/far_score.png"):
+        assert (repo / rel).stat().st_size > 0, rel
+    assert list((repo / "models/nethack/pretrained/checkpoint_p0").glob("checkpoint_*.pth"))
+    nh = params["nethack"]["finetune"]
+    seeds = params["profiles"]["smoke"]["nethack"]["finetune"]["seeds"]
+    for method in nh["methods"]:
+        for k in range(seeds):
+            run = repo / f"models/nethack/finetune/{method}/seed_{k}"
+            assert list((run / "checkpoint_p0").glob("checkpoint_*.pth")), run
+            assert list((run / "snapshots").glob("step_*.pth")) and (run / "train_episodes.json").exists(), run
+    nh_metrics = json.loads((repo / "reports/nethack/eval/metrics.json").read_text())
+    assert set(nh_metrics) == {"pretrained", *nh["methods"]}
+    report = (repo / "reports/nethack/report/report.md").read_text()
+    assert all(f"| {m} |" in report for m in nh["methods"])
     # No temporary leftovers anywhere.
     assert not list(repo.glob("**/.*.tmp"))
 
