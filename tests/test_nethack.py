@@ -288,3 +288,30 @@ def test_sample_factory_env_starts_episodes_in_far_start_states(env, game):
         assert not (term or trunc) and obs2["chars"].shape == (21, 79)
     finally:
         sfenv.close()
+
+
+def test_dvc_yaml_declares_the_nethack_paths_and_profile_params():
+    """nethack_* outs are the directories retainrl.paths gives the family; params follow the per-family convention."""
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    raw = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    p = Paths("nethack")
+    for stage, out in (("collect_demos", p.demos), ("pretrain", p.pretrained), ("far_buffer", p.far_buffer), ("fisher", p.fisher)):
+        assert raw[f"nethack_{stage}"]["outs"] == [str(out)], stage
+        assert raw[f"nethack_{stage}"]["cmd"] == f"python -m stages.{stage} nethack"
+    assert raw["nethack_finetune"]["outs"] == [str(p.finetune("${item.method}"))]
+    assert raw["nethack_finetune"]["matrix"]["method"] == "${nethack.finetune.methods}"
+    assert raw["nethack_finetune"]["cmd"] == "python -m stages.finetune nethack ${item.method}"
+    assert list(raw["nethack_evaluate"]["metrics"][0]) == [str(p.evaluation / "metrics.json")]
+    assert list(raw["nethack_report"]["outs"][0]) == [str(p.report)]
+    for name, stage in raw.items():
+        if name.startswith("nethack_"):
+            assert stage["params"][:3] == ["profile", "profiles.smoke.nethack", "profiles.paper.nethack"], name
+            assert all(k.startswith("nethack.") for k in stage["params"][3:]), name
+    for profile in ("smoke", "paper"):
+        assert "methods" not in params["profiles"][profile]["nethack"].get("finetune", {})
+    assert "em" not in params["nethack"]["finetune"]["methods"]
