@@ -189,14 +189,14 @@ def load_params(path: str | Path = DEFAULT_PARAMS, *, profile: str | None = None
     for name in names:
         if name not in merged:
             raise ConfigError(f"{name}: section missing from params.yaml")
-        for needed in ("smoke", "paper"):
+        model = importlib.import_module(families[name]).Params
+        sections[name] = _validate(model, merged[name], name)
+        for needed in ("smoke", "paper") if "profiles" in raw else ():  # a bare file (no profiles) is fine outside DVC
             if not isinstance(((raw.get("profiles") or {}).get(needed) or {}).get(name), dict):
                 raise ConfigError(
                     f"profiles.{needed}.{name}: missing; every family needs a smoke and a paper overlay "
                     "(dvc.yaml stages depend on them by key; use {} for no change)"
                 )
-        model = importlib.import_module(families[name]).Params
-        sections[name] = _validate(model, merged[name], name)
         # The other profiles must be valid too: a typo in `paper` should not wait for a GPU run.
         for other in (raw.get("profiles") or {}):
             if other != merged["profile"]:
