@@ -26,13 +26,19 @@ FAR stages; ours is built from the scripted experts, in one ``pretrain`` stage:
    (demos, DAgger rollouts, π*'s rollouts, exploration);
 4. EM's memory is a uniform sample of those transitions (10% of the replay, as in the study).
 
-Why step 2: with only expert-like actions in its data, the critic's action-gradient on FAR
-states is unreliable, and methods that put FAR states into the actor's SAC loss (EM, through its
-protected replay) moved the FAR heads along it and lost FAR within 500 steps (forgetting 1.00
-on both FAR stages, also with a tiny entropy bonus). An online SAC phase on FAR from the cloned
-actor (tried) is worse: the actor itself collapses to 0% FAR success within 3000 steps, before the
-critic catches up. The study's EM memory came from a whole SAC run, i.e. from exploratory
-data; step 2 is the cheap stand-in.
+Why step 2: a critic fitted on expert-like actions only has an unreliable action-gradient on
+FAR states. Step 2 widens its data, and EM's memory then holds π*'s own exploratory transitions
+like the study's (whose EM kept transitions of SAC pre-training) — but it does not save EM here.
+
+Known limitation, measured (EM): any SAC actor update on FAR states destroys the cloned skills
+within a few hundred updates: EM (the only method that puts FAR states into the actor's SAC
+loss) loses FAR by step 500 with demos only, with this exploration data, and with a tiny entropy
+bonus; an online SAC phase on FAR from π* (tried as step 3, also with kickstarting towards π*
+decaying from coefficient 1) drops peg-unplug-side from 100% to 0% within 1000 steps. The
+scripted experts are precise high-gain controllers; Q-values here run to thousands (the success
+bonus), so the critic's action-gradient swamps everything, and a cloned actor, unlike the study's
+SAC-trained π*, does not sit at its critic's maximum. A SAC-trained π* (long online training on
+FAR, the study's recipe) is the fix; it is not affordable on the 2-core default profile.
 """
 
 from __future__ import annotations
