@@ -43,7 +43,7 @@ class FlowConfig:
     envs: list[str] = field(default_factory=list)  # environment families; empty = all
     profile: str | None = None  # writes `profile:` in params.yaml (like `dvc exp run -S profile=…`)
     methods: list[str] | None = None  # writes <env>.finetune.methods
-    seeds: int | None = None  # writes profiles.<profile>.<env>.finetune.seeds
+    seeds: int | None = None  # writes profiles.<profile>.<env>.finetune.seeds (<env>.finetune.seeds for default)
     concurrency: int = 2
     retries: int = 0
     retry_delay: float = 5.0
@@ -88,9 +88,13 @@ def apply_params(root: Path, cfg: FlowConfig, envs: list[str]) -> None:
             if cfg.methods is not None:
                 params[env]["finetune"]["methods"] = list(cfg.methods)
             if cfg.seeds is not None:
-                prof = params.setdefault("profiles", {}).setdefault(params.get("profile", "default"), {}) or {}
-                params["profiles"][params.get("profile", "default")] = prof
-                prof.setdefault(env, {}).setdefault("finetune", {})["seeds"] = int(cfg.seeds)
+                profile = params.get("profile", "default")
+                if profile == "default":  # the base values are the default profile (profiles.default stays empty)
+                    params[env]["finetune"]["seeds"] = int(cfg.seeds)
+                else:
+                    prof = params.setdefault("profiles", {}).setdefault(profile, {}) or {}
+                    params["profiles"][profile] = prof
+                    prof.setdefault(env, {}).setdefault("finetune", {})["seeds"] = int(cfg.seeds)
     from retainrl.config import ConfigError, load_params
 
     try:

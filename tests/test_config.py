@@ -82,3 +82,33 @@ def test_an_invalid_inactive_profile_is_reported(tmp_path):
     path = write(tmp_path, lambda r: r["profiles"]["paper"]["apple"]["finetune"].update(seeds=0))
     with pytest.raises(ConfigError, match="profiles.paper: apple.finetune.seeds"):
         load_params(path, profile="default")
+
+
+def test_the_default_profile_overlay_must_be_empty(tmp_path):
+    """The base values *are* the default profile; a second place to set them would hide edits."""
+    path = write(tmp_path, lambda r: r["profiles"].update(default={"apple": {"demos": {"episodes": 3}}}))
+    with pytest.raises(ConfigError, match="profiles.default: must be empty"):
+        load_params(path)
+
+
+def test_every_family_needs_smoke_and_paper_overlays(tmp_path):
+    """dvc.yaml stages depend on profiles.{smoke,paper}.<family> by key; a missing one is named."""
+    path = write(tmp_path, lambda r: r["profiles"]["paper"].pop("apple"))
+    with pytest.raises(ConfigError, match=r"profiles\.paper\.apple: missing"):
+        load_params(path, only="apple")
+
+
+def test_each_stage_depends_on_its_own_family_overlays_only():
+    """Tuning one family's profile must not invalidate another family's cached stages."""
+    from retainrl.envs import FAMILIES
+
+    stages = yaml.safe_load(open("dvc.yaml"))["stages"]
+    for name, stage in stages.items():
+        family = name.split("_", 1)[0]
+        assert family in FAMILIES, name
+        keys = [k for item in stage.get("params", []) for k in ([item] if isinstance(item, str) else item)]
+        assert {"profile", f"profiles.smoke.{family}", f"profiles.paper.{family}"} <= set(keys), name
+        others = [k for k in keys if k.startswith("profiles") and not k.startswith(("profiles.smoke.", "profiles.paper."))]
+        foreign = [k for k in keys if k.split(".")[0] not in ("profile", "profiles", family)
+                   or (k.startswith("profiles.") and k.split(".")[2] != family)]
+        assert not others and not foreign, (name, others, foreign)

@@ -358,7 +358,7 @@ SMOKE = {
     "net": {"hidden": 32, "layers": 2},
     "env": {"tasks": ["push", "push-wall"], "far": ["push-wall"], "T": 100},
     "demos": {"episodes": 2},
-    "pretrain": {"bc_steps": 30, "dagger_rounds": 1, "dagger_episodes": 1, "critic_steps": 10, "eval_episodes": 1, "gate": 0.0},
+    "pretrain": {"bc_steps": 30, "dagger_rounds": 1, "dagger_episodes": 1, "critic_steps": 10, "explore_episodes": 1, "eval_episodes": 1, "gate": 0.0},
     "far_buffer": {"size": 64},
     "fisher": {"states": 16},
     "finetune": {"seeds": 2, "steps": 40, "batch_size": 16, "replay_size": 400, "update_every": 10, "random_steps": 10, "eval_every": 20, "eval_episodes": 1, "checkpoints": 2},
@@ -379,6 +379,10 @@ def test_end_to_end_stage_functions(tmp_path):
     robot.pretrain(p, paths, dev)
     scores = load_json(paths.pretrained / "scores.json", "scores")
     assert set(scores["success"]) == set(p.env.tasks)
+    # EM's memory: a sample of the pre-training transitions (demos, π*'s rollouts, exploration), FAR only.
+    memory = np.load(paths.pretrained / "memory.npz")
+    assert memory["obs"].shape == (40, p.env.obs_dim) == memory["next_obs"].shape  # share 0.1 of replay 400
+    assert set(memory["obs"][:, -2:].argmax(1)) == {1} and scores["memory"] == 40
     robot.far_buffer(p, paths, dev)
     far = np.load(paths.far_buffer / "far_buffer.npz")
     assert far["obs"].shape == (64, p.env.obs_dim) and far["targets"].shape == (64, 8)

@@ -15,16 +15,30 @@ cloned from Meta-World's scripted experts on FAR only, so fine-tuning from π* f
 capacity on CLOSE, where π* is useless, and forgets FAR before it ever gets there.
 Starting an episode at stage k (``reset(stage=k)``) is how FAR is entered for evaluation.
 
-Pre-training (a choice, documented because it matters): the actor is cloned from the scripted
-experts (MSE on the action plus a σ fit, with DAgger rounds labelled by the expert); the critics
-are fitted by offline TD (SAC targets, π* fixed) on the experts' and π*'s own FAR transitions,
-which costs no extra env interaction. Known weakness: such a critic has only seen π*'s nearly
-deterministic actions, so its action-gradient on FAR states is unreliable. Methods that put FAR
-states into the actor's SAC loss (EM, through its protected replay) then move the FAR heads
-along that gradient, and on the default profile EM loses FAR within 500 steps (also with
-init_alpha 0.01, so the entropy bonus is not the cause). The study's π* came from online SAC,
-whose critic has seen exploratory actions; a short online SAC phase on FAR in ``pretrain`` is
-the likely fix (not done yet).
+Pre-training (a choice, documented because it matters). The study's π* was SAC trained on the
+FAR stages; ours is built from the scripted experts, in one ``pretrain`` stage:
+
+1. the actor is cloned from the experts (MSE on the action plus a σ fit, with DAgger rounds
+   labelled by the expert): this is what makes π* good on FAR in minutes;
+2. exploration data: π*'s own FAR episodes with Gaussian noise on its actions
+   (``pretrain.explore_episodes``, ``explore_noise``), so the critic sees actions around π*'s;
+3. the critics are fitted by offline TD (SAC targets, π* fixed) on all FAR transitions so far
+   (demos, DAgger rollouts, π*'s rollouts, exploration);
+4. EM's memory is a uniform sample of those transitions (10% of the replay, as in the study).
+
+Why step 2: a critic fitted on expert-like actions only has an unreliable action-gradient on
+FAR states. Step 2 widens its data, and EM's memory then holds π*'s own exploratory transitions
+like the study's (whose EM kept transitions of SAC pre-training) — but it does not save EM here.
+
+Known limitation, measured (EM): any SAC actor update on FAR states destroys the cloned skills
+within a few hundred updates: EM (the only method that puts FAR states into the actor's SAC
+loss) loses FAR by step 500 with demos only, with this exploration data, and with a tiny entropy
+bonus; an online SAC phase on FAR from π* (tried as step 3, also with kickstarting towards π*
+decaying from coefficient 1) drops peg-unplug-side from 100% to 0% within 1000 steps. The
+scripted experts are precise high-gain controllers; Q-values here run to thousands (the success
+bonus), so the critic's action-gradient swamps everything, and a cloned actor, unlike the study's
+SAC-trained π*, does not sit at its critic's maximum. A SAC-trained π* (long online training on
+FAR, the study's recipe) is the fix; it is not affordable on the 2-core default profile.
 """
 
 from __future__ import annotations
@@ -106,13 +120,16 @@ class DemoParams(Strict):
 
 
 class PretrainParams(Strict):
-    """BC of the actor (Gaussian likelihood of the expert's pre-tanh action) with DAgger rounds
-    labelled by the scripted expert, then offline TD for the critics on π*'s own transitions."""
+    """BC of the actor with DAgger rounds labelled by the scripted expert, exploratory FAR
+    episodes, then offline TD for the critics (see the module docstring for why)."""
 
     bc_steps: int = Field(2000, gt=0, description="BC gradient steps per round")
     dagger_rounds: int = Field(2, ge=0)
     dagger_episodes: int = Field(10, gt=0, description="π* episodes per FAR stage per DAgger round")
     critic_steps: int = Field(1500, ge=0)
+    #: π* episodes per FAR stage with Gaussian noise on its actions, for the critic and EM's memory.
+    explore_episodes: int = Field(20, ge=0)
+    explore_noise: float = Field(0.3, ge=0, description="std of the Gaussian noise added to π*'s action in [-1, 1]")
     lr: float = Field(1e-3, gt=0)
     batch_size: int = Field(256, gt=0)
     eval_episodes: int = Field(20, gt=0)
@@ -418,8 +435,10 @@ def behaviour_clone(agent, obs: np.ndarray, act: np.ndarray, cfg: PretrainParams
     return opt
 
 
-def collect_pi_star_transitions(agent, env: EnvParams, episodes: int, seed: int, label: bool):
-    """π*'s own episodes on each FAR stage alone (stochastic), with expert labels for DAgger."""
+def collect_pi_star_transitions(agent, env: EnvParams, episodes: int, seed: int, label: bool, noise: float = 0.0):
+    """π*'s own episodes on each FAR stage alone (stochastic; plus Gaussian ``noise`` on the
+    squashed action), with expert labels for DAgger."""
+    rng = np.random.default_rng(seed)
     seq = RoboticSequence(env, seed)
     gen = torch.Generator().manual_seed(seed)
     rec = {k: [] for k in ("obs", "act", "expert", "rew", "next_obs", "terminal")}
@@ -433,6 +452,8 @@ def collect_pi_star_transitions(agent, env: EnvParams, episodes: int, seed: int,
                     if label:
                         rec["expert"].append(seq.expert_action())
                     a = agent.sample(torch.as_tensor(obs, device=device)[None, None], generator=gen)[0][0, 0].cpu().numpy()
+                    if noise:
+                        a = np.clip(a + noise * rng.standard_normal(a.shape), -1, 1).astype(np.float32)
                     nxt, r, term, done, _ = seq.step(a)
                     for key, v in (("obs", obs), ("act", a), ("rew", r), ("next_obs", nxt), ("terminal", term)):
                         rec[key].append(v)
@@ -466,6 +487,14 @@ def fit_critic(agent, trans: dict[str, np.ndarray], steps: int, cfg: FinetunePar
     log.info("critic TD: final loss %.2f on %d transitions", loss.item(), n)
 
 
+def memory_size(p: Params) -> int:
+    """EM's memory: the study keeps 10k transitions = 10% of a 100k replay."""
+    return int(p.retention.em.share * p.finetune.replay_size)
+
+
+TRANSITION_KEYS = ("obs", "act", "rew", "next_obs", "terminal")
+
+
 def agent_spec(p: Params):
     from retainrl.algos.sac import AgentSpec
 
@@ -473,7 +502,10 @@ def agent_spec(p: Params):
 
 
 def pretrain_agent(p: Params, demos: dict[str, np.ndarray], device) -> tuple:
-    """BC + DAgger for the actor, offline TD for the critics; returns (π*, per-stage success)."""
+    """BC + DAgger for the actor, exploration, offline TD for the critics.
+
+    Returns (π*, per-stage success, EM's memory of pre-training transitions).
+    """
     from retainrl.algos.sac import SACAgent
 
     gen = torch.Generator().manual_seed(p.pretrain.seed)
@@ -481,20 +513,24 @@ def pretrain_agent(p: Params, demos: dict[str, np.ndarray], device) -> tuple:
     obs, act = demos["obs"], demos["act"]
     agent.set_normalizer(torch.as_tensor(obs, device=device), BASE_OBS_DIM)
     opt = behaviour_clone(agent, obs, act, p.pretrain, gen, desc="bc round 0")
-    td = {k: demos[k] for k in ("obs", "act", "rew", "next_obs", "terminal")}
+    td = {k: demos[k] for k in TRANSITION_KEYS}
     for r in range(1, p.pretrain.dagger_rounds + 1):
         roll = collect_pi_star_transitions(agent, p.env, p.pretrain.dagger_episodes, 20_000 + 100 * r + p.pretrain.seed, label=True)
         obs, act = np.concatenate([obs, roll["obs"]]), np.concatenate([act, roll["expert"]])
         td = {k: np.concatenate([td[k], roll[k]]) for k in td}
         opt = behaviour_clone(agent, obs, act, p.pretrain, gen, opt, desc=f"bc round {r} (DAgger)")
+    for i, (episodes, noise) in enumerate(((p.pretrain.dagger_episodes, 0.0), (p.pretrain.explore_episodes, p.pretrain.explore_noise))):
+        if episodes:
+            roll = collect_pi_star_transitions(agent, p.env, episodes, 30_000 + 1000 * i + p.pretrain.seed, label=False, noise=noise)
+            td = {k: np.concatenate([td[k], roll[k]]) for k in td}
     if p.pretrain.critic_steps:
-        roll = collect_pi_star_transitions(agent, p.env, p.pretrain.dagger_episodes, 30_000 + p.pretrain.seed, label=False)
-        td = {k: np.concatenate([td[k], roll[k]]) for k in td}
         fit_critic(agent, td, p.pretrain.critic_steps, p.finetune, p.pretrain, gen)
+    idx = torch.randperm(td["obs"].shape[0], generator=gen)[: memory_size(p)].sort().values.numpy()
+    memory = {k: v[idx] for k, v in td.items()}
     seqs = [RoboticSequence(p.env, 40_000 + p.pretrain.seed)]
     scores = evaluate_agent(agent, seqs, p.env, p.pretrain.eval_episodes)
     seqs[0].close()
-    return agent, scores
+    return agent, scores, memory
 
 
 def check_gate(p: Params, success: np.ndarray) -> None:
@@ -537,7 +573,13 @@ def _load_pretrained(paths, device):
 def _load_demos(paths) -> dict[str, np.ndarray]:
     from retainrl.artifacts import load_npz
 
-    return load_npz(paths.demos / "demos.npz", "expert demonstrations (collect_demos stage)", ("obs", "act", "rew", "next_obs", "terminal"))
+    return load_npz(paths.demos / "demos.npz", "expert demonstrations (collect_demos stage)", TRANSITION_KEYS)
+
+
+def _load_memory(paths) -> dict[str, np.ndarray]:
+    from retainrl.artifacts import load_npz
+
+    return load_npz(paths.pretrained / "memory.npz", "pre-training transitions for EM (pretrain stage)", TRANSITION_KEYS)
 
 
 def collect_demos(p: Params, paths, device) -> None:
@@ -557,20 +599,22 @@ def collect_demos(p: Params, paths, device) -> None:
 
 
 def pretrain(p: Params, paths, device) -> None:
-    from retainrl.artifacts import atomic_path, save_json
+    from retainrl.artifacts import atomic_path, save_json, save_npz
 
-    agent, scores = pretrain_agent(p, _load_demos(paths), device)
+    agent, scores, memory = pretrain_agent(p, _load_demos(paths), device)
     success = scores["success"]
     summary = {
         "success": {t: float(success[0, k]) for k, t in enumerate(p.env.tasks)},
         "completed": float(scores["completed"][0]),
         "far": float(np.mean([success[0, k] for k in p.env.far_stages])),
         "episodes": p.pretrain.eval_episodes,
+        "memory": int(memory["obs"].shape[0]),
     }
     log.info("π*: per-stage success %s, stages completed from stage 0: %.2f", summary["success"], summary["completed"])
     check_gate(p, success[0])
     with atomic_path(paths.pretrained, directory=True) as out:
         _save_agent(out / "agent.safetensors", agent)
+        save_npz(out / "memory.npz", **memory)
         save_json(out / "scores.json", summary)
 
 
@@ -619,17 +663,18 @@ def fisher(p: Params, paths, device) -> None:
     log.info("Fisher (%s, %d states): mean %.3g over %d tensors", p.fisher.estimator, idx.numel(), float(torch.cat([v.flatten() for v in f.values()]).mean()), len(f))
 
 
-def em_transitions(demos: dict[str, np.ndarray], n_models: int) -> dict[str, torch.Tensor]:
-    """The expert's FAR transitions, the same for every stacked model: (N, M, ...)."""
+def em_transitions(memory: dict[str, np.ndarray], n_models: int) -> dict[str, torch.Tensor]:
+    """Pre-training transitions, the same for every stacked model: (N, M, ...)."""
     out = {}
-    for key in ("obs", "act", "rew", "next_obs", "terminal"):
-        v = torch.as_tensor(demos[key])
+    for key in TRANSITION_KEYS:
+        v = torch.as_tensor(memory[key])
         out[key] = v.unsqueeze(1).expand(v.shape[0], n_models, *v.shape[1:]).contiguous()
     return out
 
 
-def finetune_seeds(method: str, p: Params, pretrained, far, fisher_diag, demos, device, *, seeds: int | None = None, steps: int | None = None, progress=True, on_eval=None, seed_offset: int = 0):
-    """Fine-tune ``seeds`` stacked models with one method on the full sequence; returns (curves, agent)."""
+def finetune_seeds(method: str, p: Params, pretrained, far, fisher_diag, memory, device, *, seeds: int | None = None, steps: int | None = None, progress=True, on_eval=None, seed_offset: int = 0):
+    """Fine-tune ``seeds`` stacked models with one method on the full sequence; returns (curves, agent).
+    ``memory``: the pre-training transitions EM keeps."""
     from retainrl.algos import sac
     from retainrl.retention.methods import RetentionContext, build_retention
     from retainrl.retention.replay import ProtectedReplay
@@ -644,7 +689,7 @@ def finetune_seeds(method: str, p: Params, pretrained, far, fisher_diag, demos, 
         far_obs=None if far is None else far["obs"].to(device),
         far_targets=None if far is None else far["targets"].to(device),
         fisher=None if fisher_diag is None else {k: v.to(device) for k, v in fisher_diag.items()},
-        pretrain_transitions=None if demos is None else em_transitions(demos, m),
+        pretrain_transitions=None if memory is None else em_transitions(memory, m),
         generator=gen,
     )
     retention = build_retention(method, ctx, p.retention, learner=LEARNER, off_policy=sac.OFF_POLICY)
@@ -696,7 +741,7 @@ def finetune(p: Params, paths, device, method: str) -> None:
     pretrained = _load_pretrained(paths, device)
     far = _load_far(paths)
     f = load_tensors(paths.fisher / "fisher.safetensors", "Fisher (fisher stage)")
-    demos = _load_demos(paths)
+    memory = _load_memory(paths)
     cfg = p.finetune
     marks = set(np.linspace(0, cfg.steps, cfg.checkpoints + 1).round().astype(int)[1:].tolist()) if cfg.checkpoints else set()
     with atomic_path(paths.finetune(method), directory=True) as out:
@@ -714,7 +759,7 @@ def finetune(p: Params, paths, device, method: str) -> None:
                     on_eval.last = step
 
             on_eval.last = 0
-            curves, agent = finetune_seeds(method, p, pretrained, far, f, demos, device, on_eval=on_eval)
+            curves, agent = finetune_seeds(method, p, pretrained, far, f, memory, device, on_eval=on_eval)
         save_npz(out / "curves.npz", **curves)
         _save_agent(out / "agent.safetensors", agent, method=method)
 
