@@ -13,8 +13,12 @@ Rows:
 * ``env_preprocessed``: MontezumaEnv.step (sticky 0.25, frame skip 4 with max-pool, 84×84 gray,
   4-frame stack) with random actions – the per-env cost PPO will pay before any network;
 * ``go_explore``: GoExplore.run (selection, restore, exploration, archive updates) from reset;
-* ``ppo_rnd_train``: retainrl.algos.ppo_rnd.train (8 envs × 128 steps per update, Nature-CNN
-  actor-critic and RND, 4 epochs × 4 minibatches) – env frames per second of training.
+* ``ppo_rnd_rollout``: PPO's acting loop alone – 8 envs in lockstep, one batched forward of the
+  Nature-CNN actor-critic per step, sampled actions (what the learner pays per env frame before
+  any gradient step);
+* ``ppo_rnd_train``: retainrl.algos.ppo_rnd.train with the default profile's shape (8 envs × 64
+  steps per update, RND, 4 epochs × 4 minibatches, 1 torch thread) – env frames per second of
+  training, gradient steps included (no evaluation).
 
 Writes ``benchmarks/results/montezuma.json``; prints a table.
 """
@@ -70,26 +74,61 @@ def bench_env(frames: int) -> dict:
     return {"frames": steps * env.p.frame_skip, "seconds": dt}
 
 
-def bench_ppo(updates: int) -> dict:
-    """PPO+RND training frames/s (8 envs × 128 steps, the study's network sizes, CPU, 1 thread per
-    process as the tests use), a fresh policy and the finetune learner with no retention."""
+def _ppo_setup(envs: int, steps: int, updates: int):
+    import os
+
+    import torch
+
+    from retainrl.envs.montezuma import FinetuneParams, MontezumaEnv
+
+    torch.set_num_threads(int(os.environ.get("RETAINRL_THREADS", "1")))
+    torch.manual_seed(0)
+    cfg = FinetuneParams(updates=updates, envs=envs, steps=steps)
+    return cfg, [MontezumaEnv(seed=i) for i in range(cfg.envs)]
+
+
+def bench_ppo_rollout(frames: int, envs: int) -> dict:
+    """The acting half of PPO+RND alone: ``envs`` envs stepped in lockstep, one batched forward of
+    the Nature-CNN actor-critic per step, actions sampled, uint8 frames (no learning)."""
+    import torch
+
+    from retainrl.envs.montezuma_nets import ActorCritic
+
+    cfg, vec = _ppo_setup(envs, 1, 1)
+    model = ActorCritic().eval()
+    gen = torch.Generator().manual_seed(0)
+    obs = np.stack([e.reset() for e in vec])
+    steps = max(1, frames // (vec[0].p.frame_skip * envs))
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for _ in range(steps):
+            logits, _ = model.logits_and_values(torch.as_tensor(obs))
+            action = torch.multinomial(logits.softmax(-1), 1, generator=gen).squeeze(1).numpy()
+            for i, env in enumerate(vec):
+                o, _, terminated, truncated, _ = env.step(int(action[i]))
+                obs[i] = env.reset() if terminated or truncated else o
+    dt = time.perf_counter() - t0
+    return {"frames": steps * envs * vec[0].p.frame_skip, "seconds": dt, "envs": envs, "torch_threads": torch.get_num_threads()}
+
+
+def bench_ppo(updates: int, envs: int, steps: int) -> dict:
+    """PPO+RND training frames/s with the default profile's shape (``envs`` × ``steps`` per update,
+    4 epochs × 4 minibatches, the study's network sizes), a fresh policy, no retention, no evaluation."""
     import torch
 
     from retainrl.algos import ppo_rnd
-    from retainrl.envs.montezuma import FinetuneParams, MontezumaEnv
+    from retainrl.config import RetentionParams
     from retainrl.envs.montezuma_nets import RND, ActorCritic
     from retainrl.retention.methods import Finetune, RetentionContext
-    from retainrl.config import RetentionParams
 
-    torch.manual_seed(0)
-    cfg = FinetuneParams(updates=updates, envs=8, steps=128)
-    envs = [MontezumaEnv(seed=i) for i in range(cfg.envs)]
+    cfg, vec = _ppo_setup(envs, steps, updates)
     gen = torch.Generator().manual_seed(0)
     curves = ppo_rnd.train(
-        ActorCritic(), RND(), envs, cfg, Finetune(RetentionContext(), RetentionParams()), gen,
+        ActorCritic(), RND(), vec, cfg, Finetune(RetentionContext(), RetentionParams()), gen,
         device=torch.device("cpu"), progress=False,
     )
-    return {"frames": curves["frames"][-1], "seconds": curves["seconds"], "torch_threads": torch.get_num_threads()}
+    return {"frames": curves["frames"][-1], "seconds": curves["seconds"], "envs": envs, "steps": steps,
+            "torch_threads": torch.get_num_threads()}
 
 
 def bench_search(frames: int, seed: int) -> dict:
@@ -112,7 +151,9 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=200_000, help="frames for the raw and env rows")
     ap.add_argument("--search-frames", type=int, default=400_000)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--ppo-updates", type=int, default=2, help="PPO+RND updates of 8 envs × 128 steps")
+    ap.add_argument("--ppo-updates", type=int, default=3, help="PPO+RND updates of --ppo-envs × --ppo-steps")
+    ap.add_argument("--ppo-envs", type=int, default=8)
+    ap.add_argument("--ppo-steps", type=int, default=64)
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     setup_logging()
@@ -123,7 +164,8 @@ def main() -> None:
         ("raw_ale_skip4", lambda: bench_raw(args.frames, 4)),
         ("env_preprocessed", lambda: bench_env(args.frames)),
         ("go_explore", lambda: bench_search(args.search_frames, args.seed)),
-        ("ppo_rnd_train", lambda: bench_ppo(args.ppo_updates)),
+        ("ppo_rnd_rollout", lambda: bench_ppo_rollout(args.frames // 4, args.ppo_envs)),
+        ("ppo_rnd_train", lambda: bench_ppo(args.ppo_updates, args.ppo_envs, args.ppo_steps)),
     ]:
         log.info("running %s", name)
         row = fn()

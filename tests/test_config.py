@@ -112,3 +112,43 @@ def test_each_stage_depends_on_its_own_family_overlays_only():
         foreign = [k for k in keys if k.split(".")[0] not in ("profile", "profiles", family)
                    or (k.startswith("profiles.") and k.split(".")[2] != family)]
         assert not others and not foreign, (name, others, foreign)
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda r: r["montezuma"]["env"].update(game="pong"), r"montezuma\.env\.game: unknown game 'pong'"),
+        (lambda r: r["montezuma"]["route"].update(far_boundary=1), r"montezuma\.route\.far_boundary"),
+        (lambda r: r["montezuma"]["finetune"].update(methods=["finetune", "em"]), r"montezuma\.finetune\.methods.*off-policy"),
+        (lambda r: r["profiles"]["paper"]["montezuma"]["finetune"].update(seeds=0), r"profiles\.paper: montezuma\.finetune\.seeds"),
+    ],
+)
+def test_bad_montezuma_params_fail_naming_the_key(tmp_path, mutate, message):
+    path = write(tmp_path, mutate)
+    with pytest.raises(ConfigError, match=message):
+        load_params(path, only="montezuma")
+
+
+def test_montezuma_profiles_exist_and_scale():
+    """dvc.yaml's montezuma stages depend on profiles.smoke.montezuma and profiles.paper.montezuma."""
+    raw = yaml.safe_load(open("params.yaml"))
+    assert raw["profiles"]["smoke"]["montezuma"] and raw["profiles"]["paper"]["montezuma"]
+    smoke, default, paper = (load_params("params.yaml", profile=p, only="montezuma").section("montezuma") for p in ("smoke", "default", "paper"))
+    assert smoke.finetune.updates < default.finetune.updates < paper.finetune.updates
+    assert default.finetune.seeds >= 2 and paper.finetune.envs == 128 and paper.finetune.steps == 128
+    assert smoke.finetune.methods == default.finetune.methods == paper.finetune.methods
+
+
+def test_far_boundary_beyond_the_demo_route_is_a_stage_error(tmp_path, root):
+    """A FAR boundary beyond the rooms the demos reach fails in collect_demos with the key named."""
+    def mutate(r):
+        r["profile"] = "smoke"
+        smoke = r["profiles"]["smoke"]["montezuma"]
+        smoke["route"]["far_boundary"] = 9
+        smoke["search"]["warm_start"] = str(root / smoke["search"]["warm_start"])
+
+    path = write(tmp_path, mutate)
+    res = subprocess.run([sys.executable, "-m", "stages.collect_demos", "montezuma", "--params", str(path)], cwd=tmp_path, capture_output=True, text=True,
+                         env={**__import__("os").environ, "PYTHONPATH": str(root)})
+    assert res.returncode == 2 and "montezuma.route.far_boundary: 9 is beyond" in res.stderr, res.stderr[-2000:]
+    assert not (tmp_path / "data" / "montezuma" / "demos").exists()

@@ -268,3 +268,33 @@ def test_room_success_rates(recorded):
     torch.manual_seed(0)
     rates = mz.room_success_rates(ActorCritic(hidden=32), starts, p, episodes=2, max_steps=30)
     assert set(rates) == {2} and 0.0 <= rates[2] <= 1.0
+
+
+class _FixedLogits(__import__("torch").nn.Module):
+    """A 'network' that always prefers one action (for the batched evaluator)."""
+
+    def __init__(self, action: int):
+        super().__init__()
+        self.action = action
+
+    def dist_params(self, obs):
+        import torch
+
+        logits = torch.full((obs.shape[0], 18), -30.0)
+        logits[:, self.action] = 30.0
+        return logits
+
+
+def test_batched_room_evaluator_matches_the_single_episode_rule(recorded):
+    """RoomEvaluator steps every (room, episode) pair in lockstep with one batched forward; it
+    must give the same verdicts as run_room_episode for a deterministic policy."""
+    rep = recorded["replay"]
+    starts = [{"room": r, "entered_from": None if c < 0 else c, "state": s}
+              for r, c, s in zip(rep["rooms"], rep["entered_from"], rep["entry_states"])]
+    ev = mz.RoomEvaluator(mz.EnvParams(sticky=0.0))
+    for action in (LEFT, 3):  # 3 = RIGHT in the minimal action set
+        rates = ev.rates(_FixedLogits(action), starts, episodes=2, max_steps=60)
+        env = mz.MontezumaEnv(mz.EnvParams(sticky=0.0))
+        single = {s["room"]: float(mz.run_room_episode(env, s["state"], s["entered_from"], lambda obs: action, 60)) for s in starts}
+        assert rates == single
+    assert ev.rates(_FixedLogits(LEFT), [], episodes=2, max_steps=5) == {}

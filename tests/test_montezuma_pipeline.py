@@ -22,12 +22,12 @@ def test_all_stages_tiny(tmp_path, monkeypatch):
         {
             "route": {"far_boundary": 2},
             "search": {"sticky_checks": 0},
-            "pretrain": {"steps": 5, "batch_size": 8, "hidden": 32},
+            "pretrain": {"steps": 5, "rnd_steps": 3, "batch_size": 8, "hidden": 32},
             "far_buffer": {"size": 24, "rollout_steps": 12},
             "fisher": {"states": 4},
             "finetune": {
-                "methods": methods, "updates": 2, "envs": 2, "steps": 8, "epochs": 1, "minibatches": 2,
-                "eval_every": 1, "eval_episodes": 1, "eval_max_steps": 8,
+                "methods": methods, "seeds": 2, "updates": 2, "envs": 2, "steps": 8, "epochs": 1, "minibatches": 2,
+                "eval_every": 1, "eval_episodes": 2, "eval_close_episodes": 1, "eval_max_steps": 8,
             },
         }
     )
@@ -46,18 +46,28 @@ def test_all_stages_tiny(tmp_path, monkeypatch):
         mz.report(p, paths)
     finally:
         torch.set_num_threads(threads)
-    curves = json.loads((paths.finetune("bc") / "curves.json").read_text())
-    assert curves["frames"] == [64, 128] and len(curves["eval"]) == 3
-    assert all(0 <= e["far_success"] <= 1 for e in curves["eval"])
+    curves = json.loads((paths.finetune("bc") / "curves.json").read_text())["runs"]
+    assert [r["seed"] for r in curves] == [0, 1]
+    assert curves[0]["frames"] == [64, 128] and len(curves[0]["eval"]) == 3 and len(curves[0]["rooms_visited"]) == 2
+    assert all(0 <= e["far_success"] <= 1 and 0 <= e["boundary_success"] <= 1 for e in curves[0]["eval"])
+    pi = json.loads((paths.pretrained / "scores.json").read_text())
+    assert set(pi) >= {"boundary_success", "far_success", "close_success", "far_rooms"}
+    summary = json.loads((paths.evaluation / "summary.json").read_text())
+    assert set(summary["methods"]) == set(methods)
+    bc = summary["methods"]["bc"]
+    assert len(bc["boundary"]["min"]["per_seed"]) == 2 and bc["far"]["forgetting"]["mean"] >= 0
     metrics = json.loads((paths.evaluation / "metrics.json").read_text())
-    assert set(metrics) == {"pretrained", *methods}
-    assert (paths.report / "far_success.png").stat().st_size > 0
+    assert "per_seed" not in json.dumps(metrics)
+    rows = json.loads((paths.evaluation / "boundary_success.json").read_text())
+    assert [r["step"] for r in rows] == [0, 64, 128] and {"bc", "bc_std", "scratch"} <= set(rows[0])
+    for name in ("boundary_success.png", "far_success.png", "episode_return.png", "rooms_visited.png"):
+        assert (paths.report / name).stat().st_size > 0
     assert "| ks |" in (paths.report / "report.md").read_text()
     # fine-tuning really changed the weights, and started from π* (not for scratch)
     from safetensors.torch import load_file
 
-    ft = load_file(str(paths.finetune("finetune") / "policy.safetensors"))
-    sc = load_file(str(paths.finetune("scratch") / "policy.safetensors"))
+    ft = load_file(str(paths.finetune("finetune") / "policy_seed0.safetensors"))
+    sc = load_file(str(paths.finetune("scratch") / "policy_seed0.safetensors"))
     w = "actor.weight"
     assert not torch.equal(ft[w], pretrained[w])
     assert (ft[w] - pretrained[w]).abs().max() < (sc[w] - pretrained[w]).abs().max()

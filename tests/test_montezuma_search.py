@@ -120,14 +120,16 @@ def test_smoke_profile_collect_demos_from_warm_start(tmp_path):
     p = mz.parse_params(
         {
             "search": {"warm_start": str(FIXTURE), "frame_budget": 40_000, "sticky_checks": 1},
-            "route": {"far_boundary": 4},
+            "route": {"far_boundary": 3},
         }
     )
     paths = Paths("montezuma", root=tmp_path)
     mz.collect_demos(p, paths)
     arrays, route = mz.load_demos(paths)
-    assert route["rooms"][:3] == [1, 2, 6] and len(route["rooms"]) >= 4
-    assert route["far"] == route["rooms"][3:] and route["verified_by_replay"]
+    # the search goes on to rooms 5 and 7 but only peeks into them: the route is 1 → 2 → 6
+    assert route["rooms_in_order_of_entry"][:3] == [1, 2, 6] and len(route["rooms_in_order_of_entry"]) >= 4
+    assert route["rooms"] == [1, 2, 6] and set(route["detours"]) == set(route["rooms_in_order_of_entry"][3:])
+    assert route["far"] == [6] and route["verified_by_replay"]
     assert route["search"]["frames"] <= 40_000 + 4 * 100
     with np.load(FIXTURE) as data:
         prefix = data["actions"]
@@ -193,3 +195,46 @@ def test_far_buffer_and_fisher(tmp_path, monkeypatch):
     fim = load_file(str(paths.fisher / "fisher.safetensors"))
     assert fim and not any(k.startswith("critic") for k in fim)
     assert all(bool((v >= 1e-5).all()) for v in fim.values())
+
+
+ROUTE_SEED1 = Path(__file__).parent / "data" / "montezuma_route_seed1.npz"
+
+
+def test_route_drops_rooms_the_demo_only_peeks_into(tmp_path):
+    """The route found by the default search (seed 1, 1.45M frames) enters rooms 5 and 12 and walks
+    straight back the way it came with nothing gained: they are not on the route, and the 7th
+    room (the FAR boundary) becomes 22, which the demo crosses to 23."""
+    with np.load(ROUTE_SEED1) as data:
+        actions = data["actions"]
+    rep = ms.replay(actions)
+    assert rep["rooms"] == [1, 2, 6, 5, 7, 13, 12, 14, 22, 23] and not rep["lost_life"]
+    assert rep["route"]["rooms"] == [1, 2, 6, 7, 13, 14, 22, 23]
+    # room 7 is first peeked into (6 → 7 → 6) and crossed later: its entry is the crossing one
+    i = rep["route"]["rooms"].index(7)
+    assert rep["route"]["entry_steps"][i] > rep["entry_steps"][rep["rooms"].index(7)]
+    p = mz.parse_params({"search": {"sticky_checks": 0}, "route": {"far_boundary": 7}})
+    paths = Paths("montezuma", root=tmp_path)
+    mz.write_demos(p, paths, actions, {"frames": 0})
+    _, route = mz.load_demos(paths)
+    assert route["far"] == [22, 23] and route["detours"] == [5, 12]
+    far = mz.room_start_states(paths, p, "far")
+    assert [f["entered_from"] for f in far] == [14, 22]
+    kept = mz.parse_params({"search": {"sticky_checks": 0}, "route": {"far_boundary": 7, "drop_detours": False}})
+    mz.write_demos(kept, Paths("montezuma", root=tmp_path / "kept"), actions, {"frames": 0})
+    assert mz.load_demos(Paths("montezuma", root=tmp_path / "kept"))[1]["far"] == [12, 14, 22, 23]
+
+
+def test_far_boundary_without_demo_steps_is_an_error(tmp_path):
+    """A FAR boundary at the last room of a route that ends on entering it leaves nothing to clone."""
+    from retainrl.envs.montezuma_nets import far_segments
+
+    with np.load(FIXTURE) as data:
+        actions = data["actions"]
+    rep = ms.replay(actions)
+    cut = actions[: rep["entry_steps"][-1]]  # stop right at the entry of the last room (6)
+    p = mz.parse_params({"search": {"sticky_checks": 0}, "route": {"far_boundary": 3}})
+    paths = Paths("montezuma", root=tmp_path)
+    mz.write_demos(p, paths, cut, {"frames": 0})
+    arrays, _ = mz.load_demos(paths)
+    with pytest.raises(ConfigError, match=r"montezuma\.route\.far_boundary: the demo has no steps"):
+        far_segments(arrays, 3)

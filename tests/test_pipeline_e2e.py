@@ -79,6 +79,22 @@ def test_smoke_repro_makes_every_artifact(smoke_repo):
     assert not list(repo.glob("**/.*.tmp"))
 
 
+def test_smoke_repro_makes_the_montezuma_artifacts(smoke_repo):
+    repo, _, _ = smoke_repo
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    for rel in ("data/montezuma/demos/demos.npz", "data/montezuma/demos/route.json", "models/montezuma/pretrained/policy.safetensors",
+                "models/montezuma/pretrained/scores.json", "data/montezuma/far_buffer/buffer.npz", "data/montezuma/fisher/fisher.safetensors",
+                "reports/montezuma/eval/summary.json", "reports/montezuma/eval/metrics.json", "reports/montezuma/eval/boundary_success.json",
+                "reports/montezuma/report/report.md", "reports/montezuma/report/boundary_success.png"):
+        assert (repo / rel).stat().st_size > 0, rel
+    for method in params["montezuma"]["finetune"]["methods"]:
+        assert (repo / f"models/montezuma/finetune/{method}/curves.json").exists()
+    route = json.loads((repo / "data/montezuma/demos/route.json").read_text())
+    assert route["verified_by_replay"] and route["far"]
+    m = json.loads((repo / "reports/montezuma/eval/metrics.json").read_text())
+    assert set(m["methods"]) == set(params["montezuma"]["finetune"]["methods"])
+
+
 def test_smoke_metrics_make_sense(smoke_repo):
     repo, _, _ = smoke_repo
     m = json.loads((repo / "reports/apple/eval/metrics.json").read_text())

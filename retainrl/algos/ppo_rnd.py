@@ -78,7 +78,7 @@ def train(
     int_running = np.zeros(N)
     obs = np.stack([e.reset() for e in envs])
     ep_return = np.zeros(N)
-    curves: dict[str, list] = {"update": [], "frames": [], "episode_return": [], "intrinsic": [], "eval": []}
+    curves: dict[str, list] = {"update": [], "frames": [], "episode_return": [], "rooms_visited": [], "intrinsic": [], "eval": []}
     finished: list[float] = []
     rooms_seen: set[int] = set()
     frames = 0
@@ -162,6 +162,7 @@ def train(
         curves["update"].append(update)
         curves["frames"].append(frames)
         curves["episode_return"].append(float(np.mean(finished[-20:])) if finished else 0.0)
+        curves["rooms_visited"].append(len(rooms_seen))
         curves["intrinsic"].append(float(r_int.mean()))
     if on_eval is not None:
         curves["eval"].append({"update": cfg.updates, "frames": frames, **on_eval(cfg.updates, model)})

@@ -26,6 +26,7 @@ from retainrl.config import ConfigError
 
 FAMILIES: dict[str, str] = {
     "apple": "retainrl.envs.apple",
+    "montezuma": "retainrl.envs.montezuma",
     "nethack": "retainrl.envs.nethack",
     "robot": "retainrl.envs.robot",
 }

@@ -110,12 +110,17 @@ class SearchParams(Strict):
 class RouteParams(Strict):
     #: 1-based position on the route of the first FAR room (the study: the 7th room)
     far_boundary: int = Field(7, ge=2, description="route position of the first FAR room")
+    #: leave out of the route the rooms the demo only peeks into (entered, then left back the same
+    #: way with no reward or item): they are not on the path, and their "success" would be a failure
+    drop_detours: bool = True
 
 
 class PretrainParams(Strict):
     """BC of the actor on the demo's FAR segment and fitting of the RND predictor to it."""
 
-    steps: int = Field(2000, gt=0)
+    steps: int = Field(600, gt=0, description="BC gradient steps of the actor")
+    #: gradient steps fitting the RND predictor to the FAR segment (so FAR states are not novel)
+    rnd_steps: int = Field(200, ge=0)
     lr: float = Field(1e-4, gt=0)
     batch_size: int = Field(64, gt=0)
     hidden: int = Field(448, gt=0, description="width of the CNN's last layer")
@@ -136,10 +141,12 @@ class FinetuneParams(Strict):
     except the scale: ``envs`` × ``steps`` × ``updates`` fit a 2-core CPU)."""
 
     methods: method_list("ppo_rnd", off_policy=False) = ["scratch", "finetune", "l2", "ewc", "bc", "ks"]
+    #: independent runs per method (seed, seed + 1, …), one after another in the stage's process
+    seeds: int = Field(2, gt=0)
     seed: int = 0
-    #: 10 updates × 8 envs × 128 steps ≈ 41k frames: ~5 min per method on a loaded 2-core CPU
-    #: (benchmarks: ~110–300 training frames/s); the study ran 128 envs for tens of millions.
-    updates: int = Field(10, gt=0)
+    #: updates × envs × steps agent steps per seed (× frame_skip emulator frames); the study ran
+    #: 128 envs × 128 steps for ~1200 updates (20M agent steps).
+    updates: int = Field(12, gt=0)
     envs: int = Field(8, gt=0)
     steps: int = Field(128, gt=0)
     lr: float = Field(1e-4, gt=0)
@@ -154,9 +161,10 @@ class FinetuneParams(Strict):
     entropy: float = Field(0.001, ge=0)
     rnd_update_proportion: float = Field(0.25, gt=0, le=1)
     max_grad_norm: float = Field(0.5, gt=0)
-    eval_every: int = Field(5, gt=0, description="updates between room-success evaluations")
-    eval_episodes: int = Field(5, gt=0, description="episodes per room per evaluation")
-    eval_max_steps: int = Field(300, gt=0, description="agent steps before an undecided room counts as failure")
+    eval_every: int = Field(2, gt=0, description="updates between room-success evaluations")
+    eval_episodes: int = Field(8, gt=0, description="episodes per room per evaluation")
+    eval_close_episodes: int = Field(4, gt=0, description="episodes per CLOSE room per evaluation")
+    eval_max_steps: int = Field(200, gt=0, description="agent steps before an undecided room counts as failure")
 
 
 
@@ -331,6 +339,65 @@ def run_room_episode(env: MontezumaEnv, state: np.ndarray, entered_from: int | N
     return False
 
 
+class RoomEvaluator:
+    """The study's room success for a network policy, every (room, episode) pair at once.
+
+    One env per pair, stepped in lockstep with one batched forward pass per step (episodes that
+    are decided drop out), so an evaluation costs ``max_steps`` forwards instead of
+    ``rooms × episodes × max_steps``. The envs are kept between calls (building an ALE costs
+    milliseconds); each has its own sticky-action seed, so results are repeatable run to run.
+    """
+
+    def __init__(self, p: EnvParams, seed: int = 0):
+        self.p = p
+        self.seed = seed
+        self.envs: list[MontezumaEnv] = []
+
+    def _pool(self, n: int) -> list[MontezumaEnv]:
+        while len(self.envs) < n:
+            self.envs.append(MontezumaEnv(self.p, seed=self.seed * 10_000 + len(self.envs)))
+        return self.envs[:n]
+
+    def rates(self, model, starts: list[dict], *, episodes: int, max_steps: int, seed: int = 0, device=None) -> dict[int, float]:
+        """Success rate per room of ``starts`` (from :func:`room_start_states`); actions are
+        sampled from ``model``'s logits (an ActorCritic) with a generator seeded by ``seed``."""
+        import torch
+
+        jobs = [start for start in starts for _ in range(episodes)]
+        if not jobs:
+            return {}
+        dev = torch.device(device or "cpu")
+        gen = torch.Generator().manual_seed(seed)
+        envs = self._pool(len(jobs))
+        obs = np.stack([env.reset(job["state"]) for env, job in zip(envs, jobs)])
+        judges = [RoomSuccess.start(env.ram(), job["entered_from"]) for env, job in zip(envs, jobs)]
+        won = np.zeros(len(jobs), dtype=bool)
+        active = np.arange(len(jobs))
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            for _ in range(max_steps):
+                if active.size == 0:
+                    break
+                logits = model.dist_params(torch.as_tensor(obs[active]).to(dev)).float().cpu()
+                actions = torch.multinomial(logits.softmax(-1), 1, generator=gen).squeeze(1).numpy()
+                keep = []
+                for k, i in enumerate(active):
+                    o, reward, terminated, truncated, info = envs[i].step(int(actions[k]))
+                    verdict = judges[i].update(info["ram"], reward)
+                    if verdict is not None:
+                        won[i] = verdict
+                    elif not (terminated or truncated):
+                        obs[i] = o
+                        keep.append(i)
+                active = np.asarray(keep, dtype=np.int64)
+        model.train(was_training)
+        out: dict[int, list[bool]] = {}
+        for job, w in zip(jobs, won):
+            out.setdefault(int(job["room"]), []).append(bool(w))
+        return {room: float(np.mean(v)) for room, v in out.items()}
+
+
 # --------------------------------------------------------------------------- route and demos
 
 
@@ -375,8 +442,7 @@ def collect_demos(p: Params, paths, device=None) -> Path:
     ``entry_ram``) and ``route.json`` (route, CLOSE/FAR, search statistics). ``device`` is unused:
     the search runs on the emulator.
     """
-    from retainrl.artifacts import atomic_path
-    from retainrl.envs.montezuma_search import GoExplore, replay, rooms_per_budget
+    from retainrl.envs.montezuma_search import GoExplore, rooms_per_budget
 
     s = p.search
     log.info("go-explore search: budget %d frames, seed %d", s.frame_budget, s.seed)
@@ -393,54 +459,74 @@ def collect_demos(p: Params, paths, device=None) -> Path:
         "search done: %d rooms %s, score %g, %d frames in %.1fs (%d cells, %d iterations)",
         len(result.rooms), result.rooms, result.score, result.frames, result.seconds, result.cells, result.iterations,
     )
-    rep = replay(result.actions, game=p.env.game)
-    if rep["rooms"] != result.rooms or rep["score"] != result.score or rep["lost_life"]:
+    search_stats = {
+        "frames": result.frames,
+        "seconds": round(result.seconds, 2),
+        "cells": result.cells,
+        "iterations": result.iterations,
+        "progress": rooms_per_budget(result.progress),
+        "params": s.model_dump(),
+    }
+    return write_demos(p, paths, result.actions, search_stats, expect=(result.rooms, result.score))
+
+
+def write_demos(p: Params, paths, actions: np.ndarray, search_stats: dict, expect: tuple | None = None) -> Path:
+    """Replay ``actions`` from reset, build the route (detours dropped if ``route.drop_detours``),
+    split it at ``route.far_boundary`` and write ``paths.demos`` atomically."""
+    from retainrl.artifacts import atomic_path
+    from retainrl.envs.montezuma_search import replay
+
+    rep = replay(actions, game=p.env.game)
+    if rep["lost_life"] or (expect is not None and (rep["rooms"] != expect[0] or rep["score"] != expect[1])):
         raise RuntimeError(
             f"replay from reset does not reproduce the search's trajectory (rooms {rep['rooms']} vs "
-            f"{result.rooms}, score {rep['score']} vs {result.score}, lost life {rep['lost_life']})"
+            f"{expect and expect[0]}, score {rep['score']} vs {expect and expect[1]}, lost life {rep['lost_life']})"
         )
-    close, far = split_route(rep["rooms"], p.route.far_boundary)
-    sticky = sticky_replay_rooms(result.actions, p.env, s.sticky_checks)
+    if p.route.drop_detours:
+        chosen = rep["route"]
+    else:
+        chosen = {k: rep[k] for k in ("rooms", "entry_steps", "entered_from", "entry_states")}
+    detours = [r for r in rep["rooms"] if r not in rep["route"]["rooms"]]
+    pick = lambda key: list(chosen[key])  # noqa: E731
+    rooms = pick("rooms")
+    close, far = split_route(rooms, p.route.far_boundary)
+    sticky = sticky_replay_rooms(actions, p.env, p.search.sticky_checks)
     ram = []
     ale = make_ale(p.env.game)
-    for st in rep["entry_states"]:
+    for st in pick("entry_states"):
         ale.restoreState(array_to_state(st))
         ale.act(ale.getMinimalActionSet()[0])  # RAM is stale after a restore; read it one NOOP frame on
         ram.append(ale.getRAM().copy())
     route = {
         "game": p.env.game,
-        "rooms": rep["rooms"],
-        "entered_from": rep["entered_from"],
-        "entry_steps": rep["entry_steps"],
+        "rooms": rooms,
+        "entered_from": pick("entered_from"),
+        "entry_steps": pick("entry_steps"),
         "far_boundary": p.route.far_boundary,
         "close": close,
         "far": far,
+        "rooms_in_order_of_entry": rep["rooms"],
+        "detours": detours,
+        "detours_dropped": p.route.drop_detours,
         "score": rep["score"],
-        "steps": int(len(result.actions)),
+        "steps": int(len(actions)),
         "verified_by_replay": True,
         "sticky_replay_rooms": sticky,
-        "search": {
-            "frames": result.frames,
-            "seconds": round(result.seconds, 2),
-            "cells": result.cells,
-            "iterations": result.iterations,
-            "progress": rooms_per_budget(result.progress),
-            "params": s.model_dump(),
-        },
+        "search": search_stats,
     }
     with atomic_path(paths.demos, directory=True) as tmp:
         with (tmp / DEMOS_NPZ).open("wb") as fh:
             np.savez_compressed(
                 fh,
-                actions=result.actions.astype(np.uint8),
-                rooms=np.asarray(rep["rooms"], dtype=np.int64),
-                entered_from=np.asarray(rep["entered_from"], dtype=np.int64),
-                entry_steps=np.asarray(rep["entry_steps"], dtype=np.int64),
-                entry_states=np.stack(rep["entry_states"]).astype(np.uint8),
+                actions=np.asarray(actions).astype(np.uint8),
+                rooms=np.asarray(rooms, dtype=np.int64),
+                entered_from=np.asarray(pick("entered_from"), dtype=np.int64),
+                entry_steps=np.asarray(pick("entry_steps"), dtype=np.int64),
+                entry_states=np.stack(pick("entry_states")).astype(np.uint8),
                 entry_ram=np.stack(ram).astype(np.uint8),
             )
         (tmp / ROUTE_JSON).write_text(json.dumps(route, indent=2) + "\n")
-    log.info("route %s: CLOSE %s, FAR %s -> %s", rep["rooms"], close, far, paths.demos)
+    log.info("route %s (detours %s%s): CLOSE %s, FAR %s -> %s", rooms, detours, " dropped" if p.route.drop_detours else " kept", close, far, paths.demos)
     return paths.demos
 
 
@@ -501,7 +587,7 @@ def pretrain(p: Params, paths, device=None) -> Path:
     opt = torch.optim.Adam(rnd.predictor.parameters(), lr=cfg.lr)
     gen = torch.Generator().manual_seed(cfg.seed)
     rnd_losses = []
-    for _ in range(cfg.steps):
+    for _ in range(cfg.rnd_steps):
         idx = torch.randint(len(obs), (min(cfg.batch_size, len(obs)),), generator=gen)
         loss = rnd.error(obs[idx]).mean()
         opt.zero_grad()
@@ -518,14 +604,20 @@ def pretrain(p: Params, paths, device=None) -> Path:
         "bc_loss_first": losses[0],
         "bc_loss_last": float(np.mean(losses[-10:])),
         "bc_accuracy": accuracy,
-        "rnd_loss_first": rnd_losses[0],
-        "rnd_loss_last": float(np.mean(rnd_losses[-10:])),
+        "rnd_loss_first": rnd_losses[0] if rnd_losses else None,
+        "rnd_loss_last": float(np.mean(rnd_losses[-10:])) if rnd_losses else None,
     }
+    # π*'s own room success (sticky actions), the reference every method's forgetting is measured against
+    scores = _rooms_evaluator(p, paths, device)(0, model)
     with atomic_path(paths.pretrained, directory=True) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / "policy.safetensors"))
         save_file({k: v.detach().cpu().contiguous() for k, v in rnd.state_dict().items()}, str(tmp / "rnd.safetensors"))
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    log.info("pretrained π*: BC accuracy %.2f on the FAR segment -> %s", accuracy, paths.pretrained)
+        (tmp / "scores.json").write_text(json.dumps(scores, indent=2) + "\n")
+    log.info(
+        "pretrained π*: BC accuracy %.2f on the FAR segment; room success FAR %s, CLOSE %s -> %s",
+        accuracy, scores["far_rooms"], scores["close_rooms"], paths.pretrained,
+    )
     return paths.pretrained
 
 
@@ -638,17 +730,20 @@ def fisher(p: Params, paths, device=None) -> Path:
     return paths.fisher
 
 
-def _eval_fn(p: Params, paths, device):
-    """Room success on FAR and CLOSE start rooms (sticky actions), for curves during fine-tuning."""
+def _rooms_evaluator(p: Params, paths, device):
+    """Room success on the FAR and CLOSE start rooms (sticky actions): what fine-tuning curves,
+    π*'s scores and the evaluation all report. Returns ``on_eval(tag, model) -> dict``."""
     far, close = room_start_states(paths, p, "far"), room_start_states(paths, p, "close")
+    boundary = int(far[0]["room"])
     cfg = p.finetune
+    evaluator = RoomEvaluator(p.env, seed=cfg.seed)
 
-    def on_eval(update, model):
-        kw = dict(episodes=cfg.eval_episodes, max_steps=cfg.eval_max_steps, seed=cfg.seed + update, device=device)
-        f = room_success_rates(model, far, p.env, **kw)
-        c = room_success_rates(model, close, p.env, **kw)
-        model.train()
+    def on_eval(tag: int, model) -> dict:
+        kw = dict(max_steps=cfg.eval_max_steps, seed=cfg.seed * 100_003 + tag, device=device)
+        f = evaluator.rates(model, far, episodes=cfg.eval_episodes, **kw)
+        c = evaluator.rates(model, close, episodes=cfg.eval_close_episodes, **kw)
         return {
+            "boundary_success": f[boundary],
             "far_success": float(np.mean(list(f.values()))),
             "close_success": float(np.mean(list(c.values()))),
             "far_rooms": {str(k): v for k, v in f.items()},
@@ -659,79 +754,157 @@ def _eval_fn(p: Params, paths, device):
 
 
 def finetune(p: Params, paths, device, method: str) -> Path:
-    """Stage ``finetune``: PPO+RND from the start of the game with ``method``; writes
-    ``policy.safetensors`` and ``curves.json`` (training and FAR/CLOSE success curves)."""
+    """Stage ``finetune``: PPO+RND from the start of the game with ``method``, ``finetune.seeds``
+    runs one after another; writes ``policy_seed<k>.safetensors`` and ``curves.json`` (per seed:
+    training curves and FAR/CLOSE room success at every ``eval_every`` updates)."""
     import copy
 
     import torch
     from safetensors.torch import load_file, save_file
 
     from retainrl.algos import ppo_rnd
-    from retainrl.artifacts import atomic_path, load_npz
+    from retainrl.artifacts import atomic_path, load_npz, require
     from retainrl.envs.montezuma_nets import RND, ActorCritic
-    from retainrl.retention.methods import RetentionContext, build_retention
+    from retainrl.retention.methods import RetentionContext, build_retention, check_method
 
+    check_method(method, learner=ppo_rnd.LEARNER, off_policy=ppo_rnd.OFF_POLICY)
     cfg = p.finetune
     dev = torch.device(device or "cpu")
     pretrained = load_pretrained(paths, p, dev)
     buf = load_npz(Path(paths.far_buffer) / "buffer.npz", "Montezuma FAR buffer", required=("obs", "targets"))
-    fim = load_file(str(Path(paths.fisher) / "fisher.safetensors"))
-    gen = torch.Generator().manual_seed(cfg.seed * 1000 + sum(map(ord, method)))
-    ctx = RetentionContext(
-        pretrained=pretrained,
-        far_obs=torch.as_tensor(buf["obs"]),
-        far_targets=torch.as_tensor(buf["targets"]),
-        far_critic=torch.as_tensor(buf["critic"]) if "critic" in buf else None,
-        fisher={k: v.to(dev) for k, v in fim.items()},
-        generator=gen,
-    )
-    retention = build_retention(method, ctx, p.retention, learner=ppo_rnd.LEARNER, off_policy=ppo_rnd.OFF_POLICY)
-    torch.manual_seed(cfg.seed)
-    rnd = RND()
-    if retention.starts_from_pretrained:
-        model = copy.deepcopy(pretrained)
-        rnd.load_state_dict(load_file(str(Path(paths.pretrained) / "rnd.safetensors")))
-    else:
-        model = ActorCritic(n_actions=18, frame_stack=p.env.frame_stack, hidden=p.pretrain.hidden)
-    envs = [MontezumaEnv(p.env, seed=cfg.seed * 100 + i) for i in range(cfg.envs)]
-    curves = ppo_rnd.train(model, rnd, envs, cfg, retention, gen, device=dev, on_eval=_eval_fn(p, paths, dev), desc=f"montezuma {method}")
+    fim = load_file(str(require(Path(paths.fisher) / "fisher.safetensors", "Montezuma Fisher (fisher stage)")))
+    on_eval = _rooms_evaluator(p, paths, dev)
+    runs, weights = [], {}
+    for k in range(cfg.seeds):
+        seed = cfg.seed + k
+        gen = torch.Generator().manual_seed(seed * 1000 + sum(map(ord, method)))
+        ctx = RetentionContext(
+            pretrained=pretrained,
+            far_obs=torch.as_tensor(buf["obs"]),
+            far_targets=torch.as_tensor(buf["targets"]),
+            far_critic=torch.as_tensor(buf["critic"]) if "critic" in buf else None,
+            fisher={name: v.to(dev) for name, v in fim.items()},
+            generator=gen,
+        )
+        retention = build_retention(method, ctx, p.retention, learner=ppo_rnd.LEARNER, off_policy=ppo_rnd.OFF_POLICY)
+        torch.manual_seed(seed)
+        rnd = RND()
+        if retention.starts_from_pretrained:
+            model = copy.deepcopy(pretrained)
+            rnd.load_state_dict(load_file(str(Path(paths.pretrained) / "rnd.safetensors")))
+        else:
+            model = ActorCritic(n_actions=18, frame_stack=p.env.frame_stack, hidden=p.pretrain.hidden)
+        envs = [MontezumaEnv(p.env, seed=seed * 100 + i) for i in range(cfg.envs)]
+        curves = ppo_rnd.train(
+            model, rnd, envs, cfg, retention, gen, device=dev,
+            on_eval=lambda update, m, seed=seed: on_eval(seed * 10_000 + update, m), desc=f"montezuma {method} seed {seed}",
+        )
+        log.info(
+            "%s seed %d: boundary-room success %s", method, seed, [round(e["boundary_success"], 2) for e in curves["eval"]]
+        )
+        runs.append({"seed": seed, **curves})
+        weights[seed] = {name: v.detach().cpu().contiguous() for name, v in model.state_dict().items()}
     with atomic_path(paths.finetune(method), directory=True) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / "policy.safetensors"))
-        (tmp / "curves.json").write_text(json.dumps({"method": method, **curves}, indent=2) + "\n")
+        for seed, state in weights.items():
+            save_file(state, str(tmp / f"policy_seed{seed}.safetensors"))
+        (tmp / "curves.json").write_text(json.dumps({"method": method, "runs": runs}, indent=2) + "\n")
     return paths.finetune(method)
 
 
-def evaluate(p: Params, paths, device=None) -> Path:
-    """Stage ``evaluate``: π* and every fine-tuned policy on FAR and CLOSE rooms; ``metrics.json``
-    (final success, FAR success at each evaluation) and ``far_success.csv`` (for dvc plots)."""
-    from retainrl.artifacts import atomic_path, load_json
+def _load_curves(p: Params, paths) -> dict[str, dict[str, np.ndarray]]:
+    """Per method: arrays (seeds, checkpoints) of room success and (seeds, updates) of training curves."""
+    from retainrl.artifacts import load_json
 
-    import torch
-
-    dev = torch.device(device or "cpu")
-    on_eval = _eval_fn(p, paths, dev)
-    metrics = {"pretrained": on_eval(0, load_pretrained(paths, p, dev))}
-    rows = []
+    out = {}
     for method in p.finetune.methods:
-        curves = load_json(Path(paths.finetune(method)) / "curves.json", f"fine-tuning curves of {method}")
-        evals = curves["eval"]
-        metrics[method] = {
-            "final_far_success": evals[-1]["far_success"],
-            "final_close_success": evals[-1]["close_success"],
-            "min_far_success": min(e["far_success"] for e in evals),
-            "final_episode_return": curves["episode_return"][-1] if curves["episode_return"] else 0.0,
-            "rooms_seen": curves["rooms_seen"],
+        runs = load_json(Path(paths.finetune(method)) / "curves.json", f"fine-tuning curves of {method} (finetune stage)")["runs"]
+        ev = lambda key: np.asarray([[e[key] for e in r["eval"]] for r in runs], dtype=float)  # noqa: E731
+        out[method] = {
+            "eval_step": np.asarray([e["frames"] for e in runs[0]["eval"]]),
+            "boundary": ev("boundary_success"),
+            "far": ev("far_success"),
+            "close": ev("close_success"),
+            "train_step": np.asarray(runs[0]["frames"]),
+            "episode_return": np.asarray([r["episode_return"] for r in runs], dtype=float),
+            "rooms_visited": np.asarray([r["rooms_visited"] for r in runs], dtype=float),
+            "far_rooms": [[e["far_rooms"] for e in r["eval"]] for r in runs],
+            "rooms_seen": [r["rooms_seen"] for r in runs],
+            "frames_per_s": np.asarray([r["frames_per_s"] for r in runs], dtype=float),
         }
-        rows += [(method, e["frames"], e["far_success"], e["close_success"]) for e in evals]
-    with atomic_path(paths.evaluation, directory=True) as tmp:
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        lines = ["method,frames,far_success,close_success"] + [f"{m},{f},{a:.4f},{c:.4f}" for m, f, a, c in rows]
-        (tmp / "far_success.csv").write_text("\n".join(lines) + "\n")
-    return paths.evaluation
+    return out
+
+
+def _spread(v) -> dict:
+    v = np.asarray(v, dtype=float)
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0, "per_seed": [float(x) for x in v]}
+
+
+def _wide_rows(curves: dict, key: str, step_key: str) -> list[dict]:
+    """Rows {step, <method>: mean over seeds, <method>_std} for `dvc plots` (one line per method)."""
+    steps = next(iter(curves.values()))[step_key].tolist()
+    rows = [{"step": int(s)} for s in steps]
+    for m, c in curves.items():
+        if c[step_key].tolist() != steps:
+            raise ValueError(f"{m}: evaluated at different steps from the other methods")
+        for j, row in enumerate(rows):
+            row[m] = float(c[key][:, j].mean())
+            row[f"{m}_std"] = float(c[key][:, j].std())
+    return rows
+
+
+def evaluate(p: Params, paths, device=None) -> Path:
+    """Stage ``evaluate``: per method and seed, room success in the FAR boundary room (the 7th),
+    over all FAR rooms and CLOSE rooms at the start (π* for all but scratch), minimum and end of
+    fine-tuning; forgetting = start − minimum; return from the game start and rooms visited.
+    Writes summary.json (per seed), metrics.json (scalars for `dvc metrics`), one plot file per
+    curve and curves.npz for the report."""
+    from retainrl.artifacts import load_json, save_json, save_npz
+    from retainrl.evaluation import scalar_metrics
+
+    pi_star = load_json(Path(paths.pretrained) / "scores.json", "π* room scores (pretrain stage)")
+    _, route = load_demos(paths)
+    curves = _load_curves(p, paths)
+    methods = {}
+    for m, c in curves.items():
+        row = {}
+        for key in ("boundary", "far", "close"):
+            arr = c[key]
+            row[key] = {"start": _spread(arr[:, 0]), "min": _spread(arr.min(1)), "final": _spread(arr[:, -1])}
+            if key != "close":
+                row[key]["forgetting"] = _spread(arr[:, 0] - arr.min(1))
+                row[key]["drop_below_pi_star"] = _spread(pi_star[f"{key}_success"] - arr.min(1))
+        row["episode_return_final"] = _spread(c["episode_return"][:, -1])
+        row["rooms_visited_final"] = _spread(c["rooms_visited"][:, -1])
+        row["rooms_seen"] = sorted({r for seen in c["rooms_seen"] for r in seen})
+        row["train_frames_per_s"] = _spread(c["frames_per_s"])
+        methods[m] = row
+    summary = {
+        "route": {k: route[k] for k in ("rooms", "close", "far", "far_boundary", "score")},
+        "pretrained": pi_star,
+        "methods": methods,
+    }
+    out = Path(paths.evaluation)
+    save_json(out / "summary.json", summary)
+    metrics = scalar_metrics({"pretrained": {k: v for k, v in pi_star.items() if not isinstance(v, dict)}, "methods": methods})
+    for row in metrics["methods"].values():
+        row.pop("rooms_seen", None)
+    save_json(out / "metrics.json", metrics)
+    save_json(out / "boundary_success.json", _wide_rows(curves, "boundary", "eval_step"))
+    save_json(out / "far_success.json", _wide_rows(curves, "far", "eval_step"))
+    save_json(out / "close_success.json", _wide_rows(curves, "close", "eval_step"))
+    save_json(out / "episode_return.json", _wide_rows(curves, "episode_return", "train_step"))
+    save_json(out / "rooms_visited.json", _wide_rows(curves, "rooms_visited", "train_step"))
+    keys = ("eval_step", "boundary", "far", "close", "train_step", "episode_return", "rooms_visited")
+    save_npz(out / "curves.npz", **{f"{m}__{k}": c[k] for m, c in curves.items() for k in keys})
+    log.info("boundary-room success start → min → final: %s", {
+        m: [round(r["boundary"][k]["mean"], 2) for k in ("start", "min", "final")] for m, r in methods.items()
+    })
+    return out
 
 
 def report(p: Params, paths) -> Path:
-    """Stage ``report``: report.md (FAR vs CLOSE table per method) and far_success.png."""
+    """Stage ``report``: report.md (table per method) and figures: success in the FAR boundary
+    room over fine-tuning (the study's Figure 6), FAR/CLOSE success, return and rooms visited."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -739,28 +912,66 @@ def report(p: Params, paths) -> Path:
 
     from retainrl.artifacts import atomic_path, load_json
 
-    metrics = load_json(Path(paths.evaluation) / "metrics.json", "Montezuma evaluation metrics")
-    _, route = load_demos(paths)
+    summary = load_json(Path(paths.evaluation) / "summary.json", "Montezuma evaluation summary (evaluate stage)")
+    with np.load(Path(paths.evaluation) / "curves.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    route, pi, methods = summary["route"], summary["pretrained"], summary["methods"]
+    cfg = p.finetune
+    boundary_room = route["far"][0]
+    fmt = lambda d: f"{d['mean']:.2f} ± {d['std']:.2f}"  # noqa: E731
     lines = [
         "# Montezuma's Revenge: forgetting of FAR rooms during PPO+RND fine-tuning",
         "",
-        f"Route {route['rooms']}; CLOSE {route['close']}, FAR {route['far']} (boundary: room #{route['far_boundary']}).",
-        f"π*: FAR success {metrics['pretrained']['far_success']:.2f}, CLOSE {metrics['pretrained']['close_success']:.2f}.",
+        f"Route {route['rooms']} (score {route['score']:g}); CLOSE {route['close']}, FAR {route['far']} "
+        f"(boundary: route room #{route['far_boundary']} = room {boundary_room}).",
+        f"{cfg.seeds} seeds per method; {cfg.updates} PPO updates × {cfg.envs} envs × {cfg.steps} steps "
+        f"= {cfg.updates * cfg.envs * cfg.steps * p.env.frame_skip} emulator frames per seed; "
+        f"room success from {cfg.eval_episodes} sticky-action episodes per room (≤ {cfg.eval_max_steps} steps).",
         "",
-        "| method | final FAR success | min FAR success | final CLOSE success | rooms seen |",
-        "|---|---|---|---|---|",
+        f"π* (BC on the FAR segments): boundary room {pi['boundary_success']:.2f}, FAR rooms {pi['far_success']:.2f} "
+        f"({', '.join(f'{r}: {v:.2f}' for r, v in pi['far_rooms'].items())}), CLOSE rooms {pi['close_success']:.2f}.",
+        "",
+        f"| method | room {boundary_room} success: start | min | end | FAR success: start | min | end | CLOSE end | return (end) | rooms visited |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for method in p.finetune.methods:
-        m = metrics[method]
-        lines.append(f"| {method} | {m['final_far_success']:.2f} | {m['min_far_success']:.2f} | {m['final_close_success']:.2f} | {m['rooms_seen']} |")
-        curves = load_json(Path(paths.finetune(method)) / "curves.json", f"fine-tuning curves of {method}")
-        ax.plot([e["frames"] for e in curves["eval"]], [e["far_success"] for e in curves["eval"]], label=method)
-    ax.set_xlabel("env frames")
-    ax.set_ylabel("FAR room success")
-    ax.legend()
-    with atomic_path(paths.report, directory=True) as tmp:
-        fig.savefig(tmp / "far_success.png", dpi=100, bbox_inches="tight")
-        (tmp / "report.md").write_text("\n".join(lines) + "\n\n![FAR success](far_success.png)\n")
-    plt.close(fig)
-    return paths.report
+    for m in cfg.methods:
+        r = methods[m]
+        b, f = r["boundary"], r["far"]
+        lines.append(
+            f"| {m} | {fmt(b['start'])} | {fmt(b['min'])} | {fmt(b['final'])} | {fmt(f['start'])} | {fmt(f['min'])} | "
+            f"{fmt(f['final'])} | {fmt(r['close']['final'])} | {fmt(r['episode_return_final'])} | {fmt(r['rooms_visited_final'])} |"
+        )
+    lines += ["", "Per seed, boundary-room minimum: " + "; ".join(
+        f"{m} {[round(x, 2) for x in methods[m]['boundary']['min']['per_seed']]}" for m in cfg.methods
+    ), ""]
+
+    def panel(ax, key, step_key, title, ref=None, ylim=None):
+        for m in cfg.methods:
+            steps, arr = arrays[f"{m}__{step_key}"], arrays[f"{m}__{key}"]
+            ax.plot(steps, arr.mean(0), label=m)
+            ax.fill_between(steps, arr.min(0), arr.max(0), alpha=0.15)
+        if ref is not None:
+            ax.axhline(ref, color="k", ls=":", lw=1, label="π*")
+        if ylim:
+            ax.set_ylim(*ylim)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("emulator frames per seed")
+
+    with atomic_path(paths.report, directory=True) as out:
+        figs = [
+            ("boundary_success.png", "boundary", "eval_step", f"success in room {boundary_room} (route room #{route['far_boundary']}, FAR boundary)", pi["boundary_success"], (-0.05, 1.05)),
+            ("far_success.png", "far", "eval_step", f"success in FAR rooms {route['far']}", pi["far_success"], (-0.05, 1.05)),
+            ("close_success.png", "close", "eval_step", f"success in CLOSE rooms {route['close']}", pi["close_success"], (-0.05, 1.05)),
+            ("episode_return.png", "episode_return", "train_step", "return from the game start (training episodes)", None, None),
+            ("rooms_visited.png", "rooms_visited", "train_step", "distinct rooms visited in training", None, None),
+        ]
+        for name, key, step_key, title, ref, ylim in figs:
+            fig, ax = plt.subplots(figsize=(5.5, 3.6))
+            panel(ax, key, step_key, title, ref, ylim)
+            ax.legend(fontsize=7)
+            fig.tight_layout()
+            fig.savefig(out / name, dpi=100)
+            plt.close(fig)
+            lines.append(f"![{title}]({name})")
+        (out / "report.md").write_text("\n".join(lines) + "\n")
+    return Path(paths.report)

@@ -1,4 +1,4 @@
-"""Networks and BC data for Montezuma's Revenge (groundwork for the second half of issue #6).
+"""Networks and BC data for Montezuma's Revenge.
 
 * :class:`ActorCritic` – the PPO+RND agent of Burda et al. (2018) as the study used it: a Nature
   CNN trunk on 4 stacked 84×84 frames, a policy head and two value heads (extrinsic and
@@ -6,12 +6,10 @@
   the actor only (the study's default), leave the value heads alone; the trunk counts as actor.
 * :class:`RND` – a fixed random target and a trained predictor on the newest frame; the
   prediction error is the intrinsic reward. Output size 512 as in the study.
-* :func:`far_segments` – (observation, action, room) along the stored route from the FAR
-  boundary on, recreated by replaying the demo's actions in :class:`MontezumaEnv` without sticky
-  actions (the demo is deterministic; observations are not stored, which keeps demos tiny).
+* :func:`far_segments` – (observation, action, room) of the demo in each FAR room, recreated by
+  replaying the demo's actions from the room's entry state in :class:`MontezumaEnv` without
+  sticky actions (the demo is deterministic; observations are not stored, which keeps demos tiny).
 * :func:`behaviour_clone` – cross-entropy training of the actor on such segments.
-
-Not wired into a stage yet: ``pretrain``/``finetune`` still need the PPO+RND learner.
 """
 
 from __future__ import annotations
@@ -100,23 +98,35 @@ class RND(nn.Module):
 def far_segments(arrays: dict[str, np.ndarray], far_boundary: int, env_params=None) -> dict[str, np.ndarray]:
     """Observations, actions and rooms of the demo from the entry of route room ``far_boundary`` on.
 
+    One segment per FAR room: the env is reset at the room's stored entry state (a fresh frame
+    stack, exactly how evaluation and the FAR buffer start an episode there) and the demo's
+    actions are replayed up to the entry of the next FAR room (the last one: to the end).
     ``arrays`` is what :func:`retainrl.envs.montezuma.load_demos` returns first.
     """
+    from retainrl.config import ConfigError
     from retainrl.envs.montezuma import EnvParams, MontezumaEnv, split_route
 
     rooms = [int(r) for r in arrays["rooms"]]
     close, _ = split_route(rooms, far_boundary)
-    start = int(arrays["entry_steps"][len(close)])
     env = MontezumaEnv(env_params or EnvParams(), sticky=0.0)
-    obs = env.reset(arrays["entry_states"][len(close)])
+    actions = arrays["actions"]
     out_obs, out_act, out_room = [], [], []
-    for a in arrays["actions"][start:]:
-        out_obs.append(obs)
-        out_act.append(int(a))
-        out_room.append(env.ram().room)
-        obs, _, terminated, _, _ = env.step(int(a))
-        if terminated:
-            break
+    for j in range(len(close), len(rooms)):
+        start = int(arrays["entry_steps"][j])
+        stop = int(arrays["entry_steps"][j + 1]) if j + 1 < len(rooms) else len(actions)
+        obs = env.reset(arrays["entry_states"][j])
+        for a in actions[start:stop]:
+            out_obs.append(obs)
+            out_act.append(int(a))
+            out_room.append(env.ram().room)
+            obs, _, terminated, _, _ = env.step(int(a))
+            if terminated:
+                break
+    if not out_act:
+        raise ConfigError(
+            f"montezuma.route.far_boundary: the demo has no steps from route room #{far_boundary} "
+            f"(room {rooms[len(close)]}) on; lower it or let the search go further"
+        )
     return {"obs": np.stack(out_obs), "actions": np.asarray(out_act, dtype=np.int64), "rooms": np.asarray(out_room)}
 
 

@@ -291,6 +291,12 @@ def replay(actions: np.ndarray, *, game: str = "montezuma_revenge", seed: int = 
     Returns the rooms in order of first entry, for each the step at which it was entered, the room
     it was entered from and the emulator state at entry, plus the final score and whether a life
     was lost. This both verifies a search result and gives the FAR start states.
+
+    ``route`` (a dict of the same lists: rooms, entry_steps, entered_from, entry_states) keeps only
+    the rooms the trajectory really passes: for each room, its first visit that gains something
+    (a reward or an item), leaves by another exit than it came in, or is the last one. Rooms only
+    peeked into (entered, then left back the same way with nothing gained; search routes are full
+    of them) are not on it (see ``RouteParams.drop_detours``).
     """
     from retainrl.envs.montezuma_ale import state_to_array
 
@@ -302,25 +308,41 @@ def replay(actions: np.ndarray, *, game: str = "montezuma_revenge", seed: int = 
     rooms, steps, came_from, states, inventories = [info.room], [0], [-1], [state_to_array(ale.cloneState())], [info.inventory]
     prev_room = info.room
     score, lost_life = 0.0, False
+    # every visit of a room: [room, entered from, entry step, entry state, gained, left to]
+    visits = [[info.room, -1, 0, states[0], False, None]]
     for i, a in enumerate(actions):
-        score += ale.act(acts[int(a)])
+        reward = ale.act(acts[int(a)])
+        score += reward
+        before = info
         info = decode_ram(ale.getRAM())
         if info.lives < lives0:
             lost_life = True
+        if info.room == before.room and (reward > 0 or info.inventory != before.inventory):
+            visits[-1][4] = True
         if info.room != prev_room:
+            state = state_to_array(ale.cloneState())
+            visits[-1][5] = info.room
+            visits.append([info.room, prev_room, i + 1, state, False, None])
             if info.room not in rooms:
                 rooms.append(info.room)
                 steps.append(i + 1)
                 came_from.append(prev_room)
-                states.append(state_to_array(ale.cloneState()))
+                states.append(state)
                 inventories.append(info.inventory)
             prev_room = info.room
+    route: dict[str, list] = {"rooms": [], "entry_steps": [], "entered_from": [], "entry_states": []}
+    for room, came, step, state, gained, left in visits:
+        passes = left is None or gained or came == -1 or left != came
+        if passes and room not in route["rooms"]:
+            for key, v in zip(("rooms", "entered_from", "entry_steps", "entry_states"), (room, came, step, state)):
+                route[key].append(v)
     return {
         "rooms": rooms,
         "entry_steps": steps,
         "entered_from": came_from,
         "entry_states": states,
         "entry_inventory": inventories,
+        "route": route,
         "score": score,
         "lost_life": lost_life,
         "final_room": prev_room,
