@@ -9,6 +9,7 @@ import time
 import pytest
 import yaml
 
+from conftest import dvc_outs
 from retainrl.artifacts import atomic_path, load_npz, save_npz
 from retainrl.config import ConfigError
 from retainrl.paths import Paths
@@ -76,11 +77,9 @@ def test_dvc_yaml_declares_the_paths_the_code_writes(root):
         "apple_fisher": [p.fisher],
         "apple_report": [p.report],
     }
-    def out_paths(stage):  # an out is a path, or {path: {options}} (e.g. cache: false for the report)
-        return [o if isinstance(o, str) else next(iter(o)) for o in raw[stage]["outs"]]
-
+    declared = dvc_outs(root)
     for stage, outs in expect.items():
-        assert [str(o) for o in outs] == out_paths(stage), stage
+        assert [str(o) for o in outs] == declared[stage], stage
     assert raw["apple_finetune"]["outs"] == [str(p.finetune("${item.method}"))]
     assert raw["apple_finetune"]["matrix"]["method"] == "${apple.finetune.methods}"
     assert raw["apple_sweep"]["outs"] == [str(p.sweep("${item.axis}"))]

@@ -11,6 +11,7 @@ pytest.importorskip("nle")
 torch = pytest.importorskip("torch")
 torch.set_num_threads(1)  # the CI box is shared; thread oversubscription makes small convs crawl
 
+from conftest import dvc_outs  # noqa: E402
 from retainrl.config import ConfigError  # noqa: E402
 from retainrl.envs import nethack as nhf  # noqa: E402
 from retainrl.paths import Paths  # noqa: E402
@@ -307,7 +308,7 @@ def test_dvc_yaml_declares_the_nethack_paths_and_profile_params():
     assert raw["nethack_finetune"]["matrix"]["method"] == "${nethack.finetune.methods}"
     assert raw["nethack_finetune"]["cmd"] == "python -m stages.finetune nethack ${item.method}"
     assert list(raw["nethack_evaluate"]["metrics"][0]) == [str(p.evaluation / "metrics.json")]
-    assert list(raw["nethack_report"]["outs"][0]) == [str(p.report)]
+    assert dvc_outs(root)["nethack_report"] == [str(p.report)]
     for name, stage in raw.items():
         if name.startswith("nethack_"):
             assert stage["params"][:3] == ["profile", "profiles.smoke.nethack", "profiles.paper.nethack"], name

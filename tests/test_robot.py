@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import dvc_outs
 from retainrl.algos import sac
 from retainrl.config import ConfigError, RetentionParams, load_params
 from retainrl.envs import robot
@@ -424,7 +425,7 @@ def test_dvc_stages_declare_the_paths_the_code_writes(root):
 
     stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
     paths = Paths("robot")
-    outs = {name: [str(o) if isinstance(o, str) else next(iter(o)) for o in st.get("outs", [])] for name, st in stages.items() if name.startswith("robot_")}
+    outs = dvc_outs(root)
     assert outs["robot_collect_demos"] == [str(paths.demos)]
     assert outs["robot_pretrain"] == [str(paths.pretrained)]
     assert outs["robot_far_buffer"] == [str(paths.far_buffer)]
