@@ -136,6 +136,7 @@ def test_empty_missing_and_corrupted_demo_files_name_the_file(tmp_path):
         ({"pretrain": {"unroll": 0}}, r"nethack\.pretrain\.unroll"),
         ({"finetune": {"methods": ["em"]}}, r"nethack\.finetune\.methods: .*'em' \(episodic memory\) needs an off-policy learner"),
         ({"env": {"charcter": "mon-hum-neu-mal"}}, r"nethack\.env\.charcter: unknown key"),
+        ({"retention": {"regularize_critic": True}}, r"retention\.regularize_critic: not supported for NetHack"),
     ],
 )
 def test_bad_params_fail_naming_the_key(raw, match):

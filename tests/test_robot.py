@@ -352,6 +352,44 @@ def test_gate_fails_with_a_clear_message():
     robot.check_gate(p, np.array([0.0, 0.0, 0.95, 0.9]))
 
 
+# --------------------------------------------------------------------------- critic pre-training
+
+
+def test_discounted_returns_restart_at_every_terminal():
+    rew = np.array([1.0, 2.0, 4.0, 10.0, 3.0], np.float32)
+    term = np.array([0, 0, 1, 0, 1], np.float32)
+    g = robot.discounted_returns(rew, term, 0.5)
+    np.testing.assert_allclose(g, [1 + 0.5 * 2 + 0.25 * 4, 2 + 0.5 * 4, 4, 10 + 0.5 * 3, 3])
+    with pytest.raises(ValueError, match="last transition is not terminal"):
+        robot.discounted_returns(rew, np.zeros(5, np.float32), 0.5)
+
+
+def test_critic_pretraining_fits_the_monte_carlo_returns():
+    """Episodes whose return is set by the state (a large success bonus at the end, like
+    RoboticSequence's): the Monte-Carlo regression must bring the held-out critic close to them."""
+    rng = np.random.default_rng(0)
+    spec = sac.AgentSpec(obs_dim=6, act_dim=2, n_stages=1, hidden=32, layers=2)
+    agent = sac.SACAgent(spec, 1, generator=torch.Generator().manual_seed(0))
+    obs, rew, term = [], [], []
+    for _ in range(60):
+        length = int(rng.integers(5, 15))
+        for t in range(length):
+            o = np.r_[rng.normal(size=4), (length - t) / 15, 1.0]  # steps to the end: the return is a function of the state
+            obs.append(o)
+            rew.append(1.0 + (300.0 if t == length - 1 else 0.0))
+            term.append(float(t == length - 1))
+    obs = np.asarray(obs, np.float32)
+    trans = {"obs": obs, "act": rng.uniform(-1, 1, (len(obs), 2)).astype(np.float32), "rew": np.asarray(rew, np.float32),
+             "next_obs": obs, "terminal": np.asarray(term, np.float32)}
+    cfg = robot.FinetuneParams(gamma=0.8)  # returns from ≈ 300 (at the bonus) down to ≈ 15
+    pcfg = robot.PretrainParams(critic_mc_steps=600, critic_steps=0, batch_size=128)
+    fit = robot.fit_critic(agent, trans, cfg, pcfg, torch.Generator().manual_seed(1))
+    before, after = fit["before"], fit["monte_carlo"]
+    assert after["mean_abs_error"] < 0.3 * before["mean_abs_error"]
+    assert after["corr"] > 0.8 > before["corr"]
+    assert fit["td"] == after  # no TD steps: the Monte-Carlo fit is what the critic keeps
+
+
 # --------------------------------------------------------------------------- end to end
 
 
@@ -359,7 +397,7 @@ SMOKE = {
     "net": {"hidden": 32, "layers": 2},
     "env": {"tasks": ["push", "push-wall"], "far": ["push-wall"], "T": 100},
     "demos": {"episodes": 2},
-    "pretrain": {"bc_steps": 30, "dagger_rounds": 1, "dagger_episodes": 1, "critic_steps": 10, "explore_episodes": 1, "eval_episodes": 1, "gate": 0.0},
+    "pretrain": {"bc_steps": 30, "dagger_rounds": 1, "dagger_episodes": 1, "critic_mc_steps": 10, "critic_steps": 10, "explore_episodes": 1, "eval_episodes": 1, "gate": 0.0},
     "far_buffer": {"size": 64},
     "fisher": {"states": 16},
     "finetune": {"seeds": 2, "steps": 40, "batch_size": 16, "replay_size": 400, "update_every": 10, "random_steps": 10, "eval_every": 20, "eval_episodes": 1, "checkpoints": 2},
@@ -380,6 +418,7 @@ def test_end_to_end_stage_functions(tmp_path):
     robot.pretrain(p, paths, dev)
     scores = load_json(paths.pretrained / "scores.json", "scores")
     assert set(scores["success"]) == set(p.env.tasks)
+    assert {"before", "monte_carlo", "td"} <= set(scores["critic_fit"]) and scores["critic_fit"]["held_out"] >= 1
     # EM's memory: a sample of the pre-training transitions (demos, π*'s rollouts, exploration), FAR only.
     memory = np.load(paths.pretrained / "memory.npz")
     assert memory["obs"].shape == (40, p.env.obs_dim) == memory["next_obs"].shape  # share 0.1 of replay 400

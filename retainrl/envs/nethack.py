@@ -173,7 +173,7 @@ class FinetuneParams(Strict):
 class EvalParams(Strict):
     """CLOSE: episodes from the start of fresh seeded games; FAR: from the FAR start states."""
 
-    episodes: int = Field(10, gt=0, description="episodes per policy snapshot and per part (CLOSE, FAR)")
+    episodes: int = Field(30, gt=0, description="episodes per policy snapshot and per part (CLOSE, FAR)")
     max_steps: int = Field(2000, gt=0, description="env steps per evaluation episode")
     greedy: bool = False
     seed: int = 10_000
@@ -192,6 +192,11 @@ class Params(Strict):
 
     @model_validator(mode="after")
     def _start_in_far(self):
+        if self.retention.regularize_critic:
+            raise ValueError(
+                "retention.regularize_critic: not supported for NetHack (APPO's value head is trained by the "
+                "learner alone; retention acts on the policy)"
+            )
         if self.far.start_depth < self.far.boundary:
             raise ValueError(
                 f"far.start_depth ({self.far.start_depth}) must be ≥ far.boundary ({self.far.boundary}): "
