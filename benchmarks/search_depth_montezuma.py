@@ -50,7 +50,8 @@ def main() -> None:
             mz.collect_demos(p, paths)
             wall = time.perf_counter() - t0
             _, route = mz.load_demos(paths)
-        progress = route["search"]["progress"]
+            timing = json.loads((mz.search_report_dir(paths) / mz.TIMING_JSON).read_text())
+        progress = timing["progress"]  # rows of frames, rooms, seconds
         far = first_frames_for(progress, args.far_boundary)
         runs[f"seed{seed}_frames{args.frames}"] = {
             "seed": seed,
@@ -59,7 +60,7 @@ def main() -> None:
             "score": route["score"],
             "route_steps": route["steps"],
             "cells": route["search"]["cells"],
-            "search_seconds": route["search"]["seconds"],
+            "search_seconds": timing["seconds"],
             "stage_wall_seconds": round(wall, 1),
             "loadavg_at_end": list(os.getloadavg()),
             f"reached_room_{args.far_boundary}_at": far,

@@ -131,6 +131,14 @@ def test_smoke_profile_collect_demos_from_warm_start(tmp_path):
     assert route["rooms"] == [1, 2, 6] and set(route["detours"]) == set(route["rooms_in_order_of_entry"][3:])
     assert route["far"] == [6] and route["verified_by_replay"]
     assert route["search"]["frames"] <= 40_000 + 4 * 100
+    # the demos hold no wall-clock figure (a rerun must reproduce them byte for byte); the timings
+    # go to the search report
+    assert "seconds" not in (paths.demos / mz.ROUTE_JSON).read_text()
+    timing = json.loads((mz.search_report_dir(paths) / mz.TIMING_JSON).read_text())
+    assert timing["progress"][-1]["frames"] <= route["search"]["frames"] and timing["seconds"] > 0
+    first = {f.name: f.read_bytes() for f in paths.demos.iterdir()}
+    mz.collect_demos(p, paths)
+    assert {f.name: f.read_bytes() for f in paths.demos.iterdir()} == first
     with np.load(FIXTURE) as data:
         prefix = data["actions"]
     assert len(arrays["actions"]) > len(prefix)

@@ -85,7 +85,7 @@ def test_smoke_repro_makes_the_montezuma_artifacts(smoke_repo):
     for rel in ("data/montezuma/demos/demos.npz", "data/montezuma/demos/route.json", "models/montezuma/pretrained/policy.safetensors",
                 "models/montezuma/pretrained/scores.json", "data/montezuma/far_buffer/buffer.npz", "data/montezuma/fisher/fisher.safetensors",
                 "reports/montezuma/eval/summary.json", "reports/montezuma/eval/metrics.json", "reports/montezuma/eval/boundary_success.json",
-                "reports/montezuma/report/report.md", "reports/montezuma/report/boundary_success.png"):
+                "reports/montezuma/report/report.md", "reports/montezuma/report/boundary_success.png", "reports/montezuma/search/timing.json"):
         assert (repo / rel).stat().st_size > 0, rel
     for method in params["montezuma"]["finetune"]["methods"]:
         assert (repo / f"models/montezuma/finetune/{method}/curves.json").exists()

@@ -55,6 +55,14 @@ log = logging.getLogger(__name__)
 ROUTE_PREFIX = "retainrl/envs/data/montezuma_route_prefix.npz"
 DEMOS_NPZ = "demos.npz"
 ROUTE_JSON = "route.json"
+#: The search's wall-clock timings, kept out of the demos (a DVC out must be byte-identical on a
+#: rerun; seconds never are): ``reports/montezuma/search/timing.json``, a git-tracked out.
+TIMING_JSON = "timing.json"
+
+
+def search_report_dir(paths) -> Path:
+    """Where ``collect_demos`` writes the search's timings (declared in dvc.yaml, cache: false)."""
+    return paths.root / "reports" / paths.env / "search"
 
 
 # --------------------------------------------------------------------------- params
@@ -439,9 +447,11 @@ def collect_demos(p: Params, paths, device=None) -> Path:
 
     Writes ``demos.npz`` (``actions`` as indices into the minimal action set; per route room its
     ``rooms``, ``entered_from``, ``entry_steps``, ``entry_states`` (uint8 emulator states) and
-    ``entry_ram``) and ``route.json`` (route, CLOSE/FAR, search statistics). ``device`` is unused:
-    the search runs on the emulator.
+    ``entry_ram``) and ``route.json`` (route, CLOSE/FAR, search statistics in frames), and the
+    search's wall-clock timings to ``reports/montezuma/search/timing.json`` (outside the demos, so
+    a rerun reproduces the demos byte for byte). ``device`` is unused: the search runs on the emulator.
     """
+    from retainrl.artifacts import atomic_path
     from retainrl.envs.montezuma_search import GoExplore, rooms_per_budget
 
     s = p.search
@@ -459,15 +469,20 @@ def collect_demos(p: Params, paths, device=None) -> Path:
         "search done: %d rooms %s, score %g, %d frames in %.1fs (%d cells, %d iterations)",
         len(result.rooms), result.rooms, result.score, result.frames, result.seconds, result.cells, result.iterations,
     )
-    search_stats = {
+    progress = rooms_per_budget(result.progress)
+    search_stats = {  # deterministic: frames, not seconds
         "frames": result.frames,
-        "seconds": round(result.seconds, 2),
         "cells": result.cells,
         "iterations": result.iterations,
-        "progress": rooms_per_budget(result.progress),
+        "progress": [{k: v for k, v in row.items() if k != "seconds"} for row in progress],
         "params": s.model_dump(),
     }
-    return write_demos(p, paths, result.actions, search_stats, expect=(result.rooms, result.score))
+    out = write_demos(p, paths, result.actions, search_stats, expect=(result.rooms, result.score))
+    timing = {"seconds": round(result.seconds, 2), "frames_per_s": round(result.frames / max(result.seconds, 1e-9)),
+              "progress": [{"frames": row["frames"], "rooms": row["rooms"], "seconds": row["seconds"]} for row in progress]}
+    with atomic_path(search_report_dir(paths), directory=True) as tmp:
+        (tmp / TIMING_JSON).write_text(json.dumps(timing, indent=2) + "\n")
+    return out
 
 
 def write_demos(p: Params, paths, actions: np.ndarray, search_stats: dict, expect: tuple | None = None) -> Path:
