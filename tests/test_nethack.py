@@ -88,6 +88,11 @@ def test_collect_demos_round_trip_and_far_state_restore(tmp_path, env, monkeypat
     files = sorted(f.name for f in paths.demos.iterdir())
     assert files == sorted([nhf.DEMO_FILE, nhf.FAR_FILE, nhf.META_FILE])
     assert not [f for f in paths.demos.parent.iterdir() if f.name.startswith(".")]  # no temp left
+    # byte-identical on a rerun: the same games, and no wall-clock figure in the out
+    first = {f.name: f.read_bytes() for f in paths.demos.iterdir()}
+    assert "per_s" not in first[nhf.META_FILE].decode()
+    nhf.collect_demos(p, paths)
+    assert {f.name: f.read_bytes() for f in paths.demos.iterdir()} == first
     demos = nhf.load_demos(paths.demos)
     np.testing.assert_array_equal(demos["seeds"], SEEDS)
     assert demos["actions"].dtype == np.uint8 and demos["offsets"][-1] == len(demos["actions"])
