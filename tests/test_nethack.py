@@ -62,6 +62,17 @@ def test_replayed_observations_are_what_the_expert_saw(env, game):
     assert replayed == game.actions.tolist()
 
 
+def test_check_replay_accepts_the_game_and_names_a_record_that_is_not_it(env, game):
+    from dataclasses import replace
+
+    nhf.check_replay(env, game)
+    with pytest.raises(ConfigError, match=r"does not reproduce it: score/turns/depth"):
+        nhf.check_replay(env, replace(game, score=game.score + 3))
+    other = replace(game, seeds=SEEDS[1])  # the same keys in another game
+    with pytest.raises(ConfigError, match=str(SEEDS[1].tolist()[0])):
+        nhf.check_replay(env, other)
+
+
 def test_seeds_matter(env):
     a = nhf.reset_seeded(env, SEEDS[0])["glyphs"].copy()
     b = nhf.reset_seeded(env, SEEDS[1])["glyphs"].copy()

@@ -8,8 +8,10 @@ Environment. ``NetHackScore`` with the NetHack Challenge's interface (the full k
 ``nle.nethack.ACTIONS``; no --More--, menu or y/n question answered for the agent), score
 reward without the step penalty, and the three NLE seeds (core, disp, lgen) fixed per game.
 ``NetHackChallenge-v0`` itself refuses seeding, which is why it is not used. With the seeds
-set, ``fix_moon_phase`` on (moon phase and Friday 13th come from the seed, not the wall clock)
-and the same actions, NetHack replays the game bit for bit, so:
+set, ``fix_moon_phase`` on (moon phase and Friday 13th come from the seed, not the wall clock),
+the game library's remaining clock read pinned (``nethack_clock``: NLE still takes the hero's
+"birthday" from ``time()``, which shop prices and names hash) and the same actions, NetHack
+replays the game bit for bit at any time of day, so:
 
 * a demonstration is stored as its seeds plus its action sequence (one byte a step: a whole
   game is a few KiB); per-step observations for BC are re-rendered by replay, which runs at
@@ -232,9 +234,17 @@ def game_seeds(master: int, n: int) -> np.ndarray:
 
 
 def make_env(character: str = "mon-hum-neu-mal", max_steps: int = 30_000):
-    """A seedable NetHack Challenge-style env (full keyboard, nothing auto-answered)."""
+    """A seedable NetHack Challenge-style env (full keyboard, nothing auto-answered), clock pinned.
+
+    The game library's wall clock is pinned (``nethack_clock``) so that seeds + actions replay
+    the same game at any time of day, on any date.
+    """
     from nle import nethack as nh
     from nle.env.tasks import NetHackScore
+
+    from retainrl.envs.nethack_clock import pin_game_clock
+
+    pin_game_clock()
 
     options = tuple(o for o in nh.NETHACKOPTIONS if not o.startswith("pickup_types")) + ("pickup_types:$",)
     return NetHackScore(
@@ -285,6 +295,32 @@ def iter_replay(env, seeds, actions):
         obs, _, term, trunc, _ = env.step(int(a))
         if (term or trunc) and i + 1 < len(actions):
             raise ConfigError(f"replay: the game ended at step {i + 1} of {len(actions)}; actions do not match the seeds")
+
+
+def check_replay(env, rec: "GameRecord") -> None:
+    """Replay a recorded game and fail, naming its seeds, unless it ends as the expert's did.
+
+    Cheap (raw NLE speed) insurance that the stored seeds + actions are the game: any source
+    of nondeterminism left in NLE would show up here, at collection time, not later as a
+    silently different BC dataset or FAR start state.
+    """
+    from retainrl.envs.nethack_expert import BL_DEPTH
+
+    obs = reset_seeded(env, rec.seeds)
+    score, turns, depth = int(obs["blstats"][9]), int(obs["blstats"][20]), int(obs["blstats"][BL_DEPTH])
+    for i, a in enumerate(rec.actions):
+        obs, _, term, trunc, _ = env.step(int(a))
+        if term or trunc:
+            if i + 1 < len(rec.actions):
+                raise ConfigError(f"replay of game {rec.seeds.tolist()}: it ended at step {i + 1} of {len(rec.actions)}")
+            break
+        bl = obs["blstats"]
+        score, turns, depth = int(bl[9]), int(bl[20]), max(depth, int(bl[BL_DEPTH]))
+    if (score, turns, depth) != (rec.score, rec.turns, rec.max_depth):
+        raise ConfigError(
+            f"replay of game {rec.seeds.tolist()} does not reproduce it: score/turns/depth "
+            f"{(score, turns, depth)} vs the expert's {(rec.score, rec.turns, rec.max_depth)}"
+        )
 
 
 @dataclass
@@ -458,6 +494,8 @@ def collect_demos(p: Params, paths, device=None) -> dict:
             rec = play_expert(env, s, p.env.max_steps, p.far.start_depth, expert)
             log.info("game %s: score %d, max depth %d, turns %d, steps %d", s.tolist(), rec.score, rec.max_depth, rec.turns, len(rec.actions))
             records.append(rec)
+        for rec in tqdm(records, desc="checking the replays", unit="game"):
+            check_replay(env, rec)
     finally:
         env.close()
     summary = summarize(records, p.far.start_depth)
