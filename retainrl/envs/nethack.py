@@ -834,6 +834,7 @@ def evaluate(p: Params, paths, device=None) -> dict:
         finals = [g[max(g)] for g in seeds]
         summary["methods"][m] = {k: spread([f[k] for f in finals]) for k in finals[0]}
         summary["methods"][m]["final_step"] = int(max(seeds[0]))
+    summary["comparisons"] = compare_policies(rows, list(per_step))
     metrics = {"pretrained": scalar_metrics(summary["pretrained"]), **{m: scalar_metrics({k: v for k, v in s.items() if k != "final_step"})
                                                                         for m, s in summary["methods"].items()}}
     with atomic_path(paths.evaluation, directory=True) as tmp:
@@ -843,6 +844,37 @@ def evaluate(p: Params, paths, device=None) -> dict:
         save_json(tmp / "far_score.json", curves["far"])
         save_json(tmp / "episodes.json", rows)
     return summary
+
+
+def final_episodes(rows: list[dict], policy: str, part: str, key: str = "score_gain") -> np.ndarray:
+    """(seeds, episodes) of ``key`` for a policy's final snapshot on ``part`` (π*: one row)."""
+    sel = [r for r in rows if r["policy"] == policy and r["part"] == part]
+    seeds = sorted({r["seed"] for r in sel}, key=lambda s: -1 if s is None else s)
+    out = []
+    for k in seeds:
+        mine = [r for r in sel if r["seed"] == k]
+        last = max(r["step"] for r in mine)
+        out.append([r[key] for r in sorted(mine, key=lambda r: r["episode"]) if r["step"] == last])
+    return np.asarray(out, float)
+
+
+def compare_policies(rows: list[dict], methods: list[str]) -> list[dict]:
+    """Paired bootstrap differences (``retainrl.stats``) of the final score, CLOSE and FAR.
+
+    Every method against π*, and every retention method against vanilla ``finetune``: the
+    study's two questions (does fine-tuning keep/improve on π*? does retention beat FT?).
+    """
+    from retainrl.stats import paired_difference
+
+    pairs = [(m, "pretrained") for m in methods]
+    if "finetune" in methods:
+        pairs += [(m, "finetune") for m in methods if m not in ("finetune", "scratch")]
+    out = []
+    for part in ("close", "far"):
+        for a, b in pairs:
+            cmp = paired_difference(final_episodes(rows, a, part), final_episodes(rows, b, part))
+            out.append({"part": part, "a": a, "b": b, "metric": "score_gain", **cmp})
+    return out
 
 
 def report(p: Params, paths) -> None:
@@ -895,6 +927,23 @@ def report(p: Params, paths) -> None:
     lines += ["", "Per seed (final CLOSE score / FAR score gained):", ""]
     for name, m in summary["methods"].items():
         lines.append(f"- {name}: " + ", ".join(f"{a:.1f} / {b:.1f}" for a, b in zip(m["close_score_gain"]["per_seed"], m["far_score_gain"]["per_seed"])))
+    if summary.get("comparisons"):
+        from retainrl.stats import verdict
+
+        c0 = summary["comparisons"][0]
+        lines += [
+            "",
+            f"Paired differences of the final score (every policy plays the same {c0['episodes']} games / FAR starts "
+            f"with the same sampling seed; {100 * c0['level']:.0f}% bootstrap interval over games and training seeds; "
+            "`retainrl/stats.py`). CLOSE: score; FAR: score gained.",
+            "",
+            "| part | policy | vs | difference | interval | P(policy > vs) | verdict |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for c in summary["comparisons"]:
+            vs = "π*" if c["b"] == "pretrained" else c["b"]
+            lines.append(f"| {c['part'].upper()} | {c['a']} | {vs} | {c['diff']:+.1f} | [{c['ci_low']:+.1f}, {c['ci_high']:+.1f}] | "
+                         f"{c['p_above']:.2f} | {verdict(c)} |")
     with atomic_path(paths.report, directory=True) as tmp:
         for part, fname, title, ylabel in (
             ("close", "close_score.png", "CLOSE: score from the start of a game", "score"),

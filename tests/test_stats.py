@@ -1,0 +1,65 @@
+"""Paired bootstrap comparisons (retainrl/stats.py) and NetHack's use of them in evaluate/report."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from retainrl.stats import paired_difference, verdict
+
+GAMES = np.random.default_rng(0).gamma(1.0, 300.0, size=30)  # NetHack-like: one game's score is 10× another's
+
+
+def test_a_constant_shift_on_the_same_games_is_exact_despite_huge_game_variance():
+    c = paired_difference(GAMES[None] + 5.0, GAMES[None])
+    assert c["diff"] == pytest.approx(5.0)
+    assert c["ci_low"] == pytest.approx(5.0) and c["ci_high"] == pytest.approx(5.0)
+    assert c["p_above"] == 1.0 and verdict(c) == "higher"
+
+
+def test_identical_policies_show_no_difference():
+    c = paired_difference(GAMES[None], GAMES[None])
+    assert c["diff"] == 0.0 and c["ci_low"] == 0.0 == c["ci_high"]
+    assert verdict(c) == "no difference shown"
+
+
+def test_pairing_matters_unpaired_games_give_a_wide_interval():
+    other = np.random.default_rng(1).permutation(GAMES)  # same scores, other games: no pairing
+    c = paired_difference(GAMES[None] + 5.0, other[None])
+    assert c["ci_high"] - c["ci_low"] > 50  # the game variance is back
+    assert verdict(c) == "no difference shown"
+
+
+def test_seed_spread_widens_the_interval_and_can_flip_the_verdict():
+    tight = np.stack([GAMES + 20.0] * 3)
+    spread = np.stack([GAMES + 20.0 + off for off in (-60.0, 0.0, 60.0)])  # same mean, training seeds disagree
+    a, b = paired_difference(tight, GAMES[None]), paired_difference(spread, GAMES[None])
+    assert a["diff"] == pytest.approx(b["diff"]) == pytest.approx(20.0)
+    assert verdict(a) == "higher" and verdict(b) == "no difference shown"
+    assert b["ci_high"] - b["ci_low"] > 50
+    assert paired_difference(spread, GAMES[None]) == b  # seeded: the same interval every run
+
+
+def test_lower_and_bad_shapes():
+    assert verdict(paired_difference(GAMES[None] - 3.0, GAMES[None])) == "lower"
+    with pytest.raises(ValueError, match="same .*number of episodes"):
+        paired_difference(np.ones((2, 30)), np.ones((1, 29)))
+
+
+def test_nethack_compares_each_policys_final_snapshot_on_the_same_games():
+    from retainrl.envs.nethack import compare_policies, final_episodes
+
+    rows = []
+    for e, g in enumerate(GAMES[:10]):
+        for part in ("close", "far"):
+            rows.append({"policy": "pretrained", "seed": None, "step": 0, "part": part, "episode": e, "score_gain": g})
+            for k in range(2):
+                rows.append({"policy": "finetune", "seed": k, "step": 100, "part": part, "episode": e, "score_gain": 0.0})  # earlier snapshot
+                rows.append({"policy": "finetune", "seed": k, "step": 200, "part": part, "episode": e, "score_gain": g - 10})
+                rows.append({"policy": "ks", "seed": k, "step": 200, "part": part, "episode": e, "score_gain": g + 10})
+    assert final_episodes(rows, "pretrained", "close").shape == (1, 10)
+    np.testing.assert_allclose(final_episodes(rows, "finetune", "far"), np.stack([GAMES[:10] - 10] * 2))
+    got = {(c["part"], c["a"], c["b"]): c for c in compare_policies(rows, ["finetune", "ks"])}
+    assert set(got) == {(p, a, b) for p in ("close", "far") for a, b in (("finetune", "pretrained"), ("ks", "pretrained"), ("ks", "finetune"))}
+    assert got[("close", "ks", "finetune")]["diff"] == pytest.approx(20.0) and verdict(got[("close", "ks", "finetune")]) == "higher"
+    assert verdict(got[("far", "finetune", "pretrained")]) == "lower"
