@@ -44,8 +44,13 @@ def paired_difference(a, b, *, n_boot: int = 4000, level: float = 0.95, seed: in
     }
 
 
+MIN_EPISODES = 5  # below this a bootstrap interval is not worth a verdict (the smoke profile plays 1 game)
+
+
 def verdict(cmp: dict) -> str:
-    """'higher' / 'lower' when the interval excludes 0, else 'no difference shown'."""
+    """'higher' / 'lower' when the interval excludes 0, else 'no difference shown' (or 'too few episodes')."""
+    if cmp["episodes"] < MIN_EPISODES:
+        return "too few episodes"
     if cmp["ci_low"] > 0:
         return "higher"
     if cmp["ci_high"] < 0:

@@ -40,6 +40,11 @@ def test_seed_spread_widens_the_interval_and_can_flip_the_verdict():
     assert paired_difference(spread, GAMES[None]) == b  # seeded: the same interval every run
 
 
+def test_a_handful_of_games_gets_no_verdict():
+    c = paired_difference(GAMES[None, :1] + 5.0, GAMES[None, :1])
+    assert c["ci_low"] == 5.0 and verdict(c) == "too few episodes"
+
+
 def test_lower_and_bad_shapes():
     assert verdict(paired_difference(GAMES[None] - 3.0, GAMES[None])) == "lower"
     with pytest.raises(ValueError, match="same .*number of episodes"):
