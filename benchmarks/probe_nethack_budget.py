@@ -1,0 +1,97 @@
+"""Probe: does a larger fine-tuning budget separate NetHack's methods (KS vs finetune vs π*)?
+
+The default profile's 30k APPO env steps per run do not separate any method from π* (see the
+README). This probe reruns chosen methods with ``--env-steps`` per run from the pipeline's own
+π*, FAR buffer and Fisher (``dvc repro nethack_fisher`` first), evaluates the final policies on
+exactly the default profile's CLOSE games and FAR start states (same sampling seed, so every
+comparison is paired), and writes the paired bootstrap comparisons (``retainrl.stats``) to
+``benchmarks/results/nethack_budget_probe.json``. Methods run in parallel processes
+(``--jobs``), each single-threaded, in a temporary directory.
+
+    python benchmarks/probe_nethack_budget.py --env-steps 150000 --seeds 2 --methods finetune ks --jobs 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+log = logging.getLogger("probe_nethack_budget")
+
+
+def _params(args):
+    from retainrl.config import load_params
+
+    p = load_params(str(ROOT / "params.yaml"), only="nethack").section("nethack")
+    ft = p.finetune.model_copy(update={"env_steps": args.env_steps, "seeds": args.seeds, "snapshots": 1, "methods": args.methods})
+    ev = p.evaluate.model_copy(update={"episodes": args.eval_episodes or p.evaluate.episodes})
+    return p.model_copy(update={"finetune": ft, "evaluate": ev})
+
+
+def _paths(tmp: Path):
+    from retainrl.paths import Paths
+
+    for rel in ("data/nethack/demos", "data/nethack/far_buffer", "data/nethack/fisher", "models/nethack/pretrained"):
+        (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp / rel).symlink_to(ROOT / rel)
+    return Paths("nethack", root=tmp)
+
+
+def _finetune(args, tmp: str, method: str) -> dict:
+    import torch
+
+    from retainrl.envs import nethack as nhf
+    from retainrl.paths import Paths
+
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    res = nhf.finetune(_params(args), Paths("nethack", root=Path(tmp)), None, method)
+    return {"method": method, "seconds": time.perf_counter() - t0,
+            "env_steps_per_s": [r["env_steps_per_s"] for r in res["runs"]]}
+
+
+def main() -> None:
+    import torch
+
+    from retainrl.envs import nethack as nhf
+    from retainrl.log import setup_logging
+    from retainrl.stats import verdict
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--env-steps", type=int, default=150_000)
+    ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--methods", nargs="+", default=["finetune", "ks"])
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--eval-episodes", type=int, default=None, help="default: the profile's (a smaller number is for a quick check)")
+    args = ap.parse_args()
+    setup_logging()
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="nethack-budget-") as d:
+        tmp = Path(d)
+        paths = _paths(tmp)
+        with ProcessPoolExecutor(args.jobs) as pool:
+            runs = list(pool.map(_finetune, [args] * len(args.methods), [d] * len(args.methods), args.methods))
+        summary = nhf.evaluate(_params(args), paths)
+    result = {
+        "env_steps": args.env_steps, "seeds": args.seeds, "methods": args.methods, "runs": runs,
+        "seconds": round(time.perf_counter() - started, 1),
+        "final": {m: {k: summary["methods"][m][k]["mean"] for k in ("close_score_gain", "far_score_gain")} for m in args.methods},
+        "pretrained": {k: summary["pretrained"][k]["mean"] for k in ("close_score_gain", "far_score_gain")},
+        "comparisons": [{**c, "verdict": verdict(c)} for c in summary["comparisons"]],
+    }
+    for c in result["comparisons"]:
+        log.info("%s %s vs %s: %+.1f [%+.1f, %+.1f] %s", c["part"], c["a"], c["b"], c["diff"], c["ci_low"], c["ci_high"], c["verdict"])
+    dest = ROOT / "benchmarks/results/nethack_budget_probe.json"
+    dest.write_text(json.dumps(result, indent=1) + "\n")
+    log.info("wrote %s (%.0f s)", dest, result["seconds"])
+
+
+if __name__ == "__main__":
+    main()
