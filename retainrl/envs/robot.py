@@ -519,7 +519,7 @@ def fit_critic(agent, trans: dict[str, np.ndarray], cfg: FinetuneParams, pcfg: P
     n = t["obs"].shape[0]
     perm = torch.randperm(n, generator=gen).to(device)
     n_hold = max(1, n // 20) if n > 1 else 0
-    hold, train = perm[:n_hold], perm[n_hold:] if n > 1 else perm
+    hold, train = perm[:n_hold], perm[n_hold:]
 
     def batch():
         idx = train[torch.randint(len(train), (min(pcfg.batch_size, len(train)),), generator=gen).to(device)]
