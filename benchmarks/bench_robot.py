@@ -11,11 +11,15 @@ machine answers. Three numbers, all measured here, in this run:
 * the reference: ``--models`` processes with one seed each (1 torch thread each), started
   together and kept in step with a barrier so their phases overlap exactly.
 
+Every update rate is also given in GFLOP/s: the matmul FLOPs of one SAC update are counted
+(``torch.utils.flop_counter``), which says how close the cores already are to their limit — the
+ceiling on what stacking seeds can gain once separate processes are compute-bound.
+
 Each learner does an env phase (act with the actor + step its sequence, ``--env-steps`` per
 seed) and an update phase (``--updates`` SAC updates per seed, batch 128). Aggregate rates
 count every seed: env steps/s = seeds·env_steps / phase wall time, updates/s likewise.
 
-    python benchmarks/bench_robot.py                 # prints a table, writes benchmarks/results/robot.json
+    python benchmarks/bench_robot.py                 # prints a table, appends a run to benchmarks/results/robot.json
     python benchmarks/bench_robot.py --hidden 256 64 --models 4
 """
 
@@ -71,7 +75,12 @@ def _learner(n_models: int, hidden: int, threads: int, env_steps: int, updates: 
         learner.update(sac.to_models_first(replay.sample(128, gen)))
     update_time = time.perf_counter() - t0
     wait()
-    return {"env_time": env_time, "update_time": update_time, "models": n_models, "np": np.__version__}
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as flops:  # matmul FLOPs of one more update (all stacked seeds)
+        learner.update(sac.to_models_first(replay.sample(128, gen)))
+    return {"env_time": env_time, "update_time": update_time, "models": n_models, "np": np.__version__,
+            "gflop_per_update": flops.get_total_flops() / 1e9 / n_models}
 
 
 def _child(args, barrier, queue):
@@ -87,9 +96,11 @@ def separate_processes(n: int, hidden: int, env_steps: int, updates: int) -> dic
     results = [queue.get() for _ in procs]
     for pr in procs:
         pr.join()
+    ups = n * updates / max(r["update_time"] for r in results)
     return {
         "env_steps_per_s": n * env_steps / max(r["env_time"] for r in results),
-        "updates_per_s": n * updates / max(r["update_time"] for r in results),
+        "updates_per_s": ups,
+        "gflop_per_s": ups * results[0]["gflop_per_update"],
     }
 
 
@@ -126,9 +137,11 @@ def main(argv=None) -> int:
     for hidden in args.hidden:
         r = _learner(args.models, hidden, args.batched_threads, args.env_steps, args.updates)
         batched = {"env_steps_per_s": args.models * args.env_steps / r["env_time"], "updates_per_s": args.models * args.updates / r["update_time"]}
+        batched["gflop_per_s"] = batched["updates_per_s"] * r["gflop_per_update"]
         sep = separate_processes(args.models, hidden, args.env_steps, args.updates)
         rows.append({
             "hidden": hidden,
+            "gflop_per_update": r["gflop_per_update"],  # one seed's SAC update, batch 128: what the cores must compute
             "batched": batched,
             "separate": sep,
             "ratio_updates": batched["updates_per_s"] / sep["updates_per_s"],
@@ -137,20 +150,25 @@ def main(argv=None) -> int:
 
     print(f"\nRoboticSequence throughput — {args.models} seeds, {cores} cores, torch threads: batched {args.batched_threads}, separate 1 each; load average {os.getloadavg()[0]:.1f}")
     print(f"raw Meta-World (push-wall, random actions, 1 env): {raw:,.0f} steps/s\n")
-    print(f"{'net':>8} | {'updates/s batched':>17} | {'separate':>8} | {'ratio':>5} | {'env steps/s batched':>19} | {'separate':>8} | {'ratio':>5}")
+    print(f"{'net':>8} | {'updates/s batched':>17} | {'separate':>8} | {'ratio':>5} | {'GFLOP/s batched':>15} | {'separate':>8} | "
+          f"{'env steps/s batched':>19} | {'separate':>8} | {'ratio':>5}")
     for row in rows:
         b, s = row["batched"], row["separate"]
         print(f"{'4x' + str(row['hidden']):>8} | {b['updates_per_s']:17.1f} | {s['updates_per_s']:8.1f} | {row['ratio_updates']:5.2f} | "
+              f"{b['gflop_per_s']:15.1f} | {s['gflop_per_s']:8.1f} | "
               f"{b['env_steps_per_s']:19.1f} | {s['env_steps_per_s']:8.1f} | {row['ratio_env_steps']:5.2f}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
+    run = {
         "machine": {"cores": cores, "load_average_1min": os.getloadavg()[0], "platform": platform.platform(), "python": platform.python_version()},
         "settings": vars(args) | {"out": None},
         "raw_metaworld_steps_per_s": raw,
         "rows": rows,
-    }, indent=2) + "\n")
-    print(f"\nwrote {out}")
+    }
+    previous = json.loads(out.read_text()) if out.exists() else {}
+    runs = previous.get("runs", []) if isinstance(previous, dict) else []
+    out.write_text(json.dumps({**{k: v for k, v in previous.items() if k != "runs"}, "runs": runs + [run]}, indent=2) + "\n")
+    print(f"\nwrote {out} (run {len(runs) + 1})")
     return 0
 
 
