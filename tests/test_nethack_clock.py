@@ -35,7 +35,12 @@ def _getnow(lib: Path) -> int:
 
 
 def test_the_unpatched_game_library_reads_the_wall_clock(original_library):
+    from nle.nethack import nethack as nle_nethack
+
     assert abs(_getnow(original_library) - time.time()) < 5
+    clock.unpin_game_clock()  # back to NLE's own library for games created from now on
+    assert Path(nle_nethack.DLPATH) == original_library
+    assert clock.pin_game_clock() == Path(nle_nethack.DLPATH) != original_library
 
 
 @pytest.mark.parametrize("epoch", [clock.EPOCH, 1_234_567_890])
