@@ -244,6 +244,17 @@ def test_bc_pretrain_writes_a_sample_factory_policy_and_far_buffer(tmp_path):
     res = nhf.finetune(p2k, paths, method="ks")
     assert res["runs"][0]["status"] == 0 and res["runs"][0]["retention_calls"] > 0 and res["runs"][0]["retention_loss_last"] > 0
 
+    # Parallel mode (the paper profile's): 2 rollout-worker processes + a learner process; the
+    # retention learner runs in the spawned learner process and still applies the KS loss.
+    p2p = p2k.model_copy(update={"finetune": p2k.finetune.model_copy(update={"workers": 2})})
+    res = nhf.finetune(p2p, paths, method="ks")
+    run = res["runs"][0]
+    assert run["status"] == 0 and run["workers"] == 2 and run["env_steps"] >= 256
+    assert run["retention_calls"] > 0 and run["retention_loss_last"] > 0
+    eps = json.loads((paths.finetune("ks") / "seed_0" / "train_episodes.json").read_text())
+    assert {e["env"] for e in eps} & {2, 3}  # episodes from the second worker's envs reached the log
+    assert sorted(f.name for f in (paths.finetune("ks") / "seed_0" / "snapshots").glob("*.pth")) == ["step_000000000.pth", "step_000000256.pth"]
+
     # evaluate (π* and the BC-retained policy's snapshots on CLOSE and FAR) → report.
     p3 = p2.model_copy(update={"finetune": p2.finetune.model_copy(update={"methods": ["bc"]}),
                                "evaluate": p2.evaluate.model_copy(update={"episodes": 2, "max_steps": 20})})

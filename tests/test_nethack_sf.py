@@ -1,9 +1,10 @@
 """Retention losses inside sample-factory's APPO learner: gradient checks against the closed forms.
 
-``install_retention`` patches ``Learner._calculate_losses`` so that the retention term is added
-to APPO's policy loss; everything after it (backward, clipping, Adam) is the learner's own. Here
-the learner's original loss is replaced by a known stand-in, so the gradient of what the patched
-learner returns must be exactly the stand-in's gradient plus the method's:
+``nethack_learner.attach`` makes sample-factory's learner a ``RetentionLearner`` whose
+``_calculate_losses`` adds the retention term to APPO's policy loss; everything after it (backward,
+clipping, Adam) is the learner's own. Here the learner's original loss is replaced by a known
+stand-in, so the gradient of what the retention learner returns must be exactly the stand-in's
+gradient plus the method's:
 
 * l2:  2·coef·(θ − θ*) on the actor, nothing on the critic or on a frozen encoder;
 * ewc: 2·coef·F·(θ − θ*);
@@ -25,6 +26,7 @@ torch.set_num_threads(1)
 from retainrl.config import ConfigError  # noqa: E402
 from retainrl.envs import nethack as nhf  # noqa: E402
 from retainrl.envs import nethack_sf as sf  # noqa: E402
+from retainrl.envs.nethack_learner import RetentionLearner, attach  # noqa: E402
 from retainrl.paths import Paths  # noqa: E402
 from retainrl.retention.dists import kl  # noqa: E402
 
@@ -53,27 +55,41 @@ def random_obs(n: int, gen: torch.Generator) -> dict:
     }
 
 
-class FakeLearner:
-    def __init__(self, ac):
-        self.actor_critic = ac
-
-
-def patched_policy_loss(monkeypatch, loss, ac, base, mb=None, dist=None, freeze_encoder=False):
-    """policy_loss as sample-factory's (patched) learner returns it, with ``base`` as APPO's own."""
+def patched_policy_loss(monkeypatch, loss, ac, base, mb=None, dist=None):
+    """policy_loss as the retention learner returns it, with ``base`` as APPO's own."""
     from sample_factory.algo.learning.learner import Learner
 
     def stand_in(self, mb, num_invalids):
         return dist, base(self.actor_critic), None, None, None, torch.zeros(()), {}
 
     monkeypatch.setattr(Learner, "_calculate_losses", stand_in)
-    undo = sf.install_retention(loss, freeze_encoder=freeze_encoder)
-    try:
-        res = Learner._calculate_losses(FakeLearner(ac), mb, 0)
-    finally:
-        undo()
-    assert Learner._calculate_losses is stand_in  # the patch is undone
+    learner = object.__new__(Learner)  # sample-factory's own class, as LearnerWorker builds it
+    learner.actor_critic = ac
+    attach(learner, loss)
+    res = learner._calculate_losses(mb, 0)
     assert "retention_loss" in res[-1]
     return res[1]
+
+
+def test_attach_changes_only_that_learner_and_survives_the_trip_to_a_learner_process(net):
+    """Parallel mode pickles the learner to a spawned process: class and loss must travel along."""
+    import pickle
+
+    from sample_factory.algo.learning.learner import Learner
+
+    ac, _, anchor = net
+    learner, other = object.__new__(Learner), object.__new__(Learner)
+    loss = sf.RetentionLoss("l2", 2.0, anchor)
+    loss.calls = 7
+    attach(learner, loss, freeze_encoder=True, snapshot_dir=None, snapshot_steps=[30, 10])
+    assert isinstance(learner, RetentionLearner) and type(other) is Learner  # the class itself is untouched
+    assert Learner._calculate_losses.__qualname__ == "Learner._calculate_losses"
+    clone = pickle.loads(pickle.dumps(learner))
+    assert type(clone) is RetentionLearner and clone.pending == [10, 30] and clone.freeze_encoder
+    assert clone.retention.method == "l2" and clone.retention.calls == 7
+    assert all(torch.equal(clone.retention.anchor[k], v) for k, v in loss.anchor.items())
+    with pytest.raises(TypeError, match="Learner"):
+        attach(clone, loss)  # already a retention learner
 
 
 def grads(ac, loss) -> dict:
@@ -105,8 +121,8 @@ def test_l2_and_ewc_gradients_through_the_learner(monkeypatch, net, method):
     coef = 3.0
     loss = sf.RetentionLoss(method, coef, anchor, fisher if method == "ewc" else None)
     for frozen in (False, True):
-        total = patched_policy_loss(monkeypatch, loss, ac, base_loss, freeze_encoder=False)
-        if frozen:  # what install_retention's init does after loading π*: the encoder stops training
+        total = patched_policy_loss(monkeypatch, loss, ac, base_loss)
+        if frozen:  # what RetentionLearner.init does after loading π*: the encoder stops training
             for q in ac.encoder.parameters():
                 q.requires_grad_(False)
             total = patched_policy_loss(monkeypatch, loss, ac, base_loss)

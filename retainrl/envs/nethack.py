@@ -30,7 +30,7 @@ Stages (the family stage API; the sample-factory side lives in ``nethack_sf``):
 * ``pretrain``: BC of sample-factory's recurrent ActorCritic, then its critic → an SF experiment dir;
 * ``far_buffer``: FAR states (depth ≥ far.boundary) with π*'s logits and GRU state;
 * ``fisher``: EWC's diagonal Fisher of π*'s actor on those states;
-* ``finetune``: APPO (sample-factory, serial mode) from π* with scratch/finetune/l2/ewc/bc/ks; em refused;
+* ``finetune``: APPO (sample-factory: serial mode on CPU, parallel with ``finetune.workers`` > 1) from π* with scratch/finetune/l2/ewc/bc/ks; em refused;
 * ``evaluate``: every policy from fresh games (CLOSE) and from the FAR start states (FAR);
 * ``report``: report.md + a FAR bar chart.
 """
@@ -48,6 +48,7 @@ import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from retainrl.config import ConfigError, RetentionParams, Strict
+from retainrl.envs.nethack_expert import BL_DEPTH, BL_SCORE, BL_TIME, BL_XL
 from retainrl.retention.methods import method_list
 
 log = logging.getLogger(__name__)
@@ -151,7 +152,7 @@ class NetHackFisherParams(Strict):
 
 
 class FinetuneParams(Strict):
-    """APPO fine-tuning of π* in sample-factory (serial mode), one run per retention method and seed."""
+    """APPO fine-tuning of π* in sample-factory, one run per retention method and seed."""
 
     methods: method_list("appo", off_policy=False) = ["scratch", "finetune", "l2", "ewc", "bc", "ks"]
     seeds: int = Field(2, gt=0, description="independent runs per method (seed = finetune.seed + k)")
@@ -159,7 +160,13 @@ class FinetuneParams(Strict):
     #: Training episodes start at fresh seeded games (CLOSE) and are cut after this many env steps
     #: (the study plays to the end; a cap keeps episodes resetting within a small budget).
     max_episode_steps: int = Field(30_000, gt=0)
-    num_envs: int = Field(4, gt=0)
+    #: 1: sample-factory's serial mode (synchronous APPO in one process: small CPU boxes, and
+    #: reproducible); more: its parallel mode, this many rollout-worker processes + a learner
+    #: process, asynchronous APPO (the study's setup; for a many-core GPU machine).
+    workers: int = Field(1, gt=0)
+    num_envs: int = Field(4, gt=0, description="envs per rollout worker")
+    #: sample-factory's batched sampler: one tensor batch per worker step instead of per-env bookkeeping.
+    batched_sampling: bool = True
     rollout: int = Field(32, gt=0)
     batch_size: int = Field(512, gt=0)
     lr: float = Field(1e-4, gt=0)
@@ -304,23 +311,51 @@ def check_replay(env, rec: "GameRecord") -> None:
     of nondeterminism left in NLE would show up here, at collection time, not later as a
     silently different BC dataset or FAR start state.
     """
-    from retainrl.envs.nethack_expert import BL_DEPTH
-
-    obs = reset_seeded(env, rec.seeds)
-    score, turns, depth = int(obs["blstats"][9]), int(obs["blstats"][20]), int(obs["blstats"][BL_DEPTH])
+    pg = Progress.start(reset_seeded(env, rec.seeds))
     for i, a in enumerate(rec.actions):
         obs, _, term, trunc, _ = env.step(int(a))
         if term or trunc:
             if i + 1 < len(rec.actions):
                 raise ConfigError(f"replay of game {rec.seeds.tolist()}: it ended at step {i + 1} of {len(rec.actions)}")
             break
-        bl = obs["blstats"]
-        score, turns, depth = int(bl[9]), int(bl[20]), max(depth, int(bl[BL_DEPTH]))
-    if (score, turns, depth) != (rec.score, rec.turns, rec.max_depth):
+        pg.update(obs)
+    if (pg.score, pg.turns, pg.max_depth) != (rec.score, rec.turns, rec.max_depth):
         raise ConfigError(
             f"replay of game {rec.seeds.tolist()} does not reproduce it: score/turns/depth "
-            f"{(score, turns, depth)} vs the expert's {(rec.score, rec.turns, rec.max_depth)}"
+            f"{(pg.score, pg.turns, pg.max_depth)} vs the expert's {(rec.score, rec.turns, rec.max_depth)}"
         )
+
+
+@dataclass
+class Progress:
+    """Score, game turns, experience level and deepest dungeon level of one game so far, from
+    blstats. One bookkeeping for the expert's record, its replay check and training episodes.
+
+    The final observation of a game has zeroed blstats (dungeon level 0): it is ignored, so the
+    values are the last in-game ones.
+    """
+
+    score: int = 0
+    turns: int = 0
+    xplvl: int = 0
+    max_depth: int = 0
+
+    @classmethod
+    def start(cls, obs: dict) -> "Progress":
+        pg = cls()
+        pg.update(obs)
+        return pg
+
+    def update(self, obs: dict) -> bool:
+        """Take in one observation; True when it is on a level deeper than any before."""
+        bl = obs["blstats"]
+        depth = int(bl[BL_DEPTH])
+        if depth == 0:
+            return False
+        self.score, self.turns, self.xplvl = int(bl[BL_SCORE]), int(bl[BL_TIME]), int(bl[BL_XL])
+        deeper = depth > self.max_depth
+        self.max_depth = max(self.max_depth, depth)
+        return deeper
 
 
 @dataclass
@@ -337,17 +372,15 @@ class GameRecord:
 
 def play_expert(env, seeds, max_steps: int, start_depth: int = 4, expert=None) -> GameRecord:
     """Play one seeded game with the scripted expert and record what replay needs."""
-    from retainrl.envs.nethack_expert import BL_DEPTH, Expert
+    from retainrl.envs.nethack_expert import Expert
 
     expert = expert or Expert()
     expert.reset()
     t0 = time.perf_counter()
     obs = reset_seeded(env, seeds)
     actions: list[int] = []
-    max_depth = int(obs["blstats"][BL_DEPTH])
+    pg = Progress.start(obs)
     far_step = -1
-    score = int(obs["blstats"][9])
-    turns = int(obs["blstats"][20])
     done = False
     while len(actions) < max_steps:
         a = expert.act(obs)
@@ -356,20 +389,14 @@ def play_expert(env, seeds, max_steps: int, start_depth: int = 4, expert=None) -
         done = term or trunc
         if done:
             break
-        bl = obs["blstats"]
-        depth = int(bl[BL_DEPTH])
-        if depth > max_depth:
-            max_depth = depth
-            if depth >= start_depth and far_step < 0:
-                far_step = len(actions)
-        # On the final step blstats are zeroed; keep the last in-game values.
-        score, turns = int(bl[9]), int(bl[20])
+        if pg.update(obs) and pg.max_depth >= start_depth and far_step < 0:
+            far_step = len(actions)
     return GameRecord(
         seeds=np.asarray(seeds, np.int64),
         actions=np.asarray(actions, np.uint8),
-        score=score,
-        max_depth=max_depth,
-        turns=turns,
+        score=pg.score,
+        max_depth=pg.max_depth,
+        turns=pg.turns,
         done=done,
         far_step=far_step,
         seconds=time.perf_counter() - t0,
@@ -680,7 +707,8 @@ def finetune(p: Params, paths, device=None, method: str = "finetune") -> dict:
                               lr=ft.lr, entropy=0.0 if retention_on else ft.entropy,
                               freeze_encoder=ft.freeze_encoder and method != "scratch", seed=seed,
                               device="gpu" if device is not None and str(device).startswith("cuda") else "cpu",
-                              max_episode_steps=ft.max_episode_steps, snapshots=ft.snapshots)
+                              max_episode_steps=ft.max_episode_steps, snapshots=ft.snapshots, workers=ft.workers,
+                              batched_sampling=ft.batched_sampling)
             if res["status"] != 0:
                 raise RuntimeError(f"sample-factory APPO exited with status {res['status']} ({method}, seed {seed})")
             res = {"method": method, "seed": seed, "coef": coef, **res}
@@ -696,10 +724,9 @@ def run_policy(ac, cfg, env, obs: dict, max_steps: int, greedy: bool, gen) -> di
 
     from retainrl.envs import nethack_sf as sf
 
-    bl = obs["blstats"]
-    start_score, start_depth = int(bl[9]), int(bl[12])
-    score, depth, turns, xplvl, steps = start_score, start_depth, int(bl[20]), int(bl[18]), 0
-    died = False
+    pg = Progress.start(obs)
+    start_score, start_depth = pg.score, pg.max_depth
+    steps, died = 0, False
     rnn = torch.zeros(1, cfg.rnn_size)
     with torch.no_grad():
         for steps in range(1, max_steps + 1):
@@ -711,10 +738,9 @@ def run_policy(ac, cfg, env, obs: dict, max_steps: int, greedy: bool, gen) -> di
             if term or trunc:
                 died = bool(term)
                 break
-            bl = obs["blstats"]
-            score, depth, turns, xplvl = int(bl[9]), max(depth, int(bl[12])), int(bl[20]), int(bl[18])
-    return {"score": score, "score_gain": score - start_score, "start_depth": start_depth, "max_depth": depth,
-            "levels": depth - start_depth, "turns": turns, "xplvl": xplvl, "steps": steps, "died": died}
+            pg.update(obs)
+    return {"score": pg.score, "score_gain": pg.score - start_score, "start_depth": start_depth, "max_depth": pg.max_depth,
+            "levels": pg.max_depth - start_depth, "turns": pg.turns, "xplvl": pg.xplvl, "steps": steps, "died": died}
 
 
 #: What the evaluation reports per part (CLOSE: from the game start; FAR: from a FAR start state).

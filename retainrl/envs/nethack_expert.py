@@ -50,7 +50,7 @@ DIRS = {  # (dy, dx) -> vi-key
 NEIGHBOURS = tuple(DIRS)
 
 # blstats indices (NLE 1.x) and hunger states (u.uhs).
-BL_X, BL_Y, BL_HP, BL_HPMAX, BL_DEPTH, BL_XL, BL_TIME, BL_HUNGER, BL_DNUM, BL_DLEVEL = 0, 1, 10, 11, 12, 18, 20, 21, 23, 24
+BL_X, BL_Y, BL_SCORE, BL_HP, BL_HPMAX, BL_DEPTH, BL_XL, BL_TIME, BL_HUNGER, BL_DNUM, BL_DLEVEL = 0, 1, 9, 10, 11, 12, 18, 20, 21, 23, 24
 HUNGRY, WEAK = 2, 3
 FOOD_CLASS, POTION_CLASS = 7, 8
 

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from retainrl.envs.nethack import Progress
+
 log = logging.getLogger(__name__)
 
 SF_ENV = "nethack_monk"
@@ -61,22 +63,19 @@ def sf_obs(obs: dict) -> dict[str, np.ndarray]:
     }
 
 
-#: Training episodes that ended in this process (serial mode: the envs live here) and the env
-#: steps taken so far; ``run_appo`` resets both and writes them next to the checkpoints.
-EPISODES: list[dict] = []
-ENV_STEPS = 0
-
-
 class NetHackSF(gym.Env):
     """A gymnasium env for sample-factory: seeded games, or episodes started in FAR start states.
 
     ``seeds``: (n, 3) game seeds cycled through in order (reproducible episodes), or None for
     fresh NLE seeds. ``far``: (demos, far_start_states) to start each episode in the next FAR
-    start state by replaying its prefix (the study's FAR evaluation).
+    start state by replaying its prefix (the study's FAR evaluation). ``episode_log``: a JSONL
+    file that gets one line per finished episode (this env's step count when it ended, score,
+    deepest level, turns, experience level, death); the env may live in a rollout-worker
+    process, so a file is how training episodes reach the caller.
     """
 
     def __init__(self, character: str = "mon-hum-neu-mal", max_steps: int = 30_000, seeds=None, far=None, offset: int = 0,
-                 teacher: str | Path | None = None):
+                 teacher: str | Path | None = None, episode_log: str | Path | None = None):
         from nle import nethack as nh
 
         from retainrl.envs.nethack import make_env
@@ -95,7 +94,9 @@ class NetHackSF(gym.Env):
         self.far = far
         self.episode = offset
         self.render_mode = None
-        self._score = self._depth = self._turns = self._xplvl = 0
+        self.episode_log = Path(episode_log) if episode_log else None
+        self.steps = 0
+        self.progress = None
 
     def reset(self, seed=None, options=None):
         from retainrl.envs.nethack import reset_seeded, restore_far_state
@@ -111,15 +112,8 @@ class NetHackSF(gym.Env):
         self.episode += 1
         if self.teacher is not None:
             self.teacher_rnn.zero_()
-        self._track(obs, new=True)
+        self.progress = Progress.start(obs)
         return self._obs(obs), {}
-
-    def _track(self, obs: dict, new: bool = False) -> None:
-        bl = obs["blstats"]
-        if int(bl[12]) == 0:  # the final observation of a game has zeroed blstats: keep the last in-game values
-            return
-        self._score, self._turns, self._xplvl = int(bl[9]), int(bl[20]), int(bl[18])
-        self._depth = int(bl[12]) if new else max(self._depth, int(bl[12]))
 
     def _obs(self, obs: dict) -> dict:
         out = sf_obs(obs)
@@ -131,13 +125,15 @@ class NetHackSF(gym.Env):
         return out
 
     def step(self, action):
-        global ENV_STEPS
         obs, reward, term, trunc, info = self.env.step(int(action))
-        ENV_STEPS += 1
-        self._track(obs)
-        if term or trunc:
-            EPISODES.append({"env_steps": ENV_STEPS, "score": self._score, "max_depth": self._depth,
-                             "turns": self._turns, "xplvl": self._xplvl, "died": bool(term)})
+        self.steps += 1
+        self.progress.update(obs)
+        if (term or trunc) and self.episode_log is not None:
+            pg = self.progress
+            line = {"env_local_steps": self.steps, "score": pg.score, "max_depth": pg.max_depth, "turns": pg.turns,
+                    "xplvl": pg.xplvl, "died": bool(term)}
+            with open(self.episode_log, "a") as f:
+                f.write(json.dumps(line) + "\n")
         return self._obs(obs), float(reward), bool(term), bool(trunc), info
 
     def render(self):
@@ -148,15 +144,23 @@ class NetHackSF(gym.Env):
 
 
 def make_sf_env(full_env_name, cfg=None, env_config=None, render_mode=None):
-    """sample-factory's env factory; each worker/env index gets its own slice of the seed cycle."""
+    """sample-factory's env factory; each worker/env index gets its own slice of the seed cycle.
+
+    In parallel mode the env lives in a rollout-worker process of its own: torch there gets one
+    thread (kickstarting steps π* in the env), as the workers already use every core.
+    """
     from retainrl.envs.nethack import game_seeds
 
     idx = 0 if env_config is None else int(getattr(env_config, "env_id", 0) or 0)
     character = getattr(cfg, "nethack_character", "mon-hum-neu-mal")
     seed = int(getattr(cfg, "nethack_seed", 0))
     seeds = game_seeds(1_000_000 + 1000 * seed + idx, 1000)  # reproducible, disjoint from the demos' seeds
+    if cfg is not None and not getattr(cfg, "serial_mode", True):
+        torch.set_num_threads(1)
+    log_dir = getattr(cfg, "nethack_episode_log", "")
     return NetHackSF(character=character, max_steps=int(getattr(cfg, "nethack_max_steps", 30_000)), seeds=seeds,
-                     teacher=getattr(cfg, "nethack_teacher", "") or None)
+                     teacher=getattr(cfg, "nethack_teacher", "") or None,
+                     episode_log=Path(log_dir) / f"env_{idx:04d}.jsonl" if log_dir else None)
 
 
 # --------------------------------------------------------------------------- encoder
@@ -257,6 +261,7 @@ def sf_config(train_dir: Path, experiment: str, extra: list[str] | None = None):
     parser.add_argument("--nethack_teacher", default="", type=str, help="π* experiment dir (kickstarting)")
     parser.add_argument("--nethack_seed", default=0, type=int)
     parser.add_argument("--nethack_max_steps", default=30_000, type=int, help="env steps per training episode")
+    parser.add_argument("--nethack_episode_log", default="", type=str, help="dir for one JSONL episode log per env")
     return parse_full_cfg(parser, argv)
 
 
@@ -496,59 +501,6 @@ class RetentionLoss:
         return loss
 
 
-def install_retention(loss: RetentionLoss, freeze_encoder: bool = True, snapshot_dir: Path | None = None,
-                      snapshot_steps: list[int] | tuple = ()):
-    """Wire ``loss`` into sample-factory's learner (serial mode: the learner runs in this process).
-
-    * the loss is added to APPO's policy loss in ``Learner._calculate_losses`` (so it goes through
-      the learner's own backward, gradient clipping and optimizer step);
-    * the encoder is frozen after the learner loads π* (the study froze encoders while fine-tuning);
-    * the model is saved to ``snapshot_dir/step_<n>.pth`` at the learner's initial weights (n = 0)
-      and when its env-step count first reaches each of ``snapshot_steps``.
-
-    Returns a function that undoes the patch.
-    """
-    from sample_factory.algo.learning.learner import Learner
-
-    orig_calc, orig_init, orig_train = Learner._calculate_losses, Learner.init, Learner.train
-    pending = sorted(int(s) for s in snapshot_steps)
-
-    def snapshot(learner, step: int) -> None:
-        if snapshot_dir is None:
-            return
-        Path(snapshot_dir).mkdir(parents=True, exist_ok=True)
-        torch.save({"model": learner.actor_critic.state_dict(), "env_steps": int(learner.env_steps), "step": step},
-                   Path(snapshot_dir) / f"step_{step:09d}.pth")
-
-    def init(self):
-        out = orig_init(self)
-        if freeze_encoder:
-            for prm in self.actor_critic.encoder.parameters():
-                prm.requires_grad_(False)
-        snapshot(self, 0)
-        return out
-
-    def calc(self, mb, num_invalids):
-        res = list(orig_calc(self, mb, num_invalids))
-        aux = loss(self.actor_critic, mb, res[0])
-        res[1] = res[1] + aux  # policy_loss: part of the actor loss
-        res[-1]["retention_loss"] = aux.detach()
-        return tuple(res)
-
-    def train(self, batch):
-        out = orig_train(self, batch)
-        while pending and self.env_steps >= pending[0]:
-            snapshot(self, pending.pop(0))
-        return out
-
-    Learner._calculate_losses, Learner.init, Learner.train = calc, init, train
-
-    def undo():
-        Learner._calculate_losses, Learner.init, Learner.train = orig_calc, orig_init, orig_train
-
-    return undo
-
-
 def snapshot_schedule(env_steps: int, snapshots: int) -> list[int]:
     """Evenly spaced env steps at which snapshots are taken; the last is ``env_steps`` (the final policy)."""
     return sorted({int(round(env_steps * (k + 1) / snapshots)) for k in range(snapshots)})
@@ -563,47 +515,79 @@ def load_snapshot(exp_dir: Path, path: Path):
 
 def run_appo(pretrained: Path | None, exp_dir: Path, loss: RetentionLoss, *, env_steps: int, num_envs: int, rollout: int,
              batch_size: int, lr: float, entropy: float, freeze_encoder: bool = True, seed: int = 0,
-             device: str = "cpu", max_episode_steps: int = 30_000, snapshots: int = 1) -> dict:
-    """Fine-tune π* with APPO (sample-factory, serial mode) plus ``loss``; writes into ``exp_dir``.
+             device: str = "cpu", max_episode_steps: int = 30_000, snapshots: int = 1, workers: int = 1,
+             batched_sampling: bool = True) -> dict:
+    """Fine-tune π* with APPO (sample-factory) plus ``loss``; writes into ``exp_dir``.
 
-    ``pretrained`` None trains from scratch (random init, nothing frozen). For ``ks`` the envs
-    step π* alongside the game (``--nethack_teacher``). Besides sample-factory's checkpoints,
-    ``exp_dir`` gets ``snapshots/step_<n>.pth`` (see ``install_retention``) and
-    ``train_episodes.json`` (every training episode that ended: env step, score, depth, ...).
+    ``workers`` 1 runs sample-factory's serial mode (synchronous APPO, everything in this process:
+    the right choice on a small CPU box, and reproducible); more runs its parallel mode with that
+    many rollout-worker processes, a learner process and asynchronous APPO (the study's setup,
+    for a GPU machine). ``batched_sampling`` uses sample-factory's batched sampler (one tensor
+    batch per worker instead of per-env bookkeeping). ``pretrained`` None trains from scratch
+    (random init, nothing frozen). For ``ks`` the envs step π* alongside the game
+    (``--nethack_teacher``).
+
+    Besides sample-factory's checkpoints, ``exp_dir`` gets ``snapshots/step_<n>.pth`` (see
+    ``nethack_learner``) and ``train_episodes.json``: every training episode that ended, from the
+    envs' logs, with ``env_steps`` ≈ the run's env steps at that time (the env's own step count ×
+    the number of envs, which step in lockstep within a worker).
     """
-    global ENV_STEPS
     import shutil
     import time
 
-    from sample_factory.train import run_rl
+    from sample_factory.algo.utils.misc import ExperimentStatus
+    from sample_factory.train import make_runner
+
+    from retainrl.envs.nethack_learner import attach
 
     if pretrained is not None:
         shutil.copytree(pretrained, exp_dir, dirs_exist_ok=True)
     else:
         exp_dir.mkdir(parents=True, exist_ok=True)
         freeze_encoder = False
+    episode_log = exp_dir / "episode_log"
+    shutil.rmtree(episode_log, ignore_errors=True)
+    episode_log.mkdir()
     teacher = [f"--nethack_teacher={pretrained}"] if loss.method == "ks" else []
-    cfg = sf_config(exp_dir.parent, exp_dir.name, [
-        "--num_workers=1", f"--num_envs_per_worker={num_envs}", "--worker_num_splits=1", "--serial_mode=True",
-        "--async_rl=False", f"--batch_size={batch_size}", f"--rollout={rollout}", "--num_batches_per_epoch=1",
+    mode = (["--num_workers=1", "--serial_mode=True", "--async_rl=False"] if workers == 1
+            else [f"--num_workers={workers}", "--serial_mode=False", "--async_rl=True"])
+    cfg = sf_config(exp_dir.parent, exp_dir.name, mode + [
+        f"--num_envs_per_worker={num_envs}", "--worker_num_splits=1", f"--batched_sampling={batched_sampling}",
+        f"--batch_size={batch_size}", f"--rollout={rollout}", "--num_batches_per_epoch=1",
         "--num_epochs=1", f"--train_for_env_steps={env_steps}", "--save_every_sec=100000",
         "--experiment_summaries_interval=100000", "--with_wandb=False", "--restart_behavior=resume",
         "--decorrelate_envs_on_one_worker=False", f"--learning_rate={lr}", f"--exploration_loss_coeff={entropy}",
         f"--nethack_seed={seed}", f"--seed={seed}", f"--device={device}", f"--nethack_max_steps={max_episode_steps}",
+        f"--nethack_episode_log={episode_log}",
     ] + teacher)
-    EPISODES.clear()
-    ENV_STEPS = 0
-    undo = install_retention(loss, freeze_encoder, exp_dir / "snapshots", snapshot_schedule(env_steps, snapshots))
     t0 = time.perf_counter()
-    try:
-        status = run_rl(cfg)
-    finally:
-        undo()
+    cfg, runner = make_runner(cfg)
+    status = runner.init()
+    if status == ExperimentStatus.SUCCESS:
+        for worker in runner.learners.values():
+            attach(worker.learner, loss, freeze_encoder, exp_dir / "snapshots", snapshot_schedule(env_steps, snapshots))
+        status = runner.run()
     wall = time.perf_counter() - t0
     ckpts = sorted((exp_dir / "checkpoint_p0").glob("checkpoint_*.pth"))
     if pretrained is not None and len(ckpts) > 1:
         ckpts[0].unlink()  # the copy of π* it started from (snapshots/step_000000000.pth holds the same weights)
-    (exp_dir / "train_episodes.json").write_text(json.dumps(EPISODES) + "\n")
-    return {"status": int(status), "retention_calls": loss.calls, "retention_loss_last": loss.last,
-            "env_steps": ENV_STEPS, "wall_s": wall, "env_steps_per_s": ENV_STEPS / max(wall, 1e-9),
-            "train_episodes": len(EPISODES)}
+    episodes = collect_episode_log(episode_log, workers * num_envs)
+    shutil.rmtree(episode_log)
+    (exp_dir / "train_episodes.json").write_text(json.dumps(episodes) + "\n")
+    last = torch.load(sorted((exp_dir / "snapshots").glob("step_*.pth"))[-1], map_location="cpu")
+    done = int(runner.env_steps.get(0, last["env_steps"]))
+    return {"status": int(status), "retention_calls": int(last["retention_calls"]),
+            "retention_loss_last": float(last["retention_loss_last"]), "env_steps": done, "wall_s": wall,
+            "env_steps_per_s": done / max(wall, 1e-9), "train_episodes": len(episodes),
+            "workers": workers, "batched_sampling": bool(batched_sampling)}
+
+
+def collect_episode_log(log_dir: Path, n_envs: int) -> list[dict]:
+    """The envs' JSONL episode logs merged in (approximate) order of the run's env steps."""
+    out = []
+    for f in sorted(Path(log_dir).glob("env_*.jsonl")):
+        env = int(f.stem.split("_")[1])
+        for line in f.read_text().splitlines():
+            rec = json.loads(line)
+            out.append({"env_steps": rec["env_local_steps"] * n_envs, "env": env, **rec})
+    return sorted(out, key=lambda r: (r["env_steps"], r["env"]))
