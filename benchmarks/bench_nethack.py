@@ -5,10 +5,14 @@
 * the scripted expert's steps/s (its own decision time plus the env's);
 * replaying recorded actions (how fast demos re-render for BC) and the cost of restoring each
   FAR start state (seeds + action prefix up to the expert's first arrival on Dlvl 4);
-* APPO env steps/s through sample-factory (serial mode, 1 worker × 2 envs, fresh policy; the
-  wall time includes sample-factory's start-up, so it is a lower bound on steady-state speed).
+* APPO env steps/s through the pipeline's own ``nethack_sf.run_appo`` (fresh policy, 4 envs per
+  worker, batch 128, no retention term) in each sample-factory mode: serial with the per-env
+  (non-batched) sampler, serial with the batched sampler (the default profile), and parallel
+  (``--workers`` rollout-worker processes + a learner process, asynchronous APPO: the paper
+  profile's mode). The wall time includes sample-factory's start-up, so each is a lower bound on
+  steady-state speed.
 
-    PYTHONPATH=. python benchmarks/bench_nethack.py [--games 10] [--random-steps 20000]
+    PYTHONPATH=. python benchmarks/bench_nethack.py [--games 10] [--random-steps 20000] [--appo-steps 8000] [--workers 2]
 
 Prints a table and writes benchmarks/results/nethack.json.
 """
@@ -47,26 +51,30 @@ def random_steps_per_s(env, steps: int, seed: int) -> float:
     return steps / (time.perf_counter() - t0)
 
 
-def appo_steps_per_s(steps: int) -> tuple[float, float]:
-    """(env steps/s over the whole run_rl call, sample-factory's own reported FPS is in its log)."""
+APPO_MODES = {  # name → (workers, batched sampling)
+    "serial, per-env sampler": (1, False),
+    "serial, batched sampler": (1, True),
+    "parallel, batched sampler": (None, True),
+}
+
+
+def appo_steps_per_s(steps: int, workers: int) -> dict[str, dict]:
+    """env steps/s of ``run_appo`` (the fine-tuning stage's code path) in each sample-factory mode."""
     import tempfile
 
-    import torch
-
     from retainrl.envs import nethack_sf as sf
-    from sample_factory.train import run_rl
 
-    torch.set_num_threads(1)
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = sf.sf_config(Path(tmp), "bench", [
-            "--num_workers=1", "--num_envs_per_worker=2", "--worker_num_splits=1", "--serial_mode=True",
-            "--async_rl=False", "--batch_size=256", "--rollout=32", "--num_batches_per_epoch=1", "--num_epochs=1",
-            f"--train_for_env_steps={steps}", "--save_every_sec=100000", "--experiment_summaries_interval=100000",
-            "--with_wandb=False", "--decorrelate_envs_on_one_worker=False",
-        ])
-        t0 = time.perf_counter()
-        run_rl(cfg)
-        return steps / (time.perf_counter() - t0), time.perf_counter() - t0
+    out = {}
+    for name, (w, batched) in APPO_MODES.items():
+        w = w or workers
+        with tempfile.TemporaryDirectory() as tmp:
+            res = sf.run_appo(None, Path(tmp) / "run", sf.RetentionLoss("scratch", 0.0), env_steps=steps, num_envs=4,
+                              rollout=32, batch_size=128, lr=1e-3, entropy=0.001, max_episode_steps=1000,
+                              workers=w, batched_sampling=batched)
+        out[name] = {"workers": w, "batched_sampling": batched, "env_steps": res["env_steps"], "wall_s": res["wall_s"],
+                     "env_steps_per_s": res["env_steps_per_s"]}
+        log.info("APPO %s: %.0f env steps/s", name, res["env_steps_per_s"])
+    return out
 
 
 def main() -> None:
@@ -75,7 +83,8 @@ def main() -> None:
     ap.add_argument("--random-steps", type=int, default=20_000)
     ap.add_argument("--max-steps", type=int, default=30_000)
     ap.add_argument("--seed", type=int, default=1000)
-    ap.add_argument("--appo-steps", type=int, default=4000, help="0 skips the sample-factory APPO measurement")
+    ap.add_argument("--appo-steps", type=int, default=8000, help="0 skips the sample-factory APPO measurement")
+    ap.add_argument("--workers", type=int, default=2, help="rollout workers of the parallel-mode measurement")
     args = ap.parse_args()
     setup_logging()
     env = make_env(max_steps=args.max_steps)
@@ -101,7 +110,8 @@ def main() -> None:
         prefixes.append(r.far_step)
         assert not done and int(obs["blstats"][12]) >= 4
     env.close()
-    appo, appo_wall = appo_steps_per_s(args.appo_steps) if args.appo_steps else (None, None)
+    appo_modes = appo_steps_per_s(args.appo_steps, args.workers) if args.appo_steps else {}
+    appo = appo_modes.get("serial, batched sampler", {}).get("env_steps_per_s")
 
     res = {
         "machine": platform.processor() or platform.machine(),
@@ -118,9 +128,9 @@ def main() -> None:
         "far_prefix_steps_max": int(np.max(prefixes)) if prefixes else None,
         "far_restore_per_state": [{"prefix_steps": int(n), "restore_s": float(c)} for n, c in zip(prefixes, costs)],
         "far_restore_steps_per_s": float(np.sum(prefixes) / np.sum(costs)) if costs else None,
-        "appo_env_steps_per_s": appo,
+        "appo_env_steps_per_s": appo,  # the default profile's mode
         "appo_vs_raw": appo / raw if appo else None,
-        "appo_wall_s": appo_wall,
+        "appo_modes": {k: {**v, "vs_raw": v["env_steps_per_s"] / raw} for k, v in appo_modes.items()},
         "command": vars(args),
     }
     rows = [
@@ -128,8 +138,8 @@ def main() -> None:
         ("scripted expert (bot + env)", f"{expert_sps:,.0f} steps/s", f"{expert_sps / raw:.3f}x"),
         ("replay of expert actions", f"{replay_sps:,.0f} steps/s", f"{replay_sps / raw:.3f}x"),
     ]
-    if appo:
-        rows.append(("APPO (sample-factory, serial, 2 envs)", f"{appo:,.0f} env steps/s", f"{appo / raw:.4f}x"))
+    for name, m in appo_modes.items():
+        rows.append((f"APPO ({name}, {m['workers']} worker(s) x 4 envs)", f"{m['env_steps_per_s']:,.0f} env steps/s", f"{m['env_steps_per_s'] / raw:.4f}x"))
     if costs:
         rows.append((f"FAR start restore ({len(costs)} states)", f"{np.mean(costs) * 1e3:,.1f} ms mean, {np.max(costs) * 1e3:,.1f} ms max",
                      f"{np.mean(prefixes):,.0f} steps mean"))

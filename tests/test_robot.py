@@ -474,3 +474,29 @@ def test_dvc_stages_declare_the_paths_the_code_writes(root):
     assert outs["robot_report"] == [str(paths.report)]
     plots = [next(iter(p)) for p in stages["robot_evaluate"]["plots"]]
     assert plots == [str(paths.evaluation / f) for f in ("close_success.json", "far_success.json", "completed.json")]
+
+
+def test_online_sac_pretraining_trains_on_far_stages_and_keeps_the_pretraining_transitions():
+    """pretrain.online_steps: SAC from the cloned π* on the FAR stages only; the replay keeps every
+    pre-training transition, EM's memory is drawn from pre-training + online transitions."""
+    p = robot.Params.model_validate({**SMOKE, "pretrain": {**SMOKE["pretrain"], "online_steps": 30}})
+    demos = robot.make_demos(p.env, p.demos)
+    gen = torch.Generator().manual_seed(0)
+    agent = sac.SACAgent(robot.agent_spec(p), 1, generator=gen)
+    agent.set_normalizer(torch.as_tensor(demos["obs"]), robot.BASE_OBS_DIM)
+    trans = {k: demos[k] for k in robot.TRANSITION_KEYS}
+    before = [q.detach().clone() for q in agent.actor_parameters()]
+    filled, info = robot.online_sac(agent, trans, p, gen)
+    n = len(trans["obs"])
+    assert info["steps"] == 30 and info["transitions"] == n + 30 == len(filled["obs"])
+    np.testing.assert_array_equal(filled["obs"][:n], trans["obs"])  # pre-training transitions kept, first
+    online_stages = filled["obs"][n:, -p.env.n_stages:].argmax(1)
+    assert set(online_stages.tolist()) <= set(p.env.far_stages) and online_stages[0] == p.env.far_stages[0]
+    assert [c["step"] for c in info["curve"]] == [0, 20, 30] and set(info["curve"][0]) == {"step", "push-wall"}
+    assert any(not torch.equal(a, b) for a, b in zip(before, agent.actor_parameters()))  # SAC updated the actor
+    # A replay too small for all of them keeps a random half-replay's worth.
+    small = p.model_copy(update={"finetune": p.finetune.model_copy(update={"replay_size": n})})
+    filled, info = robot.online_sac(agent, trans, small, gen)
+    assert info["transitions"] == n // 2 + 30
+    rows = {r.tobytes() for r in trans["obs"]}
+    assert all(r.tobytes() in rows for r in filled["obs"][: n // 2])

@@ -139,6 +139,12 @@ class PretrainParams(Strict):
     #: π* episodes per FAR stage with Gaussian noise on its actions, for the critic and EM's memory.
     explore_episodes: int = Field(20, ge=0)
     explore_noise: float = Field(0.3, ge=0, description="std of the Gaussian noise added to π*'s action in [-1, 1]")
+    #: Online SAC on the FAR stages only (episodes start at the first FAR stage and run through the
+    #: rest), from the cloned π* and its pre-trained critics, with every pre-training transition
+    #: kept in the replay, using ``finetune``'s SAC settings. The study's π* was SAC-trained; 0
+    #: keeps π* cloned (the default profile: on 2 cores 20k such steps first destroy the cloned π*
+    #: and then regain only part of it, benchmarks/results/robot_em_probe.json ``online_far``).
+    online_steps: int = Field(0, ge=0)
     lr: float = Field(1e-3, gt=0)
     batch_size: int = Field(256, gt=0)
     eval_episodes: int = Field(20, gt=0)
@@ -552,6 +558,48 @@ def fit_critic(agent, trans: dict[str, np.ndarray], cfg: FinetuneParams, pcfg: P
     return fit
 
 
+def online_sac(agent, trans: dict[str, np.ndarray], p: Params, gen: torch.Generator) -> tuple[dict[str, np.ndarray], dict]:
+    """``pretrain.online_steps`` of SAC on the FAR stages only, from the cloned π* (see
+    ``PretrainParams.online_steps``); the pre-training transitions (a random half-replay's worth
+    at most) stay in the replay for good (demonstrations kept in the buffer, as in SAC from
+    demonstrations / RLPD).
+
+    Returns every transition of the final replay (pre-training + online: EM's memory is sampled
+    from them, as the study's EM keeps the pre-training run's transitions) and the FAR success
+    curve of the run.
+    """
+    from retainrl.algos import sac
+    from retainrl.retention.methods import Finetune, RetentionContext
+    from retainrl.retention.replay import ProtectedReplay
+
+    cfg, device = p.finetune, next(agent.parameters()).device
+    n = min(trans["obs"].shape[0], cfg.replay_size // 2)  # at most half the replay: room for online data
+    if n < trans["obs"].shape[0]:
+        keep = torch.randperm(trans["obs"].shape[0], generator=gen)[:n].sort().values.numpy()
+        trans = {k: v[keep] for k, v in trans.items()}
+    scfg = sac.SACConfig(batch_size=cfg.batch_size, lr=cfg.lr, gamma=cfg.gamma, tau=cfg.tau, init_alpha=cfg.init_alpha,
+                         update_every=cfg.update_every, updates_per_step=cfg.updates_per_step, random_steps=0)
+    learner = sac.SACLearner(agent, scfg, Finetune(RetentionContext(), RetentionParams()), gen)
+    replay = ProtectedReplay(cfg.replay_size, sac.replay_specs(agent.spec, 1), device)
+    replay.protect(em_transitions(trans, 1), (n + 0.5) / cfg.replay_size)  # all n of them
+    seed = 50_000 + p.pretrain.seed
+    seq = RoboticSequence(p.env, seed)
+    seq.reset(stage=p.env.far_stages[0])  # every auto-reset starts there again
+    eval_seqs = [RoboticSequence(p.env, seed + 1)]
+    curve = []
+
+    def evaluate(step: int) -> None:
+        curve.append({"step": step, **{p.env.tasks[k]: float(rollout_stage_alone(agent, eval_seqs, k, cfg.eval_episodes).mean())
+                                       for k in p.env.far_stages}})
+        log.info("online SAC on FAR, step %d: %s", step, curve[-1])
+
+    sac.train(learner, sac.VecEnv([seq]), replay, p.pretrain.online_steps, eval_every=cfg.eval_every, on_eval=evaluate, desc="online SAC (FAR)")
+    for e in (seq, *eval_seqs):
+        e.close()
+    filled = {k: v[: len(replay), 0].cpu().numpy() for k, v in replay.data.items()}
+    return filled, {"steps": p.pretrain.online_steps, "transitions": len(replay), "curve": curve}
+
+
 def memory_size(p: Params) -> int:
     """EM's memory: the study keeps 10k transitions = 10% of a 100k replay."""
     return int(p.retention.em.share * p.finetune.replay_size)
@@ -567,7 +615,8 @@ def agent_spec(p: Params):
 
 
 def pretrain_agent(p: Params, demos: dict[str, np.ndarray], device) -> tuple:
-    """BC + DAgger for the actor, exploration, offline TD for the critics.
+    """BC + DAgger for the actor, exploration, offline TD for the critics, then (optional)
+    online SAC on the FAR stages.
 
     Returns (π*, per-stage success, EM's memory of pre-training transitions, the critic's fit).
     """
@@ -589,11 +638,16 @@ def pretrain_agent(p: Params, demos: dict[str, np.ndarray], device) -> tuple:
             roll = collect_pi_star_transitions(agent, p.env, episodes, 30_000 + 1000 * i + p.pretrain.seed, label=False, noise=noise)
             td = {k: np.concatenate([td[k], roll[k]]) for k in td}
     critic_fit = fit_critic(agent, td, p.finetune, p.pretrain, gen)
+    online = None
+    if p.pretrain.online_steps:
+        td, online = online_sac(agent, td, p, gen)
     idx = torch.randperm(td["obs"].shape[0], generator=gen)[: memory_size(p)].sort().values.numpy()
     memory = {k: v[idx] for k, v in td.items()}
     seqs = [RoboticSequence(p.env, 40_000 + p.pretrain.seed)]
     scores = evaluate_agent(agent, seqs, p.env, p.pretrain.eval_episodes)
     seqs[0].close()
+    if online is not None:
+        scores["online_sac"] = online
     return agent, scores, memory, critic_fit
 
 
@@ -602,8 +656,8 @@ def check_gate(p: Params, success: np.ndarray) -> None:
     if bad:
         raise RuntimeError(
             f"pretrain gate failed: π* must succeed on every FAR stage alone in ≥ {p.pretrain.gate:.0%} of "
-            f"{p.pretrain.eval_episodes} episodes, got {bad}; raise robot.demos.episodes, robot.pretrain.bc_steps "
-            f"or robot.pretrain.dagger_rounds"
+            f"{p.pretrain.eval_episodes} episodes, got {bad}; raise robot.demos.episodes, robot.pretrain.bc_steps, "
+            f"robot.pretrain.dagger_rounds or (online SAC) robot.pretrain.online_steps"
         )
 
 
@@ -674,6 +728,7 @@ def pretrain(p: Params, paths, device) -> None:
         "episodes": p.pretrain.eval_episodes,
         "memory": int(memory["obs"].shape[0]),
         "critic_fit": critic_fit,
+        **({"online_sac": scores["online_sac"]} if "online_sac" in scores else {}),
     }
     log.info("π*: per-stage success %s, stages completed from stage 0: %.2f", summary["success"], summary["completed"])
     check_gate(p, success[0])
