@@ -246,14 +246,14 @@ def test_bc_pretrain_writes_a_sample_factory_policy_and_far_buffer(tmp_path):
 
     # Parallel mode (the paper profile's): 2 rollout-worker processes + a learner process; the
     # retention learner runs in the spawned learner process and still applies the KS loss.
-    p2p = p2k.model_copy(update={"finetune": p2k.finetune.model_copy(update={"workers": 2})})
+    p2p = p2k.model_copy(update={"finetune": p2k.finetune.model_copy(update={"workers": 2, "env_steps": 512, "max_episode_steps": 40})})
     res = nhf.finetune(p2p, paths, method="ks")
     run = res["runs"][0]
-    assert run["status"] == 0 and run["workers"] == 2 and run["env_steps"] >= 256
+    assert run["status"] == 0 and run["workers"] == 2 and run["env_steps"] >= 512
     assert run["retention_calls"] > 0 and run["retention_loss_last"] > 0
     eps = json.loads((paths.finetune("ks") / "seed_0" / "train_episodes.json").read_text())
-    assert {e["env"] for e in eps} & {2, 3}  # episodes from the second worker's envs reached the log
-    assert sorted(f.name for f in (paths.finetune("ks") / "seed_0" / "snapshots").glob("*.pth")) == ["step_000000000.pth", "step_000000256.pth"]
+    assert {e["env"] for e in eps} & {2, 3}  # episodes from the second worker's envs (40 steps each) reached the log
+    assert sorted(f.name for f in (paths.finetune("ks") / "seed_0" / "snapshots").glob("*.pth")) == ["step_000000000.pth", "step_000000512.pth"]
 
     # evaluate (π* and the BC-retained policy's snapshots on CLOSE and FAR) → report.
     p3 = p2.model_copy(update={"finetune": p2.finetune.model_copy(update={"methods": ["bc"]}),
@@ -265,6 +265,21 @@ def test_bc_pretrain_writes_a_sample_factory_policy_and_far_buffer(tmp_path):
     assert bc_final["close_max_depth"]["min"] >= 1
     metrics = json.loads((paths.evaluation / "metrics.json").read_text())
     assert set(metrics) == {"pretrained", "bc"} and set(metrics["bc"]["close_score_gain"]) == {"mean", "std"}
+    assert metrics["pretrained"]["far_kl_pi_star"]["mean"] == 0.0 and metrics["bc"]["far_kl_pi_star"]["mean"] > 0.0
+    # KL(π*‖π) on the visited states: exactly 0 for π* against itself, positive once the policy moved.
+    import copy
+
+    moved = copy.deepcopy(pi_star)
+    with torch.no_grad():
+        moved.action_parameterization.distribution_linear.weight.add_(0.05 * torch.randn_like(moved.action_parameterization.distribution_linear.weight))
+    env = nhf.make_env(p.env.character, 10**6)
+    try:
+        seeds = nhf.game_seeds(5, 1)[0]
+        for policy, zero in ((pi_star, True), (snap0, True), (moved, False)):
+            r = nhf.run_policy(policy, cfg, env, nhf.reset_seeded(env, seeds), 15, False, torch.Generator().manual_seed(0), teacher=pi_star)
+            assert (r["kl_pi_star"] == 0.0) is zero and r["kl_pi_star"] >= 0.0
+    finally:
+        env.close()
     curve = json.loads((paths.evaluation / "close_score.json").read_text())
     assert [r["step"] for r in curve] == [0, 128, 256] and all("bc" in r for r in curve)
     nhf.report(p3, paths)

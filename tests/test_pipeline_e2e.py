@@ -75,14 +75,14 @@ def test_smoke_repro_makes_every_artifact(smoke_repo):
     assert set(nh_metrics) == {"pretrained", *nh["methods"]}
     report = (repo / "reports/nethack/report/report.md").read_text()
     assert all(f"| {m} |" in report for m in nh["methods"])
-    # paired comparisons: every method vs π*, every retention method vs finetune, CLOSE and FAR
+    # paired comparisons: score of every method vs π*, score and KL(π*‖π) of every retention method vs finetune, CLOSE and FAR
     cmps = json.loads((repo / "reports/nethack/eval/summary.json").read_text())["comparisons"]
     retention = [m for m in nh["methods"] if m not in ("finetune", "scratch")]
     assert {(c["part"], c["a"], c["b"]) for c in cmps} == {
         (part, a, b) for part in ("close", "far")
         for a, b in [(m, "pretrained") for m in nh["methods"]] + [(m, "finetune") for m in retention]}
     assert all(c["ci_low"] <= c["diff"] <= c["ci_high"] for c in cmps)
-    assert "Paired differences of the final score" in report and "too few episodes" in report  # smoke: 1 game
+    assert "Paired differences of the final policies" in report and "| FAR | KL |" in report and "too few episodes" in report  # smoke: 1 game
     # No temporary leftovers anywhere.
     assert not list(repo.glob("**/.*.tmp"))
 

@@ -57,14 +57,17 @@ def test_nethack_compares_each_policys_final_snapshot_on_the_same_games():
     rows = []
     for e, g in enumerate(GAMES[:10]):
         for part in ("close", "far"):
-            rows.append({"policy": "pretrained", "seed": None, "step": 0, "part": part, "episode": e, "score_gain": g})
+            rows.append({"policy": "pretrained", "seed": None, "step": 0, "part": part, "episode": e, "score_gain": g, "kl_pi_star": 0.0})
             for k in range(2):
-                rows.append({"policy": "finetune", "seed": k, "step": 100, "part": part, "episode": e, "score_gain": 0.0})  # earlier snapshot
-                rows.append({"policy": "finetune", "seed": k, "step": 200, "part": part, "episode": e, "score_gain": g - 10})
-                rows.append({"policy": "ks", "seed": k, "step": 200, "part": part, "episode": e, "score_gain": g + 10})
+                rows.append({"policy": "finetune", "seed": k, "step": 100, "part": part, "episode": e, "score_gain": 0.0, "kl_pi_star": 9.0})  # earlier snapshot
+                rows.append({"policy": "finetune", "seed": k, "step": 200, "part": part, "episode": e, "score_gain": g - 10, "kl_pi_star": 0.5 + 0.01 * e})
+                rows.append({"policy": "ks", "seed": k, "step": 200, "part": part, "episode": e, "score_gain": g + 10, "kl_pi_star": 0.1 + 0.01 * e})
     assert final_episodes(rows, "pretrained", "close").shape == (1, 10)
     np.testing.assert_allclose(final_episodes(rows, "finetune", "far"), np.stack([GAMES[:10] - 10] * 2))
-    got = {(c["part"], c["a"], c["b"]): c for c in compare_policies(rows, ["finetune", "ks"])}
-    assert set(got) == {(p, a, b) for p in ("close", "far") for a, b in (("finetune", "pretrained"), ("ks", "pretrained"), ("ks", "finetune"))}
-    assert got[("close", "ks", "finetune")]["diff"] == pytest.approx(20.0) and verdict(got[("close", "ks", "finetune")]) == "higher"
-    assert verdict(got[("far", "finetune", "pretrained")]) == "lower"
+    got = {(c["part"], c["metric"], c["a"], c["b"]): c for c in compare_policies(rows, ["finetune", "ks"])}
+    assert set(got) == {(p, "score_gain", a, b) for p in ("close", "far") for a, b in (("finetune", "pretrained"), ("ks", "pretrained"), ("ks", "finetune"))} | {
+        (p, "kl_pi_star", "ks", "finetune") for p in ("close", "far")}
+    assert got[("close", "score_gain", "ks", "finetune")]["diff"] == pytest.approx(20.0) and verdict(got[("close", "score_gain", "ks", "finetune")]) == "higher"
+    kl = got[("far", "kl_pi_star", "ks", "finetune")]  # KS stays closer to π*: a paired difference of −0.4 on every game
+    assert kl["diff"] == pytest.approx(-0.4) and verdict(kl) == "lower"
+    assert verdict(got[("far", "score_gain", "finetune", "pretrained")]) == "lower"

@@ -718,21 +718,33 @@ def finetune(p: Params, paths, device=None, method: str = "finetune") -> dict:
     return {"method": method, "runs": runs}
 
 
-def run_policy(ac, cfg, env, obs: dict, max_steps: int, greedy: bool, gen) -> dict:
-    """Play ``ac`` from ``obs`` (env already there) for up to ``max_steps``; score, depth, turns, xplvl reached."""
+def run_policy(ac, cfg, env, obs: dict, max_steps: int, greedy: bool, gen, teacher=None) -> dict:
+    """Play ``ac`` from ``obs`` (env already there) for up to ``max_steps``; score, depth, turns, xplvl reached.
+
+    ``teacher``: π* (an ActorCritic), stepped alongside on the same observations with its own
+    GRU state; ``kl_pi_star`` is then the mean over the episode's steps of KL(π*(·|s) ‖ π(·|s))
+    on the states this policy visits — how far the policy has moved from π* there (0 for π*).
+    """
     import torch
 
     from retainrl.envs import nethack_sf as sf
 
     pg = Progress.start(obs)
     start_score, start_depth = pg.score, pg.max_depth
-    steps, died = 0, False
+    steps, died, kl_sum = 0, False, 0.0
     rnn = torch.zeros(1, cfg.rnn_size)
+    t_rnn = None if teacher is None else torch.zeros_like(rnn)
     with torch.no_grad():
         for steps in range(1, max_steps + 1):
-            out = ac({k: torch.from_numpy(v)[None] for k, v in sf.sf_obs(obs).items()}, rnn)
+            x = {k: torch.from_numpy(v)[None] for k, v in sf.sf_obs(obs).items()}
+            out = ac(x, rnn)
             rnn = out["new_rnn_states"]
             logits = out["action_logits"][0]
+            if teacher is not None:
+                t_out = teacher(x, t_rnn)
+                t_rnn = t_out["new_rnn_states"]
+                logp_t, logp = torch.log_softmax(t_out["action_logits"][0], -1), torch.log_softmax(logits, -1)
+                kl_sum += float((logp_t.exp() * (logp_t - logp)).sum())
             a = int(logits.argmax()) if greedy else int(torch.multinomial(torch.softmax(logits, -1), 1, generator=gen))
             obs, _, term, trunc, _ = env.step(a)
             if term or trunc:
@@ -740,11 +752,12 @@ def run_policy(ac, cfg, env, obs: dict, max_steps: int, greedy: bool, gen) -> di
                 break
             pg.update(obs)
     return {"score": pg.score, "score_gain": pg.score - start_score, "start_depth": start_depth, "max_depth": pg.max_depth,
-            "levels": pg.max_depth - start_depth, "turns": pg.turns, "xplvl": pg.xplvl, "steps": steps, "died": died}
+            "levels": pg.max_depth - start_depth, "turns": pg.turns, "xplvl": pg.xplvl, "steps": steps, "died": died,
+            "kl_pi_star": kl_sum / max(steps, 1)}
 
 
 #: What the evaluation reports per part (CLOSE: from the game start; FAR: from a FAR start state).
-EVAL_KEYS = ("score_gain", "max_depth", "levels", "turns", "xplvl")
+EVAL_KEYS = ("score_gain", "max_depth", "levels", "turns", "xplvl", "kl_pi_star")
 
 
 def _policy_snapshots(p: Params, paths) -> dict[str, list[list[tuple[int, Path, Path]]]]:
@@ -772,7 +785,9 @@ def evaluate(p: Params, paths, device=None) -> dict:
     CLOSE = ``evaluate.episodes`` fresh seeded games from the start (score, max depth, turns,
     xplvl after at most ``evaluate.max_steps`` env steps); FAR = as many episodes from the
     replayed FAR start states (where the expert first reached Dlvl ``far.start_depth``): the
-    score gained on top of the state's score and the levels descended. Every policy plays the
+    score gained on top of the state's score and the levels descended; on both, the mean
+    KL(π* ‖ π) over the states the policy visits (π* stepped alongside: how far fine-tuning moved
+    the policy from π* on CLOSE, where it trains, and on FAR, where it does not). Every policy plays the
     same games with the same sampling seed. A method's step-0 snapshot *is* π* (same weights)
     and reuses π*'s episodes; ``scratch``'s step 0 is its random init and is played.
 
@@ -796,7 +811,10 @@ def evaluate(p: Params, paths, device=None) -> dict:
     env = make_env(p.env.character, 10**7)
     ev = p.evaluate
 
-    def play(ac, cfg) -> dict:
+    pi_star, _ = sf.load_sf_policy(paths.pretrained)
+    pi_star.eval()
+
+    def play(ac, cfg, teacher=pi_star) -> dict:
         ac.eval()
         gen = torch.Generator().manual_seed(ev.seed)
         res = {}
@@ -804,7 +822,7 @@ def evaluate(p: Params, paths, device=None) -> dict:
             eps = []
             for e in range(ev.episodes):
                 obs = reset_seeded(env, close_seeds[e]) if part == "close" else restore_far_state(env, demos, far, e % len(far["game"]))
-                eps.append(run_policy(ac, cfg, env, obs, ev.max_steps, ev.greedy, gen))
+                eps.append(run_policy(ac, cfg, env, obs, ev.max_steps, ev.greedy, gen, teacher))
             res[part] = eps
         return res
 
@@ -816,7 +834,7 @@ def evaluate(p: Params, paths, device=None) -> dict:
     try:
         with tqdm(total=jobs + 1, desc="NetHack evaluation", unit="policy") as bar:
             ac, cfg = sf.load_sf_policy(paths.pretrained)
-            pre = play(ac, cfg)
+            pre = play(ac, cfg, teacher=None)  # its KL to itself is 0
             bar.update()
             pre_means = means(pre)
             for part in ("close", "far"):
@@ -885,21 +903,23 @@ def final_episodes(rows: list[dict], policy: str, part: str, key: str = "score_g
 
 
 def compare_policies(rows: list[dict], methods: list[str]) -> list[dict]:
-    """Paired bootstrap differences (``retainrl.stats``) of the final score, CLOSE and FAR.
+    """Paired bootstrap differences (``retainrl.stats``) of the final policies, CLOSE and FAR.
 
-    Every method against π*, and every retention method against vanilla ``finetune``: the
-    study's two questions (does fine-tuning keep/improve on π*? does retention beat FT?).
+    Score: every method against π*, and every retention method against vanilla ``finetune``
+    (the study's two questions: does fine-tuning keep/improve on π*? does retention beat FT?).
+    KL(π* ‖ π) on the visited states: every retention method against ``finetune`` (does it move
+    the policy less from π*?).
     """
     from retainrl.stats import paired_difference
 
-    pairs = [(m, "pretrained") for m in methods]
-    if "finetune" in methods:
-        pairs += [(m, "finetune") for m in methods if m not in ("finetune", "scratch")]
+    retention = [m for m in methods if m not in ("finetune", "scratch")] if "finetune" in methods else []
+    plan = [("score_gain", m, "pretrained") for m in methods] + [("score_gain", m, "finetune") for m in retention]
+    plan += [("kl_pi_star", m, "finetune") for m in retention]
     out = []
     for part in ("close", "far"):
-        for a, b in pairs:
-            cmp = paired_difference(final_episodes(rows, a, part), final_episodes(rows, b, part))
-            out.append({"part": part, "a": a, "b": b, "metric": "score_gain", **cmp})
+        for key, a, b in plan:
+            cmp = paired_difference(final_episodes(rows, a, part, key), final_episodes(rows, b, part, key))
+            out.append({"part": part, "a": a, "b": b, "metric": key, **cmp})
     return out
 
 
@@ -939,8 +959,8 @@ def report(p: Params, paths) -> None:
         f"CLOSE = from the start of a game; FAR = from the state where the expert first reached Dlvl {depth}, "
         "scored as the score gained on top of that state's. Mean ± std over seeds of the final policy.",
         "",
-        "| policy | CLOSE score | CLOSE turns | CLOSE dlvl | CLOSE xplvl | FAR score gained | FAR levels descended |",
-        "|---|---|---|---|---|---|---|",
+        "| policy | CLOSE score | CLOSE turns | CLOSE dlvl | CLOSE xplvl | FAR score gained | FAR levels descended | CLOSE KL(π*‖π) | FAR KL(π*‖π) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
 
     def cell(st: dict, fmt: str = ".1f") -> str:
@@ -949,7 +969,8 @@ def report(p: Params, paths) -> None:
     rows = [("π* (pretrained)", summary["pretrained"])] + list(summary["methods"].items())
     for name, m in rows:
         lines.append(f"| {name} | {cell(m['close_score_gain'])} | {cell(m['close_turns'], '.0f')} | {cell(m['close_max_depth'], '.2f')} | "
-                     f"{cell(m['close_xplvl'], '.2f')} | {cell(m['far_score_gain'])} | {cell(m['far_levels'], '.2f')} |")
+                     f"{cell(m['close_xplvl'], '.2f')} | {cell(m['far_score_gain'])} | {cell(m['far_levels'], '.2f')} | "
+                     f"{cell(m['close_kl_pi_star'], '.3f')} | {cell(m['far_kl_pi_star'], '.3f')} |")
     lines += ["", "Per seed (final CLOSE score / FAR score gained):", ""]
     for name, m in summary["methods"].items():
         lines.append(f"- {name}: " + ", ".join(f"{a:.1f} / {b:.1f}" for a, b in zip(m["close_score_gain"]["per_seed"], m["far_score_gain"]["per_seed"])))
@@ -959,17 +980,19 @@ def report(p: Params, paths) -> None:
         c0 = summary["comparisons"][0]
         lines += [
             "",
-            f"Paired differences of the final score (every policy plays the same {c0['episodes']} games / FAR starts "
+            f"Paired differences of the final policies (every policy plays the same {c0['episodes']} games / FAR starts "
             f"with the same sampling seed; {100 * c0['level']:.0f}% bootstrap interval over games and training seeds; "
-            "`retainrl/stats.py`). CLOSE: score; FAR: score gained.",
+            "`retainrl/stats.py`). Score: CLOSE score, FAR score gained; KL: mean KL(π*‖π) on the states the policy visits "
+            "(lower = closer to π*).",
             "",
-            "| part | policy | vs | difference | interval | P(policy > vs) | verdict |",
-            "|---|---|---|---|---|---|---|",
+            "| part | metric | policy | vs | difference | interval | P(policy > vs) | verdict |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for c in summary["comparisons"]:
             vs = "π*" if c["b"] == "pretrained" else c["b"]
-            lines.append(f"| {c['part'].upper()} | {c['a']} | {vs} | {c['diff']:+.1f} | [{c['ci_low']:+.1f}, {c['ci_high']:+.1f}] | "
-                         f"{c['p_above']:.2f} | {verdict(c)} |")
+            fmt = "+.3f" if c["metric"] == "kl_pi_star" else "+.1f"
+            lines.append(f"| {c['part'].upper()} | {'KL' if c['metric'] == 'kl_pi_star' else 'score'} | {c['a']} | {vs} | "
+                         f"{c['diff']:{fmt}} | [{c['ci_low']:{fmt}}, {c['ci_high']:{fmt}}] | {c['p_above']:.2f} | {verdict(c)} |")
     with atomic_path(paths.report, directory=True) as tmp:
         for part, fname, title, ylabel in (
             ("close", "close_score.png", "CLOSE: score from the start of a game", "score"),
