@@ -15,6 +15,7 @@ gradient plus the method's:
 from __future__ import annotations
 
 import inspect
+import json
 
 import numpy as np
 import pytest
@@ -209,3 +210,23 @@ def test_snapshot_schedule_is_even_and_ends_at_the_budget():
     assert sf.snapshot_schedule(1000, 1) == [1000]
     assert sf.snapshot_schedule(1000, 4) == [250, 500, 750, 1000]
     assert np.all(np.diff(sf.snapshot_schedule(12_000, 3)) > 0)
+
+
+def test_run_appo_reports_a_runner_that_fails_to_start(monkeypatch, tmp_path):
+    """sample-factory's runner.init() failing (no learner, no snapshot) comes back as its status."""
+    import sample_factory.train as sft
+
+    class FailingRunner:
+        learners, env_steps = {}, {}
+
+        def init(self):
+            return 3
+
+        def run(self):  # pragma: no cover - must not be reached
+            raise AssertionError("run() after a failed init()")
+
+    monkeypatch.setattr(sft, "make_runner", lambda cfg: (cfg, FailingRunner()))
+    res = sf.run_appo(None, tmp_path / "run", sf.RetentionLoss("finetune", 0.0), env_steps=64, num_envs=2, rollout=8,
+                      batch_size=16, lr=1e-3, entropy=0.0)
+    assert res["status"] == 3 and res["retention_calls"] == 0 and res["env_steps"] == 0
+    assert json.loads((tmp_path / "run" / "train_episodes.json").read_text()) == []

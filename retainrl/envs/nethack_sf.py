@@ -574,7 +574,11 @@ def run_appo(pretrained: Path | None, exp_dir: Path, loss: RetentionLoss, *, env
     episodes = collect_episode_log(episode_log, workers * num_envs)
     shutil.rmtree(episode_log)
     (exp_dir / "train_episodes.json").write_text(json.dumps(episodes) + "\n")
-    last = torch.load(sorted((exp_dir / "snapshots").glob("step_*.pth"))[-1], map_location="cpu")
+    snaps = sorted((exp_dir / "snapshots").glob("step_*.pth"))
+    if not snaps:  # the learner never initialised: the caller reports the status
+        last = {"env_steps": 0, "retention_calls": 0, "retention_loss_last": 0.0}
+    else:
+        last = torch.load(snaps[-1], map_location="cpu")
     done = int(runner.env_steps.get(0, last["env_steps"]))
     return {"status": int(status), "retention_calls": int(last["retention_calls"]),
             "retention_loss_last": float(last["retention_loss_last"]), "env_steps": done, "wall_s": wall,
