@@ -39,7 +39,7 @@ p = load_params("params.yaml", only="nethack").section("nethack")
 pp = p.pretrain
 demos = nhf.load_demos("data/nethack/demos")
 cfg = sf.sf_config(__import__("pathlib").Path(sys.argv[4]), "bc")
-ac, m = sf.behavioural_cloning(demos, cfg, steps=steps, value_steps=0, batch=pp.batch, unroll_len=pp.unroll,
+ac, m = sf.behavioural_cloning(demos, cfg, steps=steps, batch=pp.batch, unroll_len=pp.unroll,
                                lr=pp.lr, seed=pp.seed, character=p.env.character, progress=False)
 h = hashlib.sha256(b"".join(t.detach().numpy().tobytes() for t in ac.state_dict().values())).hexdigest()
 json.dump({"loss": m["bc_loss"], "acc": m["bc_acc"], "weights_sha256": h}, open(out, "w"))

@@ -230,3 +230,56 @@ def test_run_appo_reports_a_runner_that_fails_to_start(monkeypatch, tmp_path):
                       batch_size=16, lr=1e-3, entropy=0.0)
     assert res["status"] == 3 and res["retention_calls"] == 0 and res["env_steps"] == 0
     assert json.loads((tmp_path / "run" / "train_episodes.json").read_text()) == []
+
+
+def test_critic_warmup_trains_only_the_value_head_on_pi_stars_games(tmp_path):
+    """The study's skip_train: APPO runs with π* playing, and only critic_linear (and the returns
+    normaliser's statistics) change; the actor that BC produced is byte-identical afterwards."""
+    import gymnasium as gym
+    from sample_factory.model.actor_critic import create_actor_critic
+
+    p = nhf.validate_params({"pretrain": {"critic": {"env_steps": 96, "check_episodes": 1, "lr": 1e-2}},
+                             "finetune": {"num_envs": 2, "rollout": 8, "batch_size": 16, "max_episode_steps": 40}})
+    exp = tmp_path / "pretrained"
+    cfg = sf.sf_config(tmp_path, "pretrained")
+    torch.manual_seed(0)
+    ac = create_actor_critic(cfg, sf.obs_space(), gym.spaces.Discrete(sf.N_ACTIONS))
+    sf.save_sf_checkpoint(ac, cfg, exp, cfg.learning_rate)
+    before = {k: v.clone() for k, v in ac.state_dict().items()}
+    res = nhf.critic_warmup(p, exp, cfg)
+    after, _ = sf.load_sf_policy(exp)
+    changed = {k for k, v in after.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all(k.startswith(("critic_linear", "returns_normalizer")) for k in changed), changed
+    assert any(k.startswith("critic_linear") for k in changed)
+    assert res["env_steps"] >= 96 and len(list((exp / "checkpoint_p0").glob("*.pth"))) == 1
+    for fit in (res["before"], res["after"]):
+        assert fit["steps"] > 0 and np.isfinite(fit["mse"]) and np.isfinite(fit["value_mean"])
+
+
+def test_critic_fit_is_zero_error_for_a_critic_that_knows_the_returns(monkeypatch):
+    """critic_fit's target is the clipped, discounted return-to-go of the policy's own episode."""
+    cfg = type("Cfg", (), {"rnn_size": 4, "gamma": 0.5, "reward_scale": 1.0, "reward_clip": 10.0})()
+    rewards = [0.0, 3.0, 25.0, 1.0]  # 25 is clipped to 10
+    returns = [0.0 + 0.5 * (3 + 0.5 * (10 + 0.5 * 1)), 3 + 0.5 * (10 + 0.5 * 1), 10 + 0.5 * 1, 1.0]
+
+    class Env:
+        t = 0
+
+        def step(self, a):
+            self.t += 1
+            return {}, rewards[self.t - 1], self.t == len(rewards), False, {}
+
+    class Oracle(torch.nn.Module):
+        returns_normalizer = None
+        t = 0
+
+        def forward(self, x, rnn):
+            self.t += 1
+            return {"new_rnn_states": rnn, "values": torch.tensor([returns[self.t - 1]]), "action_logits": torch.zeros(1, 3)}
+
+    env = Env()
+    monkeypatch.setattr(nhf, "reset_seeded", lambda e, s: {})
+    monkeypatch.setattr(sf, "sf_obs", lambda obs: {})
+    fit = nhf.critic_fit(Oracle(), cfg, env, [None], max_steps=10)
+    assert fit["steps"] == 4 and fit["mse"] == pytest.approx(0.0, abs=1e-9)
+    assert fit["explained_variance"] == pytest.approx(1.0) and fit["return_mean"] == pytest.approx(np.mean(returns))

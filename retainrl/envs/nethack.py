@@ -118,15 +118,30 @@ class FarParams(Strict):
         return value
 
 
+class CriticWarmupParams(Strict):
+    """π*'s critic fitted on π*'s own games: APPO with every parameter but ``critic_linear`` frozen.
+
+    The study's ``skip_train``: before the policy may move, the value head learns what π* earns
+    (APPO's advantages are only as good as it). The run uses fine-tuning's env settings
+    (``finetune.num_envs``, ``rollout``, ``batch_size``, ``max_episode_steps``, ``workers``,
+    ``batched_sampling``), so the critic fits the returns the fine-tuning runs will see.
+    """
+
+    env_steps: int = Field(50_000, ge=0, description="0: no warm-up (the critic stays at its random init)")
+    lr: float = Field(1e-3, gt=0)
+    check_episodes: int = Field(4, ge=0, description="π* games on which the critic's fit is measured before and after")
+    seed: int = Field(1, ge=0, description="master seed of those games and of the warm-up run")
+
+
 class PretrainParams(Strict):
     """BC of π* (sample-factory's recurrent ActorCritic), then its critic with the rest frozen."""
 
     steps: int = Field(2000, gt=0, description="BC updates (each on batch × unroll expert steps)")
-    value_steps: int = Field(500, ge=0, description="critic-only updates after BC")
     batch: int = Field(8, gt=0, description="games replayed side by side")
     unroll: int = Field(32, gt=0, description="truncated-BPTT length")
     lr: float = Field(1e-3, gt=0)
     seed: int = 0
+    critic: CriticWarmupParams = CriticWarmupParams()
 
 
 class FarBufferParams(Strict):
@@ -533,10 +548,11 @@ def collect_demos(p: Params, paths, device=None) -> dict:
 
 
 def pretrain(p: Params, paths, device=None) -> dict:
-    """Stage: BC of π* on the demos; writes ``paths.pretrained`` as a sample-factory experiment dir.
+    """Stage: BC of π* on the demos, then its critic on π*'s own games; writes ``paths.pretrained``.
 
-    The directory holds ``checkpoint_p0/checkpoint_000000000_0.pth`` and ``config.json`` (so the
-    APPO learner loads π* as its starting point), plus ``metrics.json`` (BC loss/accuracy curves).
+    The directory is a sample-factory experiment dir: ``checkpoint_p0/checkpoint_000000000_0.pth``
+    and ``config.json`` (the APPO learner loads π* from it), plus ``metrics.json`` (BC loss and
+    accuracy curves; the critic's fit to π*'s returns before and after the warm-up).
     """
     from retainrl.artifacts import atomic_path
     from retainrl.envs import nethack_sf as sf
@@ -544,16 +560,109 @@ def pretrain(p: Params, paths, device=None) -> dict:
     demos = load_demos(paths.demos)
     cfg = sf.sf_config(Path(paths.pretrained).parent, Path(paths.pretrained).name)
     pp = p.pretrain
-    ac, metrics = sf.behavioural_cloning(
-        demos, cfg, steps=pp.steps, value_steps=pp.value_steps, batch=pp.batch, unroll_len=pp.unroll,
-        lr=pp.lr, seed=pp.seed, character=p.env.character,
-    )
-    summary = {k: float(np.mean(v[-20:])) if v else None for k, v in metrics.items()}
+    ac, metrics = sf.behavioural_cloning(demos, cfg, steps=pp.steps, batch=pp.batch, unroll_len=pp.unroll,
+                                         lr=pp.lr, seed=pp.seed, character=p.env.character)
+    summary = {k: float(np.mean(v[-20:])) for k, v in metrics.items() if v}
     log.info("BC done: %s", summary)
     with atomic_path(paths.pretrained, directory=True) as tmp:
         sf.save_sf_checkpoint(ac, cfg, tmp, cfg.learning_rate)
+        critic = critic_warmup(p, tmp, cfg, device) if pp.critic.env_steps else {}
+        summary["critic"] = critic
         (tmp / "metrics.json").write_text(json.dumps({"final": summary, "curves": metrics}) + "\n")
     return summary
+
+
+def critic_fit(ac, cfg, env, seeds, max_steps: int, seed: int = 0) -> dict:
+    """How well ``ac``'s critic predicts its own policy's return on fresh games.
+
+    π plays each seeded game (sampled actions) for up to ``max_steps`` env steps (the training
+    episode cap: sample-factory treats the cut as an end, ``value_bootstrap`` off); the target is
+    the discounted return-to-go of the rewards as the learner sees them (× ``reward_scale``,
+    clipped at ``reward_clip``, discount ``gamma``). Returns the mean value and target, the MSE
+    and the explained variance 1 − Var(target − V) / Var(target) over all steps.
+    """
+    import torch
+
+    from retainrl.envs import nethack_sf as sf
+
+    gen = torch.Generator().manual_seed(seed)
+    values, targets = [], []
+    ac.eval()
+    with torch.no_grad():
+        for s in seeds:
+            obs = reset_seeded(env, s)
+            rnn = torch.zeros(1, cfg.rnn_size)
+            vs, rs = [], []
+            for _ in range(max_steps):
+                out = ac({k: torch.from_numpy(v)[None] for k, v in sf.sf_obs(obs).items()}, rnn)
+                rnn = out["new_rnn_states"]
+                v = out["values"].reshape(1, 1).clone()
+                if ac.returns_normalizer is not None:
+                    ac.returns_normalizer(v, denormalize=True)
+                vs.append(float(v))
+                a = int(torch.multinomial(torch.softmax(out["action_logits"][0], -1), 1, generator=gen))
+                obs, r, term, trunc, _ = env.step(a)
+                rs.append(float(np.clip(r * cfg.reward_scale, -cfg.reward_clip, cfg.reward_clip)))
+                if term or trunc:
+                    break
+            acc, ret = 0.0, np.zeros(len(rs))
+            for t in range(len(rs) - 1, -1, -1):
+                acc = rs[t] + cfg.gamma * acc
+                ret[t] = acc
+            values += vs
+            targets += list(ret)
+    v, g = np.asarray(values), np.asarray(targets)
+    var = float(np.var(g))
+    return {"value_mean": float(v.mean()), "return_mean": float(g.mean()), "mse": float(np.mean((v - g) ** 2)),
+            "explained_variance": float(1.0 - np.var(g - v) / var) if var > 0 else float("nan"), "steps": int(len(g))}
+
+
+def critic_warmup(p: Params, exp_dir: Path, cfg, device=None) -> dict:
+    """Fit π*'s critic on π*'s own games (APPO, everything but ``critic_linear`` frozen); in place.
+
+    ``exp_dir`` holds π*'s checkpoint; it is overwritten with the warmed-up weights (the actor,
+    byte-identical, is checked). Returns the critic's fit (``critic_fit``) before and after, and
+    the run's env steps and speed.
+    """
+    import tempfile
+
+    import torch
+
+    from retainrl.envs import nethack_sf as sf
+
+    cw, ft = p.pretrain.critic, p.finetune
+    check = game_seeds(cw.seed, cw.check_episodes)
+    env = make_env(p.env.character, 10**7)
+
+    def fit(ac) -> dict:
+        return critic_fit(ac, cfg, env, check, ft.max_episode_steps, cw.seed) if cw.check_episodes else {}
+
+    ac, _ = sf.load_sf_policy(exp_dir)
+    before = fit(ac)
+    log.info("critic warm-up: %d env steps of APPO with only the critic trained", cw.env_steps)
+    with tempfile.TemporaryDirectory(prefix="nethack-critic-") as d:
+        res = sf.run_appo(Path(exp_dir).resolve(), Path(d) / "critic", sf.RetentionLoss("finetune", 0.0),
+                          env_steps=cw.env_steps, num_envs=ft.num_envs, rollout=ft.rollout, batch_size=ft.batch_size,
+                          lr=cw.lr, entropy=0.0, freeze_encoder=False, seed=cw.seed,
+                          device="gpu" if device is not None and str(device).startswith("cuda") else "cpu",
+                          max_episode_steps=ft.max_episode_steps, snapshots=1, workers=ft.workers,
+                          batched_sampling=ft.batched_sampling, train_only=("critic_linear",))
+        snaps = sorted((Path(d) / "critic" / "snapshots").glob("step_*.pth"))
+        if res["status"] != 0 or len(snaps) < 2:
+            raise RuntimeError(f"critic warm-up: sample-factory exited with status {res['status']} after {res['env_steps']} env steps")
+        state = torch.load(snaps[-1], map_location="cpu")["model"]
+    moved = [k for k, v in ac.state_dict().items()
+             if not k.startswith(("critic_linear", "returns_normalizer")) and not torch.equal(v, state[k])]
+    if moved:
+        raise RuntimeError(f"critic warm-up changed π*'s actor ({', '.join(moved[:3])}, …): only critic_linear may train")
+    ac.load_state_dict(state)
+    sf.save_sf_checkpoint(ac, cfg, exp_dir, cfg.learning_rate)
+    after = fit(ac)
+    env.close()
+    log.info("critic fit to π*'s returns: MSE %.1f → %.1f, explained variance %.2f → %.2f",
+             before.get("mse", float("nan")), after.get("mse", float("nan")),
+             before.get("explained_variance", float("nan")), after.get("explained_variance", float("nan")))
+    return {"before": before, "after": after, "env_steps": res["env_steps"], "env_steps_per_s": res["env_steps_per_s"]}
 
 
 def far_buffer(p: Params, paths, device=None) -> dict:
@@ -811,7 +920,7 @@ def evaluate(p: Params, paths, device=None) -> dict:
     env = make_env(p.env.character, 10**7)
     ev = p.evaluate
 
-    pi_star, _ = sf.load_sf_policy(paths.pretrained)
+    pi_star, pi_cfg = sf.load_sf_policy(paths.pretrained)
     pi_star.eval()
 
     def play(ac, cfg, teacher=pi_star) -> dict:
@@ -833,8 +942,7 @@ def evaluate(p: Params, paths, device=None) -> dict:
     jobs = sum(len(s) for seeds in snapshots.values() for s in seeds)
     try:
         with tqdm(total=jobs + 1, desc="NetHack evaluation", unit="policy") as bar:
-            ac, cfg = sf.load_sf_policy(paths.pretrained)
-            pre = play(ac, cfg, teacher=None)  # its KL to itself is 0
+            pre = play(pi_star, pi_cfg, teacher=None)  # its KL to itself is 0
             bar.update()
             pre_means = means(pre)
             for part in ("close", "far"):

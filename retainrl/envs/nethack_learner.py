@@ -14,6 +14,8 @@ What the subclass adds:
 * the retention loss (``RetentionLoss``) is added to APPO's policy loss in ``_calculate_losses``,
   so it goes through the learner's own backward, gradient clipping and optimizer step;
 * the encoder is frozen after the learner loads π* (the study froze encoders while fine-tuning);
+  or, with ``train_only``, everything but the parameters under those name prefixes (the critic
+  warm-up of ``pretrain``: APPO on π*'s own games with only ``critic_linear`` trained);
 * the model is saved to ``snapshot_dir/step_<n>.pth`` at the initial weights (n = 0) and when
   the learner's env-step count first reaches each of ``snapshot_steps``; every snapshot also
   records how often the retention loss was applied and its last value (the learner may live in
@@ -33,6 +35,7 @@ class RetentionLearner(Learner):
 
     retention = None  # RetentionLoss
     freeze_encoder: bool = False
+    train_only: tuple[str, ...] = ()
     snapshot_dir: Path | None = None
     pending: list[int] = []
 
@@ -49,6 +52,10 @@ class RetentionLearner(Learner):
         if self.freeze_encoder:
             for prm in self.actor_critic.encoder.parameters():
                 prm.requires_grad_(False)
+        if self.train_only:
+            for name, prm in self.actor_critic.named_parameters():
+                if not name.startswith(self.train_only):
+                    prm.requires_grad_(False)
         self.snapshot(0)
         return out
 
@@ -67,8 +74,11 @@ class RetentionLearner(Learner):
 
 
 def attach(learner: Learner, loss, freeze_encoder: bool = True, snapshot_dir: Path | None = None,
-           snapshot_steps: list[int] | tuple = ()) -> RetentionLearner:
-    """Make ``learner`` (a plain sample-factory ``Learner``, not yet initialised) a ``RetentionLearner``."""
+           snapshot_steps: list[int] | tuple = (), train_only: tuple[str, ...] = ()) -> RetentionLearner:
+    """Make ``learner`` (a plain sample-factory ``Learner``, not yet initialised) a ``RetentionLearner``.
+
+    ``train_only``: parameter-name prefixes; when given, every other parameter is frozen.
+    """
     if type(learner) is not Learner:
         raise TypeError(f"attach: expected sample-factory's Learner, got {type(learner).__name__}")
     learner.__class__ = RetentionLearner
@@ -76,4 +86,5 @@ def attach(learner: Learner, loss, freeze_encoder: bool = True, snapshot_dir: Pa
     learner.freeze_encoder = bool(freeze_encoder)
     learner.snapshot_dir = None if snapshot_dir is None else Path(snapshot_dir)
     learner.pending = sorted(int(s) for s in snapshot_steps)
+    learner.train_only = tuple(train_only)
     return learner

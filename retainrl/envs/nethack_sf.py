@@ -269,49 +269,33 @@ def sf_config(train_dir: Path, experiment: str, extra: list[str] | None = None):
 
 
 class ReplayStream:
-    """``batch`` games replayed side by side; ``chunk(T)`` gives T steps of (obs, action, first, return).
+    """``batch`` games replayed side by side; ``chunk(T)`` gives T steps of (obs, action, first).
 
     Games are taken in a fixed order (cycling), so BC is reproducible. ``first`` marks the first
-    step of a game (the GRU state is reset there). ``return`` is the discounted score-to-go,
-    computed by one extra replay of the game when it is started (cheap next to training).
+    step of a game (the GRU state is reset there).
     """
 
-    def __init__(self, demos: dict, batch: int, gamma: float, character: str = "mon-hum-neu-mal", games=None):
+    def __init__(self, demos: dict, batch: int, character: str = "mon-hum-neu-mal", games=None):
         from retainrl.envs.nethack import make_env
 
         self.demos = demos
         self.games = np.arange(len(demos["seeds"])) if games is None else np.asarray(games)
-        self.gamma = gamma
         self.envs = [make_env(character, 10**7) for _ in range(batch)]
         self.next_game = 0
         self.slots = [self._start(i) for i in range(batch)]
 
     def _start(self, slot: int) -> dict:
-        from retainrl.envs.nethack import game_actions, iter_replay, reset_seeded
+        from retainrl.envs.nethack import game_actions, iter_replay
 
         g = int(self.games[self.next_game % len(self.games)])
         self.next_game += 1
-        actions = game_actions(self.demos, g)
-        env = self.envs[slot]
-        rewards = np.zeros(len(actions), np.float64)
-        # one pass for the rewards (score deltas), then the stream itself
-        reset_seeded(env, self.demos["seeds"][g])
-        for t, a in enumerate(actions):
-            _, r, _, _, _ = env.step(int(a))
-            rewards[t] = r
-        ret = np.zeros_like(rewards)
-        acc = 0.0
-        for t in range(len(rewards) - 1, -1, -1):
-            acc = rewards[t] + self.gamma * acc
-            ret[t] = acc
-        return {"it": iter_replay(env, self.demos["seeds"][g], actions), "t": 0, "ret": ret.astype(np.float32)}
+        return {"it": iter_replay(self.envs[slot], self.demos["seeds"][g], game_actions(self.demos, g)), "t": 0}
 
     def chunk(self, T: int):
         B = len(self.slots)
         out = {k: np.zeros((T, B) + s.shape, s.dtype) for k, s in obs_space().spaces.items()}
         actions = np.zeros((T, B), np.int64)
         first = np.zeros((T, B), np.float32)
-        rets = np.zeros((T, B), np.float32)
         for b in range(B):
             for t in range(T):
                 slot = self.slots[b]
@@ -324,9 +308,8 @@ class ReplayStream:
                 for k, v in sf_obs(obs).items():
                     out[k][t, b] = v
                 actions[t, b] = a
-                rets[t, b] = slot["ret"][slot["t"]]
                 slot["t"] += 1
-        return {k: torch.from_numpy(v) for k, v in out.items()}, torch.from_numpy(actions), torch.from_numpy(first), torch.from_numpy(rets)
+        return {k: torch.from_numpy(v) for k, v in out.items()}, torch.from_numpy(actions), torch.from_numpy(first)
 
     def close(self):
         for e in self.envs:
@@ -347,12 +330,14 @@ def unroll(ac, obs: dict, first: torch.Tensor, rnn: torch.Tensor):
     return torch.stack(logits), torch.stack(values), rnn
 
 
-def behavioural_cloning(demos: dict, cfg, *, steps: int, value_steps: int, batch: int, unroll_len: int, lr: float,
+def behavioural_cloning(demos: dict, cfg, *, steps: int, batch: int, unroll_len: int, lr: float,
                         seed: int = 0, character: str = "mon-hum-neu-mal", progress: bool = True):
-    """BC of sample-factory's ActorCritic on the expert's actions, then its critic on score-to-go.
+    """BC of sample-factory's ActorCritic on the expert's actions; returns (actor_critic, metrics).
 
-    Returns (actor_critic, metrics). The critic stage trains only ``critic_linear`` (the
-    encoder, core and action head stay frozen), regressing normalised discounted returns.
+    The critic is left untrained here: regressing it on the *expert's* score-to-go (an earlier
+    version did) fits returns π* never gets (critic ≈ 500 where π*'s clipped return-to-go is
+    ≈ 15), and that error then drives APPO's first updates. ``critic_warmup`` fits it on π*'s own
+    games instead.
     """
     from nle import nethack as nh
     from sample_factory.model.actor_critic import create_actor_critic
@@ -363,13 +348,13 @@ def behavioural_cloning(demos: dict, cfg, *, steps: int, value_steps: int, batch
 
     ac = create_actor_critic(cfg, obs_space(), gym.spaces.Discrete(len(nh.ACTIONS)))
     ac.train()
-    stream = ReplayStream(demos, batch, cfg.gamma, character)
+    stream = ReplayStream(demos, batch, character)
     rnn = torch.zeros(batch, cfg.rnn_size)
     opt = torch.optim.Adam(ac.parameters(), lr=lr)
-    metrics = {"bc_loss": [], "bc_acc": [], "value_loss": []}
+    metrics = {"bc_loss": [], "bc_acc": []}
     try:
         for _ in tqdm(range(steps), desc="BC (actor)", disable=not progress):
-            obs, actions, first, _ = stream.chunk(unroll_len)
+            obs, actions, first = stream.chunk(unroll_len)
             logits, _, rnn = unroll(ac, obs, first, rnn)
             loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), actions.reshape(-1))
             opt.zero_grad()
@@ -379,26 +364,8 @@ def behavioural_cloning(demos: dict, cfg, *, steps: int, value_steps: int, batch
             rnn = rnn.detach()
             metrics["bc_loss"].append(float(loss.detach()))
             metrics["bc_acc"].append(float((logits.detach().argmax(-1) == actions).float().mean()))
-        for name, prm in ac.named_parameters():
-            prm.requires_grad_(name.startswith("critic_linear"))
-        vopt = torch.optim.Adam(ac.critic_linear.parameters(), lr=lr)
-        for _ in tqdm(range(value_steps), desc="BC (critic)", disable=not progress):
-            obs, _, first, rets = stream.chunk(unroll_len)
-            with torch.no_grad():
-                target = rets.reshape(-1, 1).clone()
-                if ac.returns_normalizer is not None:
-                    ac.returns_normalizer(target)  # updates the running stats and normalises in place
-            _, values, rnn = unroll(ac, obs, first, rnn)
-            vloss = nn.functional.mse_loss(values.reshape(-1), target.reshape(-1))
-            vopt.zero_grad()
-            vloss.backward()
-            vopt.step()
-            rnn = rnn.detach()
-            metrics["value_loss"].append(float(vloss.detach()))
     finally:
         stream.close()
-        for prm in ac.parameters():
-            prm.requires_grad_(True)
     return ac, metrics
 
 
@@ -516,7 +483,7 @@ def load_snapshot(exp_dir: Path, path: Path):
 def run_appo(pretrained: Path | None, exp_dir: Path, loss: RetentionLoss, *, env_steps: int, num_envs: int, rollout: int,
              batch_size: int, lr: float, entropy: float, freeze_encoder: bool = True, seed: int = 0,
              device: str = "cpu", max_episode_steps: int = 30_000, snapshots: int = 1, workers: int = 1,
-             batched_sampling: bool = True) -> dict:
+             batched_sampling: bool = True, train_only: tuple[str, ...] = ()) -> dict:
     """Fine-tune π* with APPO (sample-factory) plus ``loss``; writes into ``exp_dir``.
 
     ``workers`` 1 runs sample-factory's serial mode (synchronous APPO, everything in this process:
@@ -525,7 +492,8 @@ def run_appo(pretrained: Path | None, exp_dir: Path, loss: RetentionLoss, *, env
     for a GPU machine). ``batched_sampling`` uses sample-factory's batched sampler (one tensor
     batch per worker instead of per-env bookkeeping). ``pretrained`` None trains from scratch
     (random init, nothing frozen). For ``ks`` the envs step π* alongside the game
-    (``--nethack_teacher``).
+    (``--nethack_teacher``). ``train_only`` (parameter-name prefixes) freezes everything else:
+    ``("critic_linear",)`` is the critic warm-up (the policy plays and stays π*).
 
     Besides sample-factory's checkpoints, ``exp_dir`` gets ``snapshots/step_<n>.pth`` (see
     ``nethack_learner``) and ``train_episodes.json``: every training episode that ended, from the
@@ -565,7 +533,8 @@ def run_appo(pretrained: Path | None, exp_dir: Path, loss: RetentionLoss, *, env
     status = runner.init()
     if status == ExperimentStatus.SUCCESS:
         for worker in runner.learners.values():
-            attach(worker.learner, loss, freeze_encoder, exp_dir / "snapshots", snapshot_schedule(env_steps, snapshots))
+            attach(worker.learner, loss, freeze_encoder, exp_dir / "snapshots", snapshot_schedule(env_steps, snapshots),
+                   train_only)
         status = runner.run()
     wall = time.perf_counter() - t0
     ckpts = sorted((exp_dir / "checkpoint_p0").glob("checkpoint_*.pth"))
