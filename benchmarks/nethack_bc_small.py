@@ -11,7 +11,7 @@ from retainrl.log import setup_logging
 def main():
     setup_logging("WARNING")
     root = Path(tempfile.mkdtemp(prefix="nh_small_"))
-    p = nhf.validate_params({"demos": {"games": 20, "seed": 0}, "pretrain": {"steps": 300, "critic": {"env_steps": 0}},
+    p = nhf.validate_params({"demos": {"games": 20, "seed": 0}, "pretrain": {"steps": 300, "critic": {"env_steps": 0, "fit_episodes": 0}},
                              "finetune": {"methods": []}, "evaluate": {"episodes": 5, "max_steps": 1000}})
     paths = Paths("nethack", root=root)
     t = {}

@@ -172,7 +172,7 @@ def test_bc_pretrain_writes_a_sample_factory_policy_and_far_buffer(tmp_path):
 
     p = nhf.validate_params({
         "env": {"max_steps": 600}, "demos": {"games": 2}, "far": {"boundary": 2, "start_depth": 2},
-        "pretrain": {"steps": 2, "batch": 2, "unroll": 8, "critic": {"env_steps": 0}},
+        "pretrain": {"steps": 2, "batch": 2, "unroll": 8, "critic": {"env_steps": 0, "fit_episodes": 0}},
         "far_buffer": {"size": 12, "every": 3},
     })
     paths = Paths("nethack", root=tmp_path)

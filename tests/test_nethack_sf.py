@@ -238,7 +238,7 @@ def test_critic_warmup_trains_only_the_value_head_on_pi_stars_games(tmp_path):
     import gymnasium as gym
     from sample_factory.model.actor_critic import create_actor_critic
 
-    p = nhf.validate_params({"pretrain": {"critic": {"env_steps": 96, "check_episodes": 1, "lr": 1e-2}},
+    p = nhf.validate_params({"pretrain": {"critic": {"fit_episodes": 1, "env_steps": 96, "check_episodes": 1, "lr": 1e-2}},
                              "finetune": {"num_envs": 2, "rollout": 8, "batch_size": 16, "max_episode_steps": 40}})
     exp = tmp_path / "pretrained"
     cfg = sf.sf_config(tmp_path, "pretrained")
@@ -252,7 +252,7 @@ def test_critic_warmup_trains_only_the_value_head_on_pi_stars_games(tmp_path):
     assert changed and all(k.startswith(("critic_linear", "returns_normalizer")) for k in changed), changed
     assert any(k.startswith("critic_linear") for k in changed)
     assert res["env_steps"] >= 96 and len(list((exp / "checkpoint_p0").glob("*.pth"))) == 1
-    for fit in (res["before"], res["after"]):
+    for fit in (res["before"], res["after_mc"], res["after"]):
         assert fit["steps"] > 0 and np.isfinite(fit["mse"]) and np.isfinite(fit["value_mean"])
 
 
@@ -271,11 +271,15 @@ def test_critic_fit_is_zero_error_for_a_critic_that_knows_the_returns(monkeypatc
 
     class Oracle(torch.nn.Module):
         returns_normalizer = None
-        t = 0
+
+        def __init__(self):
+            super().__init__()
+            self.critic_linear, self.t = torch.nn.Identity(), 0
 
         def forward(self, x, rnn):
             self.t += 1
-            return {"new_rnn_states": rnn, "values": torch.tensor([returns[self.t - 1]]), "action_logits": torch.zeros(1, 3)}
+            values = self.critic_linear(torch.tensor([[returns[self.t - 1]]]))
+            return {"new_rnn_states": rnn, "values": values, "action_logits": torch.zeros(1, 3)}
 
     env = Env()
     monkeypatch.setattr(nhf, "reset_seeded", lambda e, s: {})
@@ -283,3 +287,23 @@ def test_critic_fit_is_zero_error_for_a_critic_that_knows_the_returns(monkeypatc
     fit = nhf.critic_fit(Oracle(), cfg, env, [None], max_steps=10)
     assert fit["steps"] == 4 and fit["mse"] == pytest.approx(0.0, abs=1e-9)
     assert fit["explained_variance"] == pytest.approx(1.0) and fit["return_mean"] == pytest.approx(np.mean(returns))
+
+
+def test_fit_critic_mc_recovers_a_linear_value_and_sets_the_normaliser(tmp_path):
+    """The Monte-Carlo fit: normaliser = the targets' moments; the head, read back through the
+    normaliser, reproduces targets that are linear in its input features."""
+    import gymnasium as gym
+    from sample_factory.model.actor_critic import create_actor_critic
+
+    ac = create_actor_critic(sf.sf_config(tmp_path, "mc"), sf.obs_space(), gym.spaces.Discrete(sf.N_ACTIONS))
+    gen = np.random.default_rng(0)
+    d = ac.critic_linear.in_features
+    x = gen.normal(size=(4000, d)).astype(np.float32)
+    target = 15.0 + 3.0 * x[:, 0] - 2.0 * x[:, 5]
+    nhf.fit_critic_mc(ac, x, target, ridge=1e-6)
+    assert float(ac.returns_normalizer.running_mean) == pytest.approx(target.mean())
+    assert float(ac.returns_normalizer.running_var) == pytest.approx(target.var(), rel=1e-6)
+    with torch.no_grad():
+        v = ac.critic_linear(torch.from_numpy(x)).reshape(-1, 1).clone()
+        ac.returns_normalizer(v, denormalize=True)
+    np.testing.assert_allclose(v.numpy().ravel(), target, atol=1e-2)
