@@ -14,6 +14,7 @@ torch.set_num_threads(1)  # the CI box is shared; thread oversubscription makes 
 from conftest import dvc_outs  # noqa: E402
 from retainrl.config import ConfigError  # noqa: E402
 from retainrl.envs import nethack as nhf  # noqa: E402
+from retainrl.envs import nethack_eval  # noqa: E402
 from retainrl.paths import Paths  # noqa: E402
 
 SEEDS = nhf.game_seeds(0, 2)
@@ -260,6 +261,12 @@ def test_bc_pretrain_writes_a_sample_factory_policy_and_far_buffer(tmp_path):
                                "evaluate": p2.evaluate.model_copy(update={"episodes": 2, "max_steps": 20})})
     summary = nhf.evaluate(p3, paths)
     assert set(summary["methods"]) == {"bc"} and summary["methods"]["bc"]["final_step"] == 256
+    # π* is played once per sampling seed, one per training seed, so both sides of a comparison
+    # rest on as many episodes; seed k of a method pairs with π*'s seed k.
+    assert len(summary["pretrained"]["close_score_gain"]["per_seed"]) == 2
+    episodes = json.loads((paths.evaluation / "episodes.json").read_text())
+    assert {r["seed"] for r in episodes if r["policy"] == "pretrained"} == {0, 1}
+    assert {c["seeds"][1] for c in summary["comparisons"] if c["b"] == "pretrained"} == {2}
     bc_final = summary["methods"]["bc"]
     assert len(bc_final["far_score_gain"]["per_seed"]) == 2 and bc_final["far_max_depth"]["min"] >= 2
     assert bc_final["close_max_depth"]["min"] >= 1
@@ -276,7 +283,7 @@ def test_bc_pretrain_writes_a_sample_factory_policy_and_far_buffer(tmp_path):
     try:
         seeds = nhf.game_seeds(5, 1)[0]
         for policy, zero in ((pi_star, True), (snap0, True), (moved, False)):
-            r = nhf.run_policy(policy, cfg, env, nhf.reset_seeded(env, seeds), 15, False, torch.Generator().manual_seed(0), teacher=pi_star)
+            r = nethack_eval.run_policy(policy, cfg, env, nhf.reset_seeded(env, seeds), 15, False, torch.Generator().manual_seed(0), teacher=pi_star)
             assert (r["kl_pi_star"] == 0.0) is zero and r["kl_pi_star"] >= 0.0
     finally:
         env.close()
