@@ -82,12 +82,13 @@ def main() -> None:
     result = {
         "env_steps": args.env_steps, "seeds": args.seeds, "methods": args.methods, "runs": runs,
         "seconds": round(time.perf_counter() - started, 1),
-        "final": {m: {k: summary["methods"][m][k]["mean"] for k in ("close_score_gain", "far_score_gain")} for m in args.methods},
+        "final": {m: {k: summary["methods"][m][k]["mean"] for k in ("close_score_gain", "far_score_gain", "close_kl_pi_star", "far_kl_pi_star")}
+                  for m in args.methods},
         "pretrained": {k: summary["pretrained"][k]["mean"] for k in ("close_score_gain", "far_score_gain")},
         "comparisons": [{**c, "verdict": verdict(c)} for c in summary["comparisons"]],
     }
     for c in result["comparisons"]:
-        log.info("%s %s vs %s: %+.1f [%+.1f, %+.1f] %s", c["part"], c["a"], c["b"], c["diff"], c["ci_low"], c["ci_high"], c["verdict"])
+        log.info("%s %s %s vs %s: %+.3f [%+.3f, %+.3f] %s", c["part"], c["metric"], c["a"], c["b"], c["diff"], c["ci_low"], c["ci_high"], c["verdict"])
     dest = ROOT / "benchmarks/results/nethack_budget_probe.json"
     dest.write_text(json.dumps(result, indent=1) + "\n")
     log.info("wrote %s (%.0f s)", dest, result["seconds"])
