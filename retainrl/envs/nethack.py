@@ -667,6 +667,15 @@ def fit_critic_mc(ac, features: np.ndarray, target: np.ndarray, ridge: float = 0
         ac.critic_linear.bias.fill_(float(w[d]))
 
 
+def appo_settings(ft: FinetuneParams, device=None) -> dict:
+    """``run_appo`` keywords shared by fine-tuning and the critic warm-up: the env layout, the
+    episode cap and sample-factory's device name (``gpu`` for a CUDA device, else ``cpu``), so the
+    warm-up's critic sees the episodes the fine-tuning runs will."""
+    return {"num_envs": ft.num_envs, "rollout": ft.rollout, "batch_size": ft.batch_size, "max_episode_steps": ft.max_episode_steps,
+            "workers": ft.workers, "batched_sampling": ft.batched_sampling,
+            "device": "gpu" if device is not None and str(device).startswith("cuda") else "cpu"}
+
+
 def critic_warmup(p: Params, exp_dir: Path, cfg, device=None) -> dict:
     """Fit π*'s critic to π*'s own returns, the actor untouched; overwrites ``exp_dir``'s checkpoint.
 
@@ -701,11 +710,8 @@ def critic_warmup(p: Params, exp_dir: Path, cfg, device=None) -> dict:
         log.info("critic warm-up: %d env steps of APPO with only the critic trained", cw.env_steps)
         with tempfile.TemporaryDirectory(prefix="nethack-critic-") as d:
             res = sf.run_appo(Path(exp_dir).resolve(), Path(d) / "critic", sf.RetentionLoss("finetune", 0.0),
-                              env_steps=cw.env_steps, num_envs=ft.num_envs, rollout=ft.rollout, batch_size=ft.batch_size,
-                              lr=cw.lr, entropy=0.0, freeze_encoder=False, seed=cw.seed,
-                              device="gpu" if device is not None and str(device).startswith("cuda") else "cpu",
-                              max_episode_steps=ft.max_episode_steps, snapshots=1, workers=ft.workers,
-                              batched_sampling=ft.batched_sampling, train_only=("critic_linear",))
+                              env_steps=cw.env_steps, lr=cw.lr, entropy=0.0, freeze_encoder=False, seed=cw.seed, snapshots=1,
+                              train_only=("critic_linear",), **appo_settings(ft, device))
             snaps = sorted((Path(d) / "critic" / "snapshots").glob("step_*.pth"))
             if res["status"] != 0 or len(snaps) < 2:
                 raise RuntimeError(f"critic warm-up: sample-factory exited with status {res['status']} after {res['env_steps']} env steps")
@@ -872,12 +878,9 @@ def finetune(p: Params, paths, device=None, method: str = "finetune") -> dict:
             run_dir = tmp / f"seed_{k}"
             log.info("finetune[%s] seed %d/%d: %d env steps", method, k + 1, ft.seeds, ft.env_steps)
             res = sf.run_appo(None if method == "scratch" else Path(paths.pretrained).resolve(), run_dir, loss,
-                              env_steps=ft.env_steps, num_envs=ft.num_envs, rollout=ft.rollout, batch_size=ft.batch_size,
-                              lr=ft.lr, entropy=0.0 if retention_on else ft.entropy,
-                              freeze_encoder=ft.freeze_encoder and method != "scratch", seed=seed,
-                              device="gpu" if device is not None and str(device).startswith("cuda") else "cpu",
-                              max_episode_steps=ft.max_episode_steps, snapshots=ft.snapshots, workers=ft.workers,
-                              batched_sampling=ft.batched_sampling)
+                              env_steps=ft.env_steps, lr=ft.lr, entropy=0.0 if retention_on else ft.entropy,
+                              freeze_encoder=ft.freeze_encoder and method != "scratch", seed=seed, snapshots=ft.snapshots,
+                              **appo_settings(ft, device))
             if res["status"] != 0:
                 raise RuntimeError(f"sample-factory APPO exited with status {res['status']} ({method}, seed {seed})")
             res = {"method": method, "seed": seed, "coef": coef, **res}
