@@ -10,9 +10,13 @@
   (non-batched) sampler, serial with the batched sampler (the default profile), and parallel
   (``--workers`` rollout-worker processes + a learner process, asynchronous APPO: the paper
   profile's mode). The wall time includes sample-factory's start-up, so each is a lower bound on
-  steady-state speed.
+  steady-state speed;
+* evaluation env steps/s of ``nethack_eval.run_episodes`` (the evaluate stage's code path: the
+  policy and π* as KL teacher, sampled actions) with ``--eval-episodes`` episodes one at a time
+  (the reference) and all in lockstep with one batched forward pass per step.
 
     PYTHONPATH=. python benchmarks/bench_nethack.py [--games 10] [--random-steps 20000] [--appo-steps 8000] [--workers 2]
+        [--eval-episodes 30 --eval-steps 200]
 
 Prints a table and writes benchmarks/results/nethack.json.
 """
@@ -77,6 +81,46 @@ def appo_steps_per_s(steps: int, workers: int) -> dict[str, dict]:
     return out
 
 
+def eval_steps_per_s(episodes: int, steps: int, seed: int) -> dict[str, float]:
+    """env steps/s of the evaluation: one episode at a time vs all ``episodes`` in lockstep.
+
+    A fresh policy (sample-factory's NetHack ActorCritic, random init) plays, with a second fresh
+    one as the KL teacher, exactly as ``evaluate`` plays a snapshot against π*.
+    """
+    import tempfile
+
+    import torch
+
+    from retainrl.envs import nethack_eval
+    from retainrl.envs import nethack_sf as sf
+
+    torch.manual_seed(seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = sf.sf_config(Path(tmp), "bench")
+        (Path(tmp) / "config.json").write_text(json.dumps(vars(cfg), default=str))
+        policy, cfg = sf.load_sf_policy(Path(tmp), weights=False)
+        teacher, _ = sf.load_sf_policy(Path(tmp), weights=False)
+    policy.eval()
+    teacher.eval()
+    envs = [make_env(max_steps=10**6) for _ in range(episodes)]
+    seeds = game_seeds(seed, episodes)
+    out = {}
+    try:
+        for name, groups in (("one episode at a time", [[i] for i in range(episodes)]), (f"{episodes} episodes in lockstep", [list(range(episodes))])):
+            streams = nethack_eval.episode_streams(seed, "close", episodes)
+            total, t0 = 0, time.perf_counter()
+            for g in tqdm(groups, desc=f"evaluation, {name}", unit="batch", mininterval=2):
+                starts = [reset_seeded(envs[i], seeds[i]) for i in g]
+                eps = nethack_eval.run_episodes(policy, cfg, [envs[i] for i in g], starts, steps, False, [streams[i] for i in g], teacher)
+                total += sum(e["steps"] for e in eps)
+            out[name] = total / (time.perf_counter() - t0)
+            log.info("evaluation, %s: %.0f env steps/s", name, out[name])
+    finally:
+        for e in envs:
+            e.close()
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--games", type=int, default=10)
@@ -85,6 +129,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1000)
     ap.add_argument("--appo-steps", type=int, default=8000, help="0 skips the sample-factory APPO measurement")
     ap.add_argument("--workers", type=int, default=2, help="rollout workers of the parallel-mode measurement")
+    ap.add_argument("--eval-episodes", type=int, default=30, help="0 skips the evaluation measurement")
+    ap.add_argument("--eval-steps", type=int, default=200, help="env steps per evaluation episode")
     args = ap.parse_args()
     setup_logging()
     env = make_env(max_steps=args.max_steps)
@@ -112,6 +158,7 @@ def main() -> None:
     env.close()
     appo_modes = appo_steps_per_s(args.appo_steps, args.workers) if args.appo_steps else {}
     appo = appo_modes.get("serial, batched sampler", {}).get("env_steps_per_s")
+    evals = eval_steps_per_s(args.eval_episodes, args.eval_steps, args.seed) if args.eval_episodes else {}
 
     res = {
         "machine": platform.processor() or platform.machine(),
@@ -131,6 +178,8 @@ def main() -> None:
         "appo_env_steps_per_s": appo,  # the default profile's mode
         "appo_vs_raw": appo / raw if appo else None,
         "appo_modes": {k: {**v, "vs_raw": v["env_steps_per_s"] / raw} for k, v in appo_modes.items()},
+        "eval_env_steps_per_s": evals,
+        "eval_lockstep_vs_one_at_a_time": (evals[f"{args.eval_episodes} episodes in lockstep"] / evals["one episode at a time"]) if evals else None,
         "command": vars(args),
     }
     rows = [
@@ -140,6 +189,8 @@ def main() -> None:
     ]
     for name, m in appo_modes.items():
         rows.append((f"APPO ({name}, {m['workers']} worker(s) x 4 envs)", f"{m['env_steps_per_s']:,.0f} env steps/s", f"{m['env_steps_per_s'] / raw:.4f}x"))
+    for name, v in evals.items():
+        rows.append((f"evaluation ({name}, π* as KL teacher)", f"{v:,.0f} env steps/s", f"{v / raw:.4f}x"))
     if costs:
         rows.append((f"FAR start restore ({len(costs)} states)", f"{np.mean(costs) * 1e3:,.1f} ms mean, {np.max(costs) * 1e3:,.1f} ms max",
                      f"{np.mean(prefixes):,.0f} steps mean"))

@@ -279,14 +279,50 @@ def test_bc_pretrain_writes_a_sample_factory_policy_and_far_buffer(tmp_path):
     moved = copy.deepcopy(pi_star)
     with torch.no_grad():
         moved.action_parameterization.distribution_linear.weight.add_(0.05 * torch.randn_like(moved.action_parameterization.distribution_linear.weight))
-    env = nhf.make_env(p.env.character, 10**6)
+    envs = [nhf.make_env(p.env.character, 10**6) for _ in range(3)]
+    seeds = nhf.game_seeds(5, 3)
+
+    def play(policy, which=(0, 1, 2), steps=15, stream_seed=0, teacher=pi_star):
+        starts = [nhf.reset_seeded(envs[i], seeds[i]) for i in which]
+        streams = nethack_eval.episode_streams(stream_seed, "close", 3)
+        return nethack_eval.run_episodes(policy, cfg, [envs[i] for i in which], starts, steps, False, [streams[i] for i in which], teacher)
+
     try:
-        seeds = nhf.game_seeds(5, 1)[0]
         for policy, zero in ((pi_star, True), (snap0, True), (moved, False)):
-            r = nethack_eval.run_policy(policy, cfg, env, nhf.reset_seeded(env, seeds), 15, False, torch.Generator().manual_seed(0), teacher=pi_star)
-            assert (r["kl_pi_star"] == 0.0) is zero and r["kl_pi_star"] >= 0.0
+            r = play(policy)
+            assert all((e["kl_pi_star"] == 0.0) is zero and e["kl_pi_star"] >= 0.0 for e in r)
+        # Episodes in lockstep give each episode what it gives alone: its draws come from its own
+        # stream, not from a stream shared with the episodes batched beside it.
+        together = play(moved, steps=40)
+        alone = [play(moved, which=(i,), steps=40)[0] for i in range(3)]
+        # (KL to float rounding: a batch of 3 and a batch of 1 round the matmuls differently).
+        def exact(eps):
+            return [{k: v for k, v in e.items() if k != "kl_pi_star"} for e in eps]
+
+        assert exact(together) == exact(alone)
+        assert [e["kl_pi_star"] for e in together] == pytest.approx([e["kl_pi_star"] for e in alone], rel=1e-5)
+        # Common random numbers: the same policy with the same sampling seed replays its episodes
+        # exactly; another sampling seed plays them differently.
+        assert play(moved, steps=40) == together
+        other = play(moved, steps=40, stream_seed=1)
+        assert [e["kl_pi_star"] for e in other] != [e["kl_pi_star"] for e in together]
+        with pytest.raises(ValueError, match="3 envs, 2 start observations"):
+            nethack_eval.run_episodes(moved, cfg, envs, [nhf.reset_seeded(e, s) for e, s in zip(envs[:2], seeds)], 5, False,
+                                      nethack_eval.episode_streams(0, "close", 3))
     finally:
-        env.close()
+        for env in envs:
+            env.close()
+    # Policies played side by side in worker processes give what one process gives, in job order.
+    run = paths.finetune("bc") / "seed_1"
+    jobs = [(None, 0), ((str(run), str(run / "snapshots" / "step_000000256.pth")), 1), ((str(run), str(run / "snapshots" / "step_000000128.pth")), 0)]
+    one = list(nethack_eval.play_all(p3, paths, jobs, processes=1))
+    two = list(nethack_eval.play_all(p3, paths, jobs, processes=2))
+    for a, b in zip(one, two, strict=True):
+        for part in nethack_eval.PARTS:
+            assert exact(a[part]) == exact(b[part])
+            assert [e["kl_pi_star"] for e in a[part]] == pytest.approx([e["kl_pi_star"] for e in b[part]], rel=1e-4, abs=1e-7)
+    assert all(e["kl_pi_star"] == 0.0 for e in one[0]["close"]) and any(e["kl_pi_star"] > 0 for e in one[1]["close"])
+    assert one[1] != one[2]  # another snapshot, another sampling seed: other episodes
     curve = json.loads((paths.evaluation / "close_score.json").read_text())
     assert [r["step"] for r in curve] == [0, 128, 256] and all("bc" in r for r in curve)
     nhf.report(p3, paths)

@@ -29,8 +29,30 @@ from retainrl.envs.nethack import (
 log = logging.getLogger(__name__)
 
 
-def run_policy(ac, cfg, env, obs: dict, max_steps: int, greedy: bool, gen, teacher=None) -> dict:
-    """Play ``ac`` from ``obs`` (env already there) for up to ``max_steps``; score, depth, turns, xplvl reached.
+#: The two evaluation parts, in the order their episode streams are numbered.
+PARTS = ("close", "far")
+
+
+def episode_streams(seed: int, part: str, n: int) -> list[np.random.Generator]:
+    """One random stream per episode, a pure function of (sampling seed, part, episode index).
+
+    Why per episode: every policy draws step t of episode e from the same stream (common random
+    numbers), so a policy that has barely moved from π* replays π*'s episode step for step, and one
+    episode that runs longer or ends early does not shift the draws of every episode after it (as
+    one stream shared by the episodes in turn did). That is what makes the paired comparisons of
+    ``compare_policies`` tight, and it makes the result independent of how episodes are batched.
+    """
+    return [np.random.default_rng([seed, PARTS.index(part), e]) for e in range(n)]
+
+
+def run_episodes(ac, cfg, envs: list, starts: list[dict], max_steps: int, greedy: bool, streams: list, teacher=None) -> list[dict]:
+    """Play ``ac`` in every env from its start observation (env already there), all in lockstep.
+
+    One batched forward pass per step for all episodes still running: 5–6× cheaper per step on
+    a CPU than one episode at a time (``benchmarks/bench_nethack.py``). Episode i samples its
+    actions by inverse CDF with one uniform draw per step from ``streams[i]`` (``greedy``: argmax),
+    so its result does not depend on which other episodes share the batch. Per episode: score,
+    score gained, depth, levels descended, turns, xplvl, steps, death.
 
     ``teacher``: π* (an ActorCritic), stepped alongside on the same observations with its own
     GRU state; ``kl_pi_star`` is then the mean over the episode's steps of KL(π*(·|s) ‖ π(·|s))
@@ -40,31 +62,52 @@ def run_policy(ac, cfg, env, obs: dict, max_steps: int, greedy: bool, gen, teach
 
     from retainrl.envs import nethack_sf as sf
 
-    pg = Progress.start(obs)
-    start_score, start_depth = pg.score, pg.max_depth
-    steps, died, kl_sum = 0, False, 0.0
-    rnn = torch.zeros(1, cfg.rnn_size)
+    n = len(envs)
+    if not (len(starts) == len(streams) == n):
+        raise ValueError(f"run_episodes: {n} envs, {len(starts)} start observations, {len(streams)} streams")
+    pgs = [Progress.start(o) for o in starts]
+    first = [(pg.score, pg.max_depth) for pg in pgs]
+    cur = [sf.sf_obs(o) for o in starts]
+    steps, died, kl = [0] * n, [False] * n, [0.0] * n
+    rnn = torch.zeros(n, cfg.rnn_size)
     t_rnn = None if teacher is None else torch.zeros_like(rnn)
+    active = list(range(n))
     with torch.no_grad():
-        for steps in range(1, max_steps + 1):
-            x = {k: torch.from_numpy(v)[None] for k, v in sf.sf_obs(obs).items()}
-            out = ac(x, rnn)
-            rnn = out["new_rnn_states"]
-            logits = out["action_logits"][0]
-            if teacher is not None:
-                t_out = teacher(x, t_rnn)
-                t_rnn = t_out["new_rnn_states"]
-                logp_t, logp = torch.log_softmax(t_out["action_logits"][0], -1), torch.log_softmax(logits, -1)
-                kl_sum += float((logp_t.exp() * (logp_t - logp)).sum())
-            a = int(logits.argmax()) if greedy else int(torch.multinomial(torch.softmax(logits, -1), 1, generator=gen))
-            obs, _, term, trunc, _ = env.step(a)
-            if term or trunc:
-                died = bool(term)
+        for t in range(1, max_steps + 1):
+            if not active:
                 break
-            pg.update(obs)
-    return {"score": pg.score, "score_gain": pg.score - start_score, "start_depth": start_depth, "max_depth": pg.max_depth,
-            "levels": pg.max_depth - start_depth, "turns": pg.turns, "xplvl": pg.xplvl, "steps": steps, "died": died,
-            "kl_pi_star": kl_sum / max(steps, 1)}
+            idx = torch.as_tensor(active)
+            x = {k: torch.from_numpy(np.stack([cur[i][k] for i in active])) for k in cur[active[0]]}
+            out = ac(x, rnn[idx])
+            rnn[idx] = out["new_rnn_states"]
+            logp = torch.log_softmax(out["action_logits"], -1)
+            if teacher is not None:
+                t_out = teacher(x, t_rnn[idx])
+                t_rnn[idx] = t_out["new_rnn_states"]
+                logp_t = torch.log_softmax(t_out["action_logits"], -1)
+                step_kl = (logp_t.exp() * (logp_t - logp)).sum(-1).tolist()
+            if greedy:
+                actions = logp.argmax(-1).tolist()
+            else:
+                cdf = logp.exp().cumsum(-1)
+                u = torch.tensor([streams[i].random() for i in active], dtype=cdf.dtype) * cdf[:, -1]
+                actions = (cdf < u[:, None]).sum(-1).clamp(max=cdf.shape[1] - 1).tolist()
+            still = []
+            for j, i in enumerate(active):
+                obs, _, term, trunc, _ = envs[i].step(int(actions[j]))
+                steps[i] = t
+                if teacher is not None:
+                    kl[i] += step_kl[j]
+                if term or trunc:
+                    died[i] = bool(term)
+                    continue
+                pgs[i].update(obs)
+                cur[i] = sf.sf_obs(obs)
+                still.append(i)
+            active = still
+    return [{"score": pg.score, "score_gain": pg.score - s0, "start_depth": d0, "max_depth": pg.max_depth,
+             "levels": pg.max_depth - d0, "turns": pg.turns, "xplvl": pg.xplvl, "steps": steps[i], "died": died[i],
+             "kl_pi_star": kl[i] / max(steps[i], 1)} for i, (pg, (s0, d0)) in enumerate(zip(pgs, first))]
 
 
 #: What the evaluation reports per part (CLOSE: from the game start; FAR: from a FAR start state).
@@ -90,6 +133,97 @@ def _policy_snapshots(p: Params, paths) -> dict[str, list[list[tuple[int, Path, 
     return out
 
 
+class Player:
+    """What one evaluation process holds to play policies: one env per episode, the games, π*.
+
+    ``play`` plays one policy (π* for ``snapshot`` None, else a fine-tuning snapshot with π* as
+    the KL teacher) on both parts with sampling seed ``evaluate.seed + k``.
+    """
+
+    def __init__(self, p: Params, demos_dir: str, pretrained_dir: str):
+        from retainrl.envs import nethack_sf as sf
+
+        self.ev = p.evaluate
+        self.demos = load_demos(demos_dir)
+        self.far = far_start_states(self.demos)
+        self.close_seeds = game_seeds(self.ev.seed, self.ev.episodes)
+        self.pi_star, self.cfg = sf.load_sf_policy(Path(pretrained_dir))
+        self.pi_star.eval()
+        self.envs = [make_env(p.env.character, 10**7) for _ in range(self.ev.episodes)]
+
+    def play(self, snapshot: tuple[str, str] | None, k: int) -> dict[str, list[dict]]:
+        from retainrl.envs import nethack_sf as sf
+
+        if snapshot is None:
+            ac, cfg, teacher = self.pi_star, self.cfg, None  # its KL to itself is 0
+        else:
+            ac, cfg = sf.load_snapshot(Path(snapshot[0]), Path(snapshot[1]))
+            teacher = self.pi_star
+        ac.eval()
+        res = {}
+        for part in PARTS:
+            if part == "close":
+                starts = [reset_seeded(env, self.close_seeds[e]) for e, env in enumerate(self.envs)]
+            else:
+                starts = [restore_far_state(env, self.demos, self.far, e % len(self.far["game"])) for e, env in enumerate(self.envs)]
+            streams = episode_streams(self.ev.seed + k, part, self.ev.episodes)
+            res[part] = run_episodes(ac, cfg, self.envs, starts, self.ev.max_steps, self.ev.greedy, streams, teacher)
+        return res
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+
+
+_PLAYER: Player | None = None  # an evaluation worker process's own Player
+
+
+def _start_player(p: Params, demos_dir: str, pretrained_dir: str) -> None:
+    import atexit
+
+    import torch
+
+    global _PLAYER
+    torch.set_num_threads(1)  # one process per core: the cores play policies side by side
+    _PLAYER = Player(p, demos_dir, pretrained_dir)
+    atexit.register(_PLAYER.close)
+
+
+def _play_job(job: tuple[tuple[str, str] | None, int]) -> dict:
+    assert _PLAYER is not None
+    return _PLAYER.play(*job)
+
+
+def play_all(p: Params, paths, jobs: list, processes: int | None = None):
+    """Yield ``Player.play`` of every job, in job order, using every CPU core this process may use.
+
+    Policies are independent, and each episode draws from its own stream, so which process
+    plays which policy changes nothing but float rounding (one thread per process here, the
+    default thread count in-process). ``processes`` None: one per core (capped by the jobs); 1
+    plays everything in this process.
+    """
+    import os
+
+    if processes is None:
+        processes = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    processes = max(1, min(processes, len(jobs)))
+    if processes == 1:
+        player = Player(p, str(paths.demos), str(paths.pretrained))
+        try:
+            for job in jobs:
+                yield player.play(*job)
+        finally:
+            player.close()
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process holding NLE and torch threads
+    with ProcessPoolExecutor(processes, mp_context=ctx, initializer=_start_player,
+                             initargs=(p, str(paths.demos), str(paths.pretrained))) as pool:
+        yield from pool.map(_play_job, jobs)
+
+
 def evaluate(p: Params, paths, device=None) -> dict:
     """Stage: π* and every fine-tuning snapshot of every method and seed on CLOSE and FAR.
 
@@ -99,87 +233,61 @@ def evaluate(p: Params, paths, device=None) -> dict:
     score gained on top of the state's score and the levels descended; on both, the mean
     KL(π* ‖ π) over the states the policy visits (π* stepped alongside: how far fine-tuning moved
     the policy from π* on CLOSE, where it trains, and on FAR, where it does not). Every policy plays the
-    same games; a method's seed k samples its actions with seed ``evaluate.seed`` + k, and π*
-    is played once per such sampling seed (as many as ``finetune.seeds``). Why: a sampled
-    30-game score of one policy is itself noisy (one π* realisation scored 42 where tiny
-    perturbations of it scored ≈ 30), so π*'s side of a comparison must rest on as many episodes
-    as a method's, and seed k of a method pairs with π*'s seed k (same games, same sampling
-    stream: a policy that has barely moved replays π*'s games nearly step for step). A method's
-    step-0 snapshot *is* π* (same weights) and reuses π*'s episodes of its sampling seed;
+    same games; a method's seed k samples its actions with sampling seed ``evaluate.seed`` + k,
+    one random stream per episode (``episode_streams``: common random numbers), and π* is played
+    once per such sampling seed (as many as ``finetune.seeds``). Why: a sampled 30-game score of
+    one policy is itself noisy (π*'s three sampling seeds scored 42.0 / 33.7 / 31.9 on the same
+    games), so π*'s side of a comparison must rest on as many episodes as a method's, and seed k
+    of a method pairs with π*'s seed k (same games, same draws: a policy that has barely moved
+    replays π*'s episodes nearly step for step). A method's step-0 snapshot *is* π* (same
+    weights) and reuses π*'s episodes of its sampling seed;
     ``scratch``'s step 0 is its random init and is played.
 
     Writes ``metrics.json`` (final snapshot, mean/std over seeds: what ``dvc metrics`` reads),
     ``summary.json`` (also per seed and π*), ``close_score.json`` / ``far_score.json`` (mean
     over seeds per snapshot step: ``dvc plots``) and ``episodes.json`` (every episode).
     """
-    import torch
     from tqdm import tqdm
 
     from retainrl.artifacts import atomic_path, save_json
-    from retainrl.envs import nethack_sf as sf
     from retainrl.evaluation import scalar_metrics, spread
 
     demos = load_demos(paths.demos)
-    far = far_start_states(demos)
-    if len(far["game"]) == 0:
+    if len(far_start_states(demos)["game"]) == 0:
         raise ConfigError(f"{Path(paths.demos) / DEMO_FILE}: no game reached Dlvl {p.far.start_depth}; no FAR start states to evaluate from")
     snapshots = _policy_snapshots(p, paths)
-    close_seeds = game_seeds(p.evaluate.seed, p.evaluate.episodes)
-    env = make_env(p.env.character, 10**7)
-    ev = p.evaluate
-
-    pi_star, pi_cfg = sf.load_sf_policy(paths.pretrained)
-    pi_star.eval()
-
-    def play(ac, cfg, k: int, teacher=pi_star) -> dict:
-        ac.eval()
-        gen = torch.Generator().manual_seed(ev.seed + k)
-        res = {}
-        for part in ("close", "far"):
-            eps = []
-            for e in range(ev.episodes):
-                obs = reset_seeded(env, close_seeds[e]) if part == "close" else restore_far_state(env, demos, far, e % len(far["game"]))
-                eps.append(run_policy(ac, cfg, env, obs, ev.max_steps, ev.greedy, gen, teacher))
-            res[part] = eps
-        return res
+    n_seeds = max(len(seeds) for seeds in snapshots.values()) if snapshots else 1
+    # One job per policy to play: π* once per sampling seed, then every snapshot of every method and
+    # seed (a step-0 snapshot of a method that starts from π* reuses π*'s episodes of that seed).
+    jobs: list[tuple[tuple[str, str] | None, int]] = [(None, k) for k in range(n_seeds)]
+    keys: list[tuple[str, int, int]] = [("pretrained", k, 0) for k in range(n_seeds)]
+    for m, seeds in snapshots.items():
+        for k, snaps in enumerate(seeds):
+            for step, exp_dir, snap in snaps:
+                if step == 0 and m != "scratch":
+                    continue
+                jobs.append(((str(exp_dir), str(snap)), k))
+                keys.append((m, k, step))
 
     def means(res: dict) -> dict:
-        return {f"{part}_{k}": float(np.mean([r[k] for r in res[part]])) for part in ("close", "far") for k in EVAL_KEYS}
+        return {f"{part}_{k}": float(np.mean([r[k] for r in res[part]])) for part in PARTS for k in EVAL_KEYS}
 
     rows: list[dict] = []
-    jobs = sum(len(s) for seeds in snapshots.values() for s in seeds)
-    n_seeds = max(len(seeds) for seeds in snapshots.values()) if snapshots else 1
-    try:
-        with tqdm(total=jobs + n_seeds, desc="NetHack evaluation", unit="policy") as bar:
-            pre_means = []
-            for k in range(n_seeds):
-                pre = play(pi_star, pi_cfg, k, teacher=None)  # its KL to itself is 0
-                bar.update()
-                pre_means.append(means(pre))
-                for part in ("close", "far"):
-                    rows += [{"policy": "pretrained", "seed": k, "step": 0, "part": part, "episode": e, **r} for e, r in enumerate(pre[part])]
-                log.info("pretrained, sampling seed %d: CLOSE score %.1f, FAR gain %.1f", k, pre_means[k]["close_score_gain"], pre_means[k]["far_score_gain"])
-            per_step: dict[str, list[dict[int, dict]]] = {}
-            for m, seeds in snapshots.items():
-                per_step[m] = []
-                for k, snaps in enumerate(seeds):
-                    got = {}
-                    for step, exp_dir, f in snaps:
-                        if step == 0 and m != "scratch":
-                            got[0] = pre_means[k]
-                            bar.update()
-                            continue
-                        ac, cfg = sf.load_snapshot(exp_dir, f)
-                        res = play(ac, cfg, k)
-                        bar.update()
-                        got[step] = means(res)
-                        for part in ("close", "far"):
-                            rows += [{"policy": m, "seed": k, "step": step, "part": part, "episode": e, **r} for e, r in enumerate(res[part])]
-                    per_step[m].append(got)
-                    last = got[max(got)]
-                    log.info("%s seed %d (step %d): CLOSE score %.1f, FAR gain %.1f", m, k, max(got), last["close_score_gain"], last["far_score_gain"])
-    finally:
-        env.close()
+    got: dict[tuple[str, int, int], dict] = {}
+    with tqdm(total=len(jobs), desc="NetHack evaluation", unit="policy") as bar:
+        for (policy, k, step), res in zip(keys, play_all(p, paths, jobs)):
+            bar.update()
+            got[policy, k, step] = means(res)
+            for part in PARTS:
+                rows += [{"policy": policy, "seed": k, "step": step, "part": part, "episode": e, **r} for e, r in enumerate(res[part])]
+            log.info("%s seed %d (step %d): CLOSE score %.1f, FAR gain %.1f", policy, k, step,
+                     got[policy, k, step]["close_score_gain"], got[policy, k, step]["far_score_gain"])
+    pre_means = [got["pretrained", k, 0] for k in range(n_seeds)]
+    per_step: dict[str, list[dict[int, dict]]] = {
+        m: [{step: (pre_means[k] if step == 0 and m != "scratch" else got[m, k, step]) for step, _, _ in snaps}
+            for k, snaps in enumerate(seeds)]
+        for m, seeds in snapshots.items()
+    }
 
     summary = {"pretrained": {key: spread([pm[key] for pm in pre_means]) for key in pre_means[0]}, "methods": {}}
     curves = {"close": [], "far": []}
@@ -301,7 +409,7 @@ def report(p: Params, paths) -> None:
         lines += [
             "",
             f"Paired differences of the final policies (every policy plays the same {c0['episodes']} games / FAR starts; "
-            f"seed k of every policy, π*'s included, samples its actions from the same stream; "
+            f"episode e of seed k of every policy, π*'s included, draws its actions from the same random stream; "
             f"{100 * c0['level']:.0f}% bootstrap interval over games and seeds; "
             "`retainrl/stats.py`). Score: CLOSE score, FAR score gained; KL: mean KL(π*‖π) on the states the policy visits "
             "(lower = closer to π*).",
