@@ -9,6 +9,7 @@ comparison is paired), and writes the paired bootstrap comparisons (``retainrl.s
 (``--jobs``), each single-threaded, in a temporary directory.
 
     python benchmarks/probe_nethack_budget.py --env-steps 150000 --seeds 2 --methods finetune ks --jobs 2
+    python benchmarks/probe_nethack_budget.py --env-steps 60000 --seeds 3 --lr 5e-3 --out benchmarks/results/nethack_lr_probe.json
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ def _params(args):
     from retainrl.config import load_params
 
     p = load_params(str(ROOT / "params.yaml"), only="nethack").section("nethack")
-    ft = p.finetune.model_copy(update={"env_steps": args.env_steps, "seeds": args.seeds, "snapshots": 1, "methods": args.methods})
+    ft = p.finetune.model_copy(update={"env_steps": args.env_steps, "seeds": args.seeds, "snapshots": 1, "methods": args.methods,
+                                       "lr": args.lr or p.finetune.lr})
     ev = p.evaluate.model_copy(update={"episodes": args.eval_episodes or p.evaluate.episodes})
     return p.model_copy(update={"finetune": ft, "evaluate": ev})
 
@@ -69,6 +71,8 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=["finetune", "ks"])
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--eval-episodes", type=int, default=None, help="default: the profile's (a smaller number is for a quick check)")
+    ap.add_argument("--lr", type=float, default=None, help="APPO learning rate; default: the profile's finetune.lr")
+    ap.add_argument("--out", default="benchmarks/results/nethack_budget_probe.json", help="result file (relative to the repository)")
     args = ap.parse_args()
     setup_logging()
     torch.set_num_threads(1)
@@ -80,7 +84,7 @@ def main() -> None:
             runs = list(pool.map(_finetune, [args] * len(args.methods), [d] * len(args.methods), args.methods))
         summary = nhf.evaluate(_params(args), paths)
     result = {
-        "env_steps": args.env_steps, "seeds": args.seeds, "methods": args.methods, "runs": runs,
+        "env_steps": args.env_steps, "seeds": args.seeds, "methods": args.methods, "lr": _params(args).finetune.lr, "runs": runs,
         "seconds": round(time.perf_counter() - started, 1),
         "final": {m: {k: summary["methods"][m][k]["mean"] for k in ("close_score_gain", "far_score_gain", "close_kl_pi_star", "far_kl_pi_star")}
                   for m in args.methods},
@@ -89,7 +93,7 @@ def main() -> None:
     }
     for c in result["comparisons"]:
         log.info("%s %s %s vs %s: %+.3f [%+.3f, %+.3f] %s", c["part"], c["metric"], c["a"], c["b"], c["diff"], c["ci_low"], c["ci_high"], c["verdict"])
-    dest = ROOT / "benchmarks/results/nethack_budget_probe.json"
+    dest = ROOT / args.out
     dest.write_text(json.dumps(result, indent=1) + "\n")
     log.info("wrote %s (%.0f s)", dest, result["seconds"])
 
