@@ -234,6 +234,8 @@ def test_bc_pretrain_writes_a_sample_factory_policy_and_far_buffer(tmp_path):
         assert sorted(f.name for f in (run / "snapshots").glob("*.pth")) == ["step_000000000.pth", "step_000000128.pth", "step_000000256.pth"]
         eps = json.loads((run / "train_episodes.json").read_text())
         assert eps and all(e["max_depth"] >= 1 for e in eps)  # 100-step training episodes ended and were logged
+        # sample-factory's `git diff` of the repository the tests run in (a checkout) stays out of the artifact.
+        assert not (run / "git.diff").exists()
     # The step-0 snapshot is π* itself; the last one is what sample-factory saved last.
     snap0, _ = sf.load_snapshot(paths.finetune("bc") / "seed_0", paths.finetune("bc") / "seed_0" / "snapshots" / "step_000000000.pth")
     pi_star, _ = sf.load_sf_policy(paths.pretrained)

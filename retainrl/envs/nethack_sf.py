@@ -537,6 +537,10 @@ def run_appo(pretrained: Path | None, exp_dir: Path, loss: RetentionLoss, *, env
                    train_only)
         status = runner.run()
     wall = time.perf_counter() - t0
+    # sample-factory saves `git diff` of whatever repository the process runs in: the user's
+    # uncommitted work, unrelated to the run (DVC already pins the code a stage depends on), would
+    # otherwise ship inside the cached, pushed artifact.
+    (exp_dir / "git.diff").unlink(missing_ok=True)
     ckpts = sorted((exp_dir / "checkpoint_p0").glob("checkpoint_*.pth"))
     if pretrained is not None and len(ckpts) > 1:
         ckpts[0].unlink()  # the copy of π* it started from (snapshots/step_000000000.pth holds the same weights)
