@@ -89,7 +89,9 @@ def eval_steps_per_s(episodes: int, steps: int, seed: int) -> dict[str, float]:
     """
     import tempfile
 
+    import gymnasium as gym
     import torch
+    from sample_factory.model.actor_critic import create_actor_critic
 
     from retainrl.envs import nethack_eval
     from retainrl.envs import nethack_sf as sf
@@ -97,9 +99,7 @@ def eval_steps_per_s(episodes: int, steps: int, seed: int) -> dict[str, float]:
     torch.manual_seed(seed)
     with tempfile.TemporaryDirectory() as tmp:
         cfg = sf.sf_config(Path(tmp), "bench")
-        (Path(tmp) / "config.json").write_text(json.dumps(vars(cfg), default=str))
-        policy, cfg = sf.load_sf_policy(Path(tmp), weights=False)
-        teacher, _ = sf.load_sf_policy(Path(tmp), weights=False)
+    policy, teacher = (create_actor_critic(cfg, sf.obs_space(), gym.spaces.Discrete(sf.N_ACTIONS)) for _ in range(2))
     policy.eval()
     teacher.eval()
     envs = [make_env(max_steps=10**6) for _ in range(episodes)]
