@@ -31,7 +31,7 @@ def _params(args):
 
     p = load_params(str(ROOT / "params.yaml"), only="nethack").section("nethack")
     ft = p.finetune.model_copy(update={"env_steps": args.env_steps, "seeds": args.seeds, "snapshots": 1, "methods": args.methods,
-                                       "lr": args.lr or p.finetune.lr})
+                                       "lr": args.lr or p.finetune.lr, "epochs": args.epochs or p.finetune.epochs})
     ev = p.evaluate.model_copy(update={"episodes": args.eval_episodes or p.evaluate.episodes})
     return p.model_copy(update={"finetune": ft, "evaluate": ev})
 
@@ -72,6 +72,7 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--eval-episodes", type=int, default=None, help="default: the profile's (a smaller number is for a quick check)")
     ap.add_argument("--lr", type=float, default=None, help="APPO learning rate; default: the profile's finetune.lr")
+    ap.add_argument("--epochs", type=int, default=None, help="SGD passes over each APPO batch; default: the profile's finetune.epochs")
     ap.add_argument("--out", default="benchmarks/results/nethack_budget_probe.json", help="result file (relative to the repository)")
     args = ap.parse_args()
     setup_logging()
@@ -84,7 +85,8 @@ def main() -> None:
             runs = list(pool.map(_finetune, [args] * len(args.methods), [d] * len(args.methods), args.methods))
         summary = nhf.evaluate(_params(args), paths)
     result = {
-        "env_steps": args.env_steps, "seeds": args.seeds, "methods": args.methods, "lr": _params(args).finetune.lr, "runs": runs,
+        "env_steps": args.env_steps, "seeds": args.seeds, "methods": args.methods, "lr": _params(args).finetune.lr,
+        "epochs": _params(args).finetune.epochs, "runs": runs,
         "seconds": round(time.perf_counter() - started, 1),
         "final": {m: {k: summary["methods"][m][k]["mean"] for k in ("close_score_gain", "far_score_gain", "close_kl_pi_star", "far_kl_pi_star")}
                   for m in args.methods},

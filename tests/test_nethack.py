@@ -151,6 +151,8 @@ def test_empty_missing_and_corrupted_demo_files_name_the_file(tmp_path):
         ({"demos": {"games": 0}}, r"nethack\.demos\.games"),
         ({"fisher": {"estimator": "exact"}}, r"nethack\.fisher\.estimator"),
         ({"pretrain": {"unroll": 0}}, r"nethack\.pretrain\.unroll"),
+        ({"finetune": {"epochs": 0}}, r"nethack\.finetune\.epochs"),
+        ({"finetune": {"processes": 0}}, r"nethack\.finetune\.processes"),
         ({"finetune": {"methods": ["em"]}}, r"nethack\.finetune\.methods: .*'em' \(episodic memory\) needs an off-policy learner"),
         ({"env": {"charcter": "mon-hum-neu-mal"}}, r"nethack\.env\.charcter: unknown key"),
         ({"retention": {"regularize_critic": True}}, r"retention\.regularize_critic: not supported for NetHack"),
@@ -224,8 +226,9 @@ def test_bc_pretrain_writes_a_sample_factory_policy_and_far_buffer(tmp_path):
 
     # APPO through sample-factory from π*, with the BC retention loss wired into its learner; 2 seeds.
     p2 = p.model_copy(update={"finetune": p.finetune.model_copy(update={
-        "env_steps": 256, "num_envs": 2, "rollout": 16, "batch_size": 64, "seeds": 2, "snapshots": 2, "max_episode_steps": 100})})
-    res = nhf.finetune(p2, paths, method="bc")
+        "env_steps": 256, "num_envs": 2, "rollout": 16, "batch_size": 64, "seeds": 2, "snapshots": 2, "max_episode_steps": 100,
+        "processes": 2})})
+    res = nhf.finetune(p2, paths, method="bc")  # the 2 seeds side by side in 2 spawned processes
     assert [r["seed"] for r in res["runs"]] == [0, 1]
     for k, r in enumerate(res["runs"]):
         assert r["status"] == 0 and r["retention_calls"] > 0 and r["retention_loss_last"] > 0 and r["env_steps"] >= 256
@@ -236,6 +239,16 @@ def test_bc_pretrain_writes_a_sample_factory_policy_and_far_buffer(tmp_path):
         assert eps and all(e["max_depth"] >= 1 for e in eps)  # 100-step training episodes ended and were logged
         # sample-factory's `git diff` of the repository the tests run in (a checkout) stays out of the artifact.
         assert not (run / "git.diff").exists()
+    # Each seed's run is exactly what it is alone: seed 1 again, here in this process (one thread, as its worker had).
+    threads = torch.get_num_threads()
+    try:
+        alone = nhf.finetune_seed(p2, paths, None, "bc", 1, tmp_path / "alone", threads=1)
+    finally:
+        torch.set_num_threads(threads)
+    assert alone["retention_calls"] == res["runs"][1]["retention_calls"] and alone["env_steps"] == res["runs"][1]["env_steps"]
+    last = "snapshots/step_000000256.pth"
+    a, b = torch.load(tmp_path / "alone" / last)["model"], torch.load(paths.finetune("bc") / "seed_1" / last)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
     # The step-0 snapshot is π* itself; the last one is what sample-factory saved last.
     snap0, _ = sf.load_snapshot(paths.finetune("bc") / "seed_0", paths.finetune("bc") / "seed_0" / "snapshots" / "step_000000000.pth")
     pi_star, _ = sf.load_sf_policy(paths.pretrained)
@@ -246,6 +259,11 @@ def test_bc_pretrain_writes_a_sample_factory_policy_and_far_buffer(tmp_path):
     p2k = p2.model_copy(update={"finetune": p2.finetune.model_copy(update={"seeds": 1, "snapshots": 1})})
     res = nhf.finetune(p2k, paths, method="ks")
     assert res["runs"][0]["status"] == 0 and res["runs"][0]["retention_calls"] > 0 and res["runs"][0]["retention_loss_last"] > 0
+    # finetune.epochs: sample-factory trains on each batch that many times, the retention term in every SGD step.
+    p2e = p2k.model_copy(update={"finetune": p2k.finetune.model_copy(update={"epochs": 3})})
+    res3 = nhf.finetune(p2e, paths, method="ks")
+    assert res3["runs"][0]["env_steps"] == res["runs"][0]["env_steps"]
+    assert res3["runs"][0]["retention_calls"] == 3 * res["runs"][0]["retention_calls"]
 
     # Parallel mode (the paper profile's): 2 rollout-worker processes + a learner process; the
     # retention learner runs in the spawned learner process and still applies the KS loss.

@@ -188,6 +188,12 @@ class FinetuneParams(Strict):
     rollout: int = Field(32, gt=0)
     batch_size: int = Field(512, gt=0)
     lr: float = Field(1e-4, gt=0)
+    #: SGD passes over each batch (sample-factory's ``num_epochs``; the study: 1). More passes
+    #: take more gradient steps per env step: the drift a small CPU budget can afford.
+    epochs: int = Field(1, gt=0)
+    #: Serial mode (workers 1): seeds run side by side in this many processes; null = one per
+    #: CPU core (capped by ``seeds``). Results do not depend on it.
+    processes: int | None = Field(None, gt=0)
     #: The study: entropy 0.001, and 0 whenever a retention method is on.
     entropy: float = Field(0.001, ge=0)
     freeze_encoder: bool = True
@@ -836,22 +842,12 @@ def fisher(p: Params, paths, device=None) -> dict:
     return {"states": n, "tensors": len(fisher_diag), "total": total}
 
 
-def finetune(p: Params, paths, device=None, method: str = "finetune") -> dict:
-    """Stage: APPO fine-tuning of π* with one retention method, ``finetune.seeds`` runs.
-
-    Writes ``paths.finetune(method)/seed_<k>/`` (a sample-factory experiment dir: checkpoints,
-    ``snapshots/step_<n>.pth``, ``train_episodes.json``, ``retention.json``), seed = finetune.seed + k.
-    EM is refused before any compute (episodic memory needs an off-policy learner; APPO is
-    on-policy). ``scratch`` starts from a random init (same network), the others from π*; entropy
-    is off and the encoder frozen whenever a retention method is on (the study's setting).
-    """
-    from retainrl.artifacts import atomic_path, require
+def _retention_loss(p: Params, paths, method: str, seed: int):
+    """The retention term of one fine-tuning run and its coefficient: π*'s weights for l2/ewc (and
+    the Fisher for ewc), the FAR buffer for bc, π*'s logits come with the batch for ks."""
+    from retainrl.artifacts import require
     from retainrl.envs import nethack_sf as sf
-    from retainrl.retention.methods import check_method
 
-    check_method(method, learner="appo", off_policy=False, key="nethack.finetune.methods")
-    if method != "scratch":
-        require(paths.pretrained, "pretrained NetHack policy (π*)")
     anchor = fisher_diag = buffer = None
     coef = 0.0
     if method == "ks":
@@ -867,27 +863,86 @@ def finetune(p: Params, paths, device=None, method: str = "finetune") -> dict:
     elif method == "bc":
         buffer = load_far_buffer(paths.far_buffer)
         coef = p.retention.bc.coef
+    loss = sf.RetentionLoss(method, coef, anchor, fisher_diag, buffer, p.retention.bc.batch_size, seed,
+                            decay=p.retention.ks.decay, floor=p.retention.ks.floor)
+    return loss, coef
+
+
+def finetune_seed(p: Params, paths, device, method: str, k: int, run_dir: Path, threads: int | None = None) -> dict:
+    """One APPO run of ``method`` (seed ``finetune.seed + k``) into ``run_dir``; its ``retention.json``.
+
+    A module-level function so that ``finetune`` can run seeds in spawned processes; ``threads``
+    pins torch's thread count there (one per process, as the stage's own default).
+    """
+    from retainrl.envs import nethack_sf as sf
+
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     ft = p.finetune
+    seed = ft.seed + k
+    loss, coef = _retention_loss(p, paths, method, seed)
     retention_on = method not in ("finetune", "scratch")
-    runs = []
+    log.info("finetune[%s] seed %d/%d: %d env steps", method, k + 1, ft.seeds, ft.env_steps)
+    res = sf.run_appo(None if method == "scratch" else Path(paths.pretrained).resolve(), run_dir, loss,
+                      env_steps=ft.env_steps, lr=ft.lr, epochs=ft.epochs, entropy=0.0 if retention_on else ft.entropy,
+                      freeze_encoder=ft.freeze_encoder and method != "scratch", seed=seed, snapshots=ft.snapshots,
+                      **appo_settings(ft, device))
+    if res["status"] != 0:
+        raise RuntimeError(f"sample-factory APPO exited with status {res['status']} ({method}, seed {seed})")
+    res = {"method": method, "seed": seed, "coef": coef, **res}
+    (run_dir / "retention.json").write_text(json.dumps(res) + "\n")
+    log.info("finetune[%s] seed %d: %.0f env steps/s, %d training episodes", method, seed, res["env_steps_per_s"], res["train_episodes"])
+    return res
+
+
+def finetune(p: Params, paths, device=None, method: str = "finetune") -> dict:
+    """Stage: APPO fine-tuning of π* with one retention method, ``finetune.seeds`` runs.
+
+    Writes ``paths.finetune(method)/seed_<k>/`` (a sample-factory experiment dir: checkpoints,
+    ``snapshots/step_<n>.pth``, ``train_episodes.json``, ``retention.json``), seed = finetune.seed + k.
+    EM is refused before any compute (episodic memory needs an off-policy learner; APPO is
+    on-policy). ``scratch`` starts from a random init (same network), the others from π*; entropy
+    is off and the encoder frozen whenever a retention method is on (the study's setting).
+
+    In serial mode (``finetune.workers`` 1: one process steps the envs and learns) the seeds run
+    side by side in ``finetune.processes`` spawned processes, one thread each: on a 2-core box
+    that is ~2× the throughput of one run at a time, and each run is exactly what it is alone
+    (its own seed, its own process; tested). Parallel mode already uses every core, so its seeds
+    run one after another.
+    """
+    from retainrl.artifacts import atomic_path, require
+    from retainrl.retention.methods import check_method
+
+    check_method(method, learner="appo", off_policy=False, key="nethack.finetune.methods")
+    if method != "scratch":
+        require(paths.pretrained, "pretrained NetHack policy (π*)")
+    ft = p.finetune
+    processes = 1 if ft.workers > 1 else min(ft.seeds, ft.processes or cpu_cores())
     with atomic_path(paths.finetune(method), directory=True) as tmp:
-        for k in range(ft.seeds):
-            seed = ft.seed + k
-            loss = sf.RetentionLoss(method, coef, anchor, fisher_diag, buffer, p.retention.bc.batch_size, seed,
-                                    decay=p.retention.ks.decay, floor=p.retention.ks.floor)
-            run_dir = tmp / f"seed_{k}"
-            log.info("finetune[%s] seed %d/%d: %d env steps", method, k + 1, ft.seeds, ft.env_steps)
-            res = sf.run_appo(None if method == "scratch" else Path(paths.pretrained).resolve(), run_dir, loss,
-                              env_steps=ft.env_steps, lr=ft.lr, entropy=0.0 if retention_on else ft.entropy,
-                              freeze_encoder=ft.freeze_encoder and method != "scratch", seed=seed, snapshots=ft.snapshots,
-                              **appo_settings(ft, device))
-            if res["status"] != 0:
-                raise RuntimeError(f"sample-factory APPO exited with status {res['status']} ({method}, seed {seed})")
-            res = {"method": method, "seed": seed, "coef": coef, **res}
-            (run_dir / "retention.json").write_text(json.dumps(res) + "\n")
-            log.info("finetune[%s] seed %d: %.0f env steps/s, %d training episodes", method, seed, res["env_steps_per_s"], res["train_episodes"])
-            runs.append(res)
+        dirs = [tmp / f"seed_{k}" for k in range(ft.seeds)]
+        if processes == 1:
+            runs = [finetune_seed(p, paths, device, method, k, d) for k, d in enumerate(dirs)]
+        else:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            from retainrl.log import setup_logging
+
+            log.info("finetune[%s]: %d seeds in %d processes", method, ft.seeds, processes)
+            ctx = multiprocessing.get_context("spawn")  # no fork of a process holding NLE and torch threads
+            with ProcessPoolExecutor(processes, mp_context=ctx, initializer=setup_logging) as pool:
+                futures = [pool.submit(finetune_seed, p, paths, device, method, k, d, 1) for k, d in enumerate(dirs)]
+                runs = [f.result() for f in futures]
     return {"method": method, "runs": runs}
+
+
+def cpu_cores() -> int:
+    """CPU cores this process may use."""
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def evaluate(p: Params, paths, device=None) -> dict:

@@ -18,6 +18,7 @@ from retainrl.envs.nethack import (
     META_FILE,
     Params,
     Progress,
+    cpu_cores,
     far_start_states,
     game_seeds,
     load_demos,
@@ -202,10 +203,8 @@ def play_all(p: Params, paths, jobs: list, processes: int | None = None):
     default thread count in-process). ``processes`` None: one per core (capped by the jobs); 1
     plays everything in this process.
     """
-    import os
-
     if processes is None:
-        processes = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        processes = cpu_cores()
     processes = max(1, min(processes, len(jobs)))
     if processes == 1:
         player = Player(p, str(paths.demos), str(paths.pretrained))

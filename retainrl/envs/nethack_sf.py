@@ -317,17 +317,15 @@ class ReplayStream:
 
 
 def unroll(ac, obs: dict, first: torch.Tensor, rnn: torch.Tensor):
-    """Run the actor-critic over a (T, B) chunk; returns logits (T, B, A), values (T, B), last state."""
+    """Run the actor-critic over a (T, B) chunk; returns the action logits (T, B, A) and the last state."""
     T = first.shape[0]
-    logits, values = [], []
+    logits = []
     for t in range(T):
         rnn = rnn * (1.0 - first[t])[:, None]
         head = ac.forward_head({k: v[t] for k, v in obs.items()})
         core, rnn = ac.forward_core(head, rnn)
-        res = ac.forward_tail(core, values_only=False, sample_actions=False)
-        logits.append(res["action_logits"])
-        values.append(res["values"].reshape(-1))
-    return torch.stack(logits), torch.stack(values), rnn
+        logits.append(ac.forward_tail(core, values_only=False, sample_actions=False)["action_logits"])
+    return torch.stack(logits), rnn
 
 
 def behavioural_cloning(demos: dict, cfg, *, steps: int, batch: int, unroll_len: int, lr: float,
@@ -355,7 +353,7 @@ def behavioural_cloning(demos: dict, cfg, *, steps: int, batch: int, unroll_len:
     try:
         for _ in tqdm(range(steps), desc="BC (actor)", disable=not progress):
             obs, actions, first = stream.chunk(unroll_len)
-            logits, _, rnn = unroll(ac, obs, first, rnn)
+            logits, rnn = unroll(ac, obs, first, rnn)
             loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), actions.reshape(-1))
             opt.zero_grad()
             loss.backward()
@@ -481,7 +479,7 @@ def load_snapshot(exp_dir: Path, path: Path):
 
 
 def run_appo(pretrained: Path | None, exp_dir: Path, loss: RetentionLoss, *, env_steps: int, num_envs: int, rollout: int,
-             batch_size: int, lr: float, entropy: float, freeze_encoder: bool = True, seed: int = 0,
+             batch_size: int, lr: float, entropy: float, epochs: int = 1, freeze_encoder: bool = True, seed: int = 0,
              device: str = "cpu", max_episode_steps: int = 30_000, snapshots: int = 1, workers: int = 1,
              batched_sampling: bool = True, train_only: tuple[str, ...] = ()) -> dict:
     """Fine-tune π* with APPO (sample-factory) plus ``loss``; writes into ``exp_dir``.
@@ -491,7 +489,8 @@ def run_appo(pretrained: Path | None, exp_dir: Path, loss: RetentionLoss, *, env
     many rollout-worker processes, a learner process and asynchronous APPO (the study's setup,
     for a GPU machine). ``batched_sampling`` uses sample-factory's batched sampler (one tensor
     batch per worker instead of per-env bookkeeping). ``pretrained`` None trains from scratch
-    (random init, nothing frozen). For ``ks`` the envs step π* alongside the game
+    (random init, nothing frozen). ``epochs`` is sample-factory's ``num_epochs``: SGD passes over
+    each batch. For ``ks`` the envs step π* alongside the game
     (``--nethack_teacher``). ``train_only`` (parameter-name prefixes) freezes everything else:
     ``("critic_linear",)`` is the critic warm-up (the policy plays and stays π*).
 
@@ -522,7 +521,7 @@ def run_appo(pretrained: Path | None, exp_dir: Path, loss: RetentionLoss, *, env
     cfg = sf_config(exp_dir.parent, exp_dir.name, mode + [
         f"--num_envs_per_worker={num_envs}", "--worker_num_splits=1", f"--batched_sampling={batched_sampling}",
         f"--batch_size={batch_size}", f"--rollout={rollout}", "--num_batches_per_epoch=1",
-        "--num_epochs=1", f"--train_for_env_steps={env_steps}", "--save_every_sec=100000",
+        f"--num_epochs={epochs}", f"--train_for_env_steps={env_steps}", "--save_every_sec=100000",
         "--experiment_summaries_interval=100000", "--with_wandb=False", "--restart_behavior=resume",
         "--decorrelate_envs_on_one_worker=False", f"--learning_rate={lr}", f"--exploration_loss_coeff={entropy}",
         f"--nethack_seed={seed}", f"--seed={seed}", f"--device={device}", f"--nethack_max_steps={max_episode_steps}",
