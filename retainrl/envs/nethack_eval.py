@@ -379,7 +379,7 @@ def report(p: Params, paths) -> None:
         ]
     lines += [
         f"Fine-tuning: APPO (sample-factory), {ft.env_steps:,} env steps per run, {ft.seeds} seeds per method, "
-        f"lr {ft.lr:g}, batch {ft.batch_size}, {ft.num_envs} envs × rollout {ft.rollout}, training episodes cut at "
+        f"lr {ft.lr:g}, batch {ft.batch_size} × {ft.epochs} SGD epoch{'s' if ft.epochs > 1 else ''}, {ft.num_envs} envs × rollout {ft.rollout}, training episodes cut at "
         f"{ft.max_episode_steps:,} steps. Evaluation: {p.evaluate.episodes} episodes per part and policy, at most "
         f"{p.evaluate.max_steps:,} env steps each ({'greedy' if p.evaluate.greedy else 'sampled'} actions). "
         f"CLOSE = from the start of a game; FAR = from the state where the expert first reached Dlvl {depth}, "
