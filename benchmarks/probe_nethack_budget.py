@@ -31,7 +31,8 @@ def _params(args):
 
     p = load_params(str(ROOT / "params.yaml"), only="nethack").section("nethack")
     ft = p.finetune.model_copy(update={"env_steps": args.env_steps, "seeds": args.seeds, "snapshots": 1, "methods": args.methods,
-                                       "lr": args.lr or p.finetune.lr, "epochs": args.epochs or p.finetune.epochs})
+                                       "lr": args.lr or p.finetune.lr, "epochs": args.epochs or p.finetune.epochs,
+                                       "processes": 1})  # the probe already runs its methods side by side
     ev = p.evaluate.model_copy(update={"episodes": args.eval_episodes or p.evaluate.episodes})
     return p.model_copy(update={"finetune": ft, "evaluate": ev})
 
