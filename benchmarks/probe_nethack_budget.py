@@ -1,7 +1,7 @@
 """Probe: does a larger fine-tuning budget separate NetHack's methods (KS vs finetune vs π*)?
 
-The default profile's 30k APPO env steps per run do not separate any method from π* (see the
-README). This probe reruns chosen methods with ``--env-steps`` per run from the pipeline's own
+With one SGD epoch per batch, 30k APPO env steps per run did not separate any method from π*;
+the default profile now trains each batch 16 times (see the README). This probe reruns chosen methods with ``--env-steps`` per run from the pipeline's own
 π*, FAR buffer and Fisher (``dvc repro nethack_fisher`` first), evaluates the final policies on
 exactly the default profile's CLOSE games and FAR start states (same sampling seed, so every
 comparison is paired), and writes the paired bootstrap comparisons (``retainrl.stats``) to
@@ -10,6 +10,7 @@ comparison is paired), and writes the paired bootstrap comparisons (``retainrl.s
 
     python benchmarks/probe_nethack_budget.py --env-steps 150000 --seeds 2 --methods finetune ks --jobs 2
     python benchmarks/probe_nethack_budget.py --env-steps 60000 --seeds 3 --lr 5e-3 --out benchmarks/results/nethack_lr_probe.json
+    python benchmarks/probe_nethack_budget.py --env-steps 30000 --seeds 6 --methods finetune ks --epochs 16 --out benchmarks/results/nethack_seeds6_probe.json
 """
 
 from __future__ import annotations
