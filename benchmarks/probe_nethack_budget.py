@@ -1,8 +1,9 @@
 """Probe: does a larger fine-tuning budget separate NetHack's methods (KS vs finetune vs π*)?
 
 With one SGD epoch per batch, 30k APPO env steps per run did not separate any method from π*;
-the default profile now trains each batch 16 times (see the README). This probe reruns chosen methods with ``--env-steps`` per run from the pipeline's own
-π*, FAR buffer and Fisher (``dvc repro nethack_fisher`` first), evaluates the final policies on
+the default profile now trains each batch 16 times (see the README). This probe reruns chosen
+methods with ``--env-steps`` per run (``--epochs``, ``--lr``) from the pipeline's own π*, FAR
+buffer and Fisher (``dvc repro nethack_fisher`` first), evaluates the final policies on
 exactly the default profile's CLOSE games and FAR start states (same sampling seed, so every
 comparison is paired), and writes the paired bootstrap comparisons (``retainrl.stats``) to
 ``benchmarks/results/nethack_budget_probe.json``. Methods run in parallel processes
