@@ -7,7 +7,9 @@
   FAR start state (seeds + action prefix up to the expert's first arrival on Dlvl 4);
 * APPO env steps/s through the pipeline's own ``nethack_sf.run_appo`` (fresh policy, 4 envs per
   worker, batch 128, no retention term) in each sample-factory mode: serial with the per-env
-  (non-batched) sampler, serial with the batched sampler (the default profile), and parallel
+  (non-batched) sampler, serial with the batched sampler (one SGD epoch per batch, the study's;
+  and 16, the default profile's fine-tuning: a fresh policy trains its encoder too, so this is
+  the `scratch` method's cost, the slowest), and parallel
   (``--workers`` rollout-worker processes + a learner process, asynchronous APPO: the paper
   profile's mode). The wall time includes sample-factory's start-up, so each is a lower bound on
   steady-state speed;
@@ -55,10 +57,11 @@ def random_steps_per_s(env, steps: int, seed: int) -> float:
     return steps / (time.perf_counter() - t0)
 
 
-APPO_MODES = {  # name → (workers, batched sampling)
-    "serial, per-env sampler": (1, False),
-    "serial, batched sampler": (1, True),
-    "parallel, batched sampler": (None, True),
+APPO_MODES = {  # name → (workers, batched sampling, SGD epochs per batch)
+    "serial, per-env sampler": (1, False, 1),
+    "serial, batched sampler": (1, True, 1),
+    "serial, batched sampler, 16 epochs": (1, True, 16),  # the default profile's fine-tuning
+    "parallel, batched sampler": (None, True, 1),
 }
 
 
@@ -69,13 +72,13 @@ def appo_steps_per_s(steps: int, workers: int) -> dict[str, dict]:
     from retainrl.envs import nethack_sf as sf
 
     out = {}
-    for name, (w, batched) in APPO_MODES.items():
+    for name, (w, batched, epochs) in APPO_MODES.items():
         w = w or workers
         with tempfile.TemporaryDirectory() as tmp:
             res = sf.run_appo(None, Path(tmp) / "run", sf.RetentionLoss("scratch", 0.0), env_steps=steps, num_envs=4,
-                              rollout=32, batch_size=128, lr=1e-3, entropy=0.001, max_episode_steps=1000,
+                              rollout=32, batch_size=128, lr=1e-3, epochs=epochs, entropy=0.001, max_episode_steps=1000,
                               workers=w, batched_sampling=batched)
-        out[name] = {"workers": w, "batched_sampling": batched, "env_steps": res["env_steps"], "wall_s": res["wall_s"],
+        out[name] = {"workers": w, "batched_sampling": batched, "epochs": epochs, "env_steps": res["env_steps"], "wall_s": res["wall_s"],
                      "env_steps_per_s": res["env_steps_per_s"]}
         log.info("APPO %s: %.0f env steps/s", name, res["env_steps_per_s"])
     return out
@@ -175,7 +178,7 @@ def main() -> None:
         "far_prefix_steps_max": int(np.max(prefixes)) if prefixes else None,
         "far_restore_per_state": [{"prefix_steps": int(n), "restore_s": float(c)} for n, c in zip(prefixes, costs)],
         "far_restore_steps_per_s": float(np.sum(prefixes) / np.sum(costs)) if costs else None,
-        "appo_env_steps_per_s": appo,  # the default profile's mode
+        "appo_env_steps_per_s": appo,  # serial + batched sampler, one epoch (the study's training per batch)
         "appo_vs_raw": appo / raw if appo else None,
         "appo_modes": {k: {**v, "vs_raw": v["env_steps_per_s"] / raw} for k, v in appo_modes.items()},
         "eval_env_steps_per_s": evals,
