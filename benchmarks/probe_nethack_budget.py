@@ -7,11 +7,14 @@ buffer and Fisher (``dvc repro nethack_fisher`` first), evaluates the final poli
 exactly the default profile's CLOSE games and FAR start states (same sampling seed, so every
 comparison is paired), and writes the paired bootstrap comparisons (``retainrl.stats``) to
 ``benchmarks/results/nethack_budget_probe.json``. Methods run in parallel processes
-(``--jobs``), each single-threaded, in a temporary directory.
+(``--jobs``), each single-threaded, in a temporary directory. ``--set KEY=VALUE`` changes any
+other ``nethack.*`` knob for the probe alone (dotted key, YAML value, re-validated), e.g. KS's
+decay or ``finetune.processes`` (seeds of one method side by side).
 
     python benchmarks/probe_nethack_budget.py --env-steps 150000 --seeds 2 --methods finetune ks --jobs 2
     python benchmarks/probe_nethack_budget.py --env-steps 60000 --seeds 3 --lr 5e-3 --out benchmarks/results/nethack_lr_probe.json
     python benchmarks/probe_nethack_budget.py --env-steps 30000 --seeds 6 --methods finetune ks --epochs 16 --out benchmarks/results/nethack_seeds6_probe.json
+    python benchmarks/probe_nethack_budget.py --env-steps 30000 --seeds 3 --methods ks --jobs 1 --set retention.ks.decay=0.99936 --set finetune.processes=2
 """
 
 from __future__ import annotations
@@ -36,7 +39,30 @@ def _params(args):
                                        "lr": args.lr or p.finetune.lr, "epochs": args.epochs or p.finetune.epochs,
                                        "processes": 1})  # the probe already runs its methods side by side
     ev = p.evaluate.model_copy(update={"episodes": args.eval_episodes or p.evaluate.episodes})
-    return p.model_copy(update={"finetune": ft, "evaluate": ev})
+    p = p.model_copy(update={"finetune": ft, "evaluate": ev})
+    return _override(p, args.set) if args.set else p  # last, so --set finetune.processes=2 wins
+
+
+def _override(p, assignments: list[str]):
+    """``p`` (the nethack section) with ``KEY=VALUE`` assignments (dotted keys, YAML values) applied and re-validated."""
+    import yaml
+
+    from retainrl.config import ConfigError
+
+    raw = p.model_dump()
+    for item in assignments:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. retention.ks.decay=0.9995")
+        node, parts = raw, key.split(".")
+        for i, part in enumerate(parts[:-1]):
+            if not isinstance(node.get(part), dict):
+                raise ConfigError(f"--set {key}: nethack.{'.'.join(parts[:i + 1])} is not a section")
+            node = node[part]
+        if parts[-1] not in node:
+            raise ConfigError(f"--set {key}: nethack.{key} is not a known key")
+        node[parts[-1]] = yaml.safe_load(value)
+    return type(p).model_validate(raw)
 
 
 def _paths(tmp: Path):
@@ -56,9 +82,21 @@ def _finetune(args, tmp: str, method: str) -> dict:
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    res = nhf.finetune(_params(args), Paths("nethack", root=Path(tmp)), None, method)
+    paths = Paths("nethack", root=Path(tmp))
+    res = nhf.finetune(_params(args), paths, None, method)
     return {"method": method, "seconds": time.perf_counter() - t0,
-            "env_steps_per_s": [r["env_steps_per_s"] for r in res["runs"]]}
+            "env_steps_per_s": [r["env_steps_per_s"] for r in res["runs"]],
+            "train_score_by_fifth": [train_curve(d / "train_episodes.json") for d in sorted(Path(paths.finetune(method)).glob("seed_*"))]}
+
+
+def train_curve(path: Path, parts: int = 5) -> list[float]:
+    """Mean score of the training episodes in each of ``parts`` consecutive slices of the run:
+    whether APPO improved the policy on the games it trained on (episodes end at
+    ``finetune.max_episode_steps``)."""
+    import numpy as np
+
+    scores = np.array([e["score"] for e in json.loads(path.read_text())], float)
+    return [round(float(c.mean()), 2) if len(c) else float("nan") for c in np.array_split(scores, parts)]
 
 
 def main() -> None:
@@ -76,6 +114,8 @@ def main() -> None:
     ap.add_argument("--eval-episodes", type=int, default=None, help="default: the profile's (a smaller number is for a quick check)")
     ap.add_argument("--lr", type=float, default=None, help="APPO learning rate; default: the profile's finetune.lr")
     ap.add_argument("--epochs", type=int, default=None, help="SGD passes over each APPO batch; default: the profile's finetune.epochs")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a nethack.* knob for this probe (dotted key, YAML value; repeatable), e.g. retention.ks.decay=0.9995")
     ap.add_argument("--out", default="benchmarks/results/nethack_budget_probe.json", help="result file (relative to the repository)")
     args = ap.parse_args()
     setup_logging()
@@ -89,7 +129,7 @@ def main() -> None:
         summary = nhf.evaluate(_params(args), paths)
     result = {
         "env_steps": args.env_steps, "seeds": args.seeds, "methods": args.methods, "lr": _params(args).finetune.lr,
-        "epochs": _params(args).finetune.epochs, "runs": runs,
+        "epochs": _params(args).finetune.epochs, "set": args.set, "runs": runs,
         "seconds": round(time.perf_counter() - started, 1),
         "final": {m: {k: summary["methods"][m][k]["mean"] for k in ("close_score_gain", "far_score_gain", "close_kl_pi_star", "far_kl_pi_star")}
                   for m in args.methods},

@@ -422,3 +422,48 @@ def test_dvc_yaml_declares_the_nethack_paths_and_profile_params():
     for profile in ("smoke", "paper"):
         assert "methods" not in params["profiles"][profile]["nethack"].get("finetune", {})
     assert "em" not in params["nethack"]["finetune"]["methods"]
+
+
+def test_budget_probe_overrides_a_knob_by_dotted_key_and_names_a_bad_one():
+    """`probe_nethack_budget.py --set KEY=VALUE` changes exactly that knob, re-validated; typos name the key."""
+    from benchmarks.probe_nethack_budget import _override
+    from retainrl.config import load_params
+
+    p = load_params("params.yaml", only="nethack").section("nethack")
+    q = _override(p, ["retention.ks.decay=0.99936", "finetune.processes=2", "finetune.methods=[finetune, ks]"])
+    assert q.retention.ks.decay == 0.99936 and q.finetune.processes == 2 and q.finetune.methods == ["finetune", "ks"]
+    assert q.retention.ks.coef == p.retention.ks.coef and q.finetune.env_steps == p.finetune.env_steps
+    with pytest.raises(ConfigError, match=r"nethack\.retention\.ks\.dekay is not a known key"):
+        _override(p, ["retention.ks.dekay=1"])
+    with pytest.raises(ConfigError, match=r"nethack\.finetune\.lr is not a section"):
+        _override(p, ["finetune.lr.x=1"])
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        _override(p, ["retention.ks.decay"])
+    with pytest.raises(ValueError, match=r"retention\.ks\.decay"):
+        _override(p, ["retention.ks.decay=2"])
+
+
+def test_probe_table_bolds_only_intervals_that_exclude_zero(tmp_path):
+    """docs/nethack.md's probe table is generated from the result files; a shown difference is bold, a missing pair '–'."""
+    from benchmarks.nethack_probe_table import row
+
+    def cmp(part, a, b, diff, lo, hi):
+        return {"part": part, "a": a, "b": b, "metric": "score_gain", "diff": diff, "ci_low": lo, "ci_high": hi, "episodes": 300}
+
+    f = tmp_path / "nethack_demo_probe.json"
+    f.write_text(json.dumps({"env_steps": 30000, "seeds": 3, "epochs": 16, "lr": 0.001, "seconds": 600, "set": ["retention.ks.decay=0.9"],
+                             "comparisons": [cmp("close", "finetune", "pretrained", -11.0, -14.5, -7.5),
+                                             cmp("close", "ks", "pretrained", 1.8, -2.7, 7.0),
+                                             {**cmp("close", "ks", "finetune", -0.7, -0.8, -0.6), "metric": "kl_pi_star"}]}))
+    cells = [c.strip() for c in row(f).strip("|").split("|")]
+    assert cells[:8] == ["demo", "30,000", "3", "16", "0.001", "retention.ks.decay=0.9", "300", "10"]
+    assert cells[8:] == ["**-11.0 [-14.5, -7.5]**", "+1.8 [-2.7, +7.0]", "–", "–", "–", "–"]  # the KL row is not a score
+
+
+def test_budget_probe_training_curve_is_the_mean_score_per_slice_of_the_run(tmp_path):
+    from benchmarks.probe_nethack_budget import train_curve
+
+    f = tmp_path / "train_episodes.json"
+    f.write_text(json.dumps([{"score": s, "env_steps": 100 * i} for i, s in enumerate([0, 0, 10, 10, 20, 20, 30, 30, 40, 40])]))
+    assert train_curve(f) == [0.0, 10.0, 20.0, 30.0, 40.0]
+    assert train_curve(f, parts=2) == [8.0, 32.0]
