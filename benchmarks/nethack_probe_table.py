@@ -21,11 +21,13 @@ NAMES = {"pretrained": "π*", "finetune": "FT", "ks": "KS"}
 
 
 def cell(cmp: dict | None) -> str:
-    """``+1.8 [−2.7, +7.0]``, bold when the 95% interval excludes 0; ``–`` when the probe did not run that pair."""
+    """``+1.8 [−2.7, +7.0]``, bold when ``retainrl.stats.verdict`` calls it shown (the interval excludes 0); ``–`` when the probe did not run that pair."""
     if cmp is None:
         return "–"
+    from retainrl.stats import verdict
+
     text = f"{cmp['diff']:+.1f} [{cmp['ci_low']:+.1f}, {cmp['ci_high']:+.1f}]"
-    return f"**{text}**" if cmp["ci_low"] > 0 or cmp["ci_high"] < 0 else text
+    return f"**{text}**" if verdict(cmp) in ("higher", "lower") else text
 
 
 def row(path: Path) -> str:

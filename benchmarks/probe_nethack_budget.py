@@ -44,10 +44,11 @@ def _params(args):
 
 
 def _override(p, assignments: list[str]):
-    """``p`` (the nethack section) with ``KEY=VALUE`` assignments (dotted keys, YAML values) applied and re-validated."""
+    """``p`` (the nethack section) with ``KEY=VALUE`` assignments (dotted keys, YAML values) applied;
+    re-validated by the config's own validator, so a typo or a bad value names ``nethack.<key>``."""
     import yaml
 
-    from retainrl.config import ConfigError
+    from retainrl.config import ConfigError, _validate
 
     raw = p.model_dump()
     for item in assignments:
@@ -56,13 +57,11 @@ def _override(p, assignments: list[str]):
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. retention.ks.decay=0.9995")
         node, parts = raw, key.split(".")
         for i, part in enumerate(parts[:-1]):
-            if not isinstance(node.get(part), dict):
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
                 raise ConfigError(f"--set {key}: nethack.{'.'.join(parts[:i + 1])} is not a section")
-            node = node[part]
-        if parts[-1] not in node:
-            raise ConfigError(f"--set {key}: nethack.{key} is not a known key")
         node[parts[-1]] = yaml.safe_load(value)
-    return type(p).model_validate(raw)
+    return _validate(type(p), raw, "nethack")
 
 
 def _paths(tmp: Path):
