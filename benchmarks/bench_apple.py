@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from retainrl.algos import reinforce
-from retainrl.envs import apple as A
+from retainrl.learners import reinforce
+from retainrl.families.apple import stages as A
 
 
 def plain_episode(w: list[float], c: float, M: int, T: int, rng: random.Random) -> tuple[float, bool]:
@@ -51,11 +51,11 @@ def measure(episodes: int, batch: int, threads: int) -> dict:
 
     pol = A.LogisticPolicy(1, torch.tensor([w]))
     gen = np.random.default_rng(0)
-    reinforce.rollout(pol, env, batch, gen)  # warm-up
+    A.rollout(pol, env, batch, gen)  # warm-up
     t0 = time.perf_counter()
     done = 0
     while done < episodes:
-        reinforce.rollout(pol, env, batch, gen)
+        A.rollout(pol, env, batch, gen)
         done += batch
     vec_s = time.perf_counter() - t0
     plain_eps = n_plain / plain_s

@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit("the Prefect server did not start")
         os.environ.update({k: env[k] for k in ("PREFECT_HOME", "PREFECT_API_URL", "PREFECT_LOGGING_LEVEL", "RETAINRL_LOG")})
         from flows.pipeline import FlowConfig, run
-        from retainrl.dag import load_dag
+        from retainrl.orchestration.dag import load_dag
 
         n_stages = len(load_dag(repo).stages)
         run(FlowConfig(root=str(repo)))  # warm-up: imports, first flow registration

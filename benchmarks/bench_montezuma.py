@@ -16,7 +16,7 @@ Rows:
 * ``ppo_rnd_rollout``: PPO's acting loop alone – 8 envs in lockstep, one batched forward of the
   Nature-CNN actor-critic per step, sampled actions (what the learner pays per env frame before
   any gradient step);
-* ``ppo_rnd_train``: retainrl.algos.ppo_rnd.train with the default profile's shape (8 envs × 64
+* ``ppo_rnd_train``: retainrl.learners.ppo_rnd.train with the default profile's shape (8 envs × 64
   steps per update, RND, 4 epochs × 4 minibatches, 1 torch thread) – env frames per second of
   training, gradient steps included (no evaluation).
 
@@ -34,14 +34,14 @@ from pathlib import Path
 
 import numpy as np
 
-from retainrl.log import setup_logging
+from retainrl.core.log import setup_logging
 
 log = logging.getLogger("bench_montezuma")
 RESULTS = Path(__file__).parent / "results" / "montezuma.json"
 
 
 def bench_raw(frames: int, frame_skip: int) -> dict:
-    from retainrl.envs.montezuma_ale import make_ale, minimal_actions
+    from retainrl.families.montezuma.ale import make_ale, minimal_actions
 
     ale = make_ale(frame_skip=frame_skip)
     acts = minimal_actions(ale)
@@ -58,7 +58,7 @@ def bench_raw(frames: int, frame_skip: int) -> dict:
 
 
 def bench_env(frames: int) -> dict:
-    from retainrl.envs.montezuma import MontezumaEnv
+    from retainrl.families.montezuma.stages import MontezumaEnv
 
     env = MontezumaEnv()
     rng = np.random.default_rng(0)
@@ -79,7 +79,7 @@ def _ppo_setup(envs: int, steps: int, updates: int):
 
     import torch
 
-    from retainrl.envs.montezuma import FinetuneParams, MontezumaEnv
+    from retainrl.families.montezuma.stages import FinetuneParams, MontezumaEnv
 
     torch.set_num_threads(int(os.environ.get("RETAINRL_THREADS", "1")))
     torch.manual_seed(0)
@@ -92,7 +92,7 @@ def bench_ppo_rollout(frames: int, envs: int) -> dict:
     the Nature-CNN actor-critic per step, actions sampled, uint8 frames (no learning)."""
     import torch
 
-    from retainrl.envs.montezuma_nets import ActorCritic
+    from retainrl.families.montezuma.nets import ActorCritic
 
     cfg, vec = _ppo_setup(envs, 1, 1)
     model = ActorCritic().eval()
@@ -116,9 +116,10 @@ def bench_ppo(updates: int, envs: int, steps: int) -> dict:
     4 epochs × 4 minibatches, the study's network sizes), a fresh policy, no retention, no evaluation."""
     import torch
 
-    from retainrl.algos import ppo_rnd
-    from retainrl.config import RetentionParams
-    from retainrl.envs.montezuma_nets import RND, ActorCritic
+    from retainrl.learners import ppo_rnd
+    from retainrl.retention.params import RetentionParams
+    from retainrl.families.montezuma.nets import ActorCritic
+    from retainrl.learners.rnd import RND
     from retainrl.retention.methods import Finetune, RetentionContext
 
     cfg, vec = _ppo_setup(envs, steps, updates)
@@ -132,7 +133,7 @@ def bench_ppo(updates: int, envs: int, steps: int) -> dict:
 
 
 def bench_search(frames: int, seed: int) -> dict:
-    from retainrl.envs.montezuma_search import GoExplore, rooms_per_budget
+    from retainrl.families.montezuma.search import GoExplore, rooms_per_budget
 
     search = GoExplore(seed=seed)
     result = search.run(frames, progress_bar=False)

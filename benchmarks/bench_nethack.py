@@ -35,9 +35,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from retainrl.envs.nethack import game_seeds, make_env, play_expert, replay, reset_seeded
-from retainrl.envs.nethack_expert import Expert
-from retainrl.log import setup_logging
+from retainrl.families.nethack.stages import game_seeds, make_env, play_expert, replay, reset_seeded
+from retainrl.families.nethack.expert import Expert
+from retainrl.core.log import setup_logging
 
 log = logging.getLogger("bench_nethack")
 OUT = Path(__file__).parent / "results" / "nethack.json"
@@ -69,7 +69,7 @@ def appo_steps_per_s(steps: int, workers: int) -> dict[str, dict]:
     """env steps/s of ``run_appo`` (the fine-tuning stage's code path) in each sample-factory mode."""
     import tempfile
 
-    from retainrl.envs import nethack_sf as sf
+    from retainrl.families.nethack import sf
 
     out = {}
     for name, (w, batched, epochs) in APPO_MODES.items():
@@ -96,8 +96,8 @@ def eval_steps_per_s(episodes: int, steps: int, seed: int) -> dict[str, float]:
     import torch
     from sample_factory.model.actor_critic import create_actor_critic
 
-    from retainrl.envs import nethack_eval
-    from retainrl.envs import nethack_sf as sf
+    from retainrl.families.nethack import evaluation as nethack_eval
+    from retainrl.families.nethack import sf
 
     torch.manual_seed(seed)
     with tempfile.TemporaryDirectory() as tmp:

@@ -43,9 +43,9 @@ def _learner(n_models: int, hidden: int, threads: int, env_steps: int, updates: 
     import torch
 
     torch.set_num_threads(threads)
-    from retainrl.algos import sac
-    from retainrl.config import RetentionParams
-    from retainrl.envs import robot
+    from retainrl.learners import sac
+    from retainrl.retention.params import RetentionParams
+    from retainrl.families.robot import stages as robot
     from retainrl.retention import ProtectedReplay, RetentionContext, build_retention
 
     p = robot.Params.model_validate({"net": {"hidden": hidden, "layers": 4}})
@@ -107,7 +107,7 @@ def separate_processes(n: int, hidden: int, env_steps: int, updates: int) -> dic
 def raw_metaworld(steps: int) -> float:
     import numpy as np
 
-    from retainrl.envs.robot import make_task_env
+    from retainrl.families.robot.stages import make_task_env
 
     env = make_task_env("push-wall", 0)
     env.reset(seed=0)

@@ -1,7 +1,7 @@
 """The Prefect flow that runs the pipeline dvc.yaml declares.
 
 One task run per DVC stage (named after the stage, with the stage's output as its logs). The
-DAG is read from DVC (retainrl.dag); the flow body is a small scheduler: a stage is submitted
+DAG is read from DVC (retainrl.orchestration.dag); the flow body is a small scheduler: a stage is submitted
 once all of its upstream stages have finished, at most ``concurrency`` at a time, so the
 fine-tune matrix runs side by side. A stage DVC reports as up to date (and whose upstream did
 not just re-run) is skipped. Each stage runs as ``dvc repro --single-item STAGE`` (see
@@ -29,7 +29,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import dvcops
 from flows.remote import StageError, merge_results, run_remote, work_order
-from retainrl.dag import DagError, StageInfo, load_dag
+from retainrl.orchestration.dag import DagError, StageInfo, load_dag
 
 log = logging.getLogger("retainrl.flows")
 
@@ -60,7 +60,7 @@ class FlowConfig:
             raise ValueError(f"retries must be ≥ 0, got {self.retries}")
         if self.seeds is not None and self.seeds < 1:
             raise ValueError(f"seeds must be ≥ 1, got {self.seeds}")
-        from retainrl.config import PROFILES
+        from retainrl.core.config import PROFILES
 
         if self.profile is not None and self.profile not in PROFILES:
             raise ValueError(f"profile: unknown profile {self.profile!r}; allowed: {', '.join(PROFILES)}")
@@ -75,7 +75,7 @@ def apply_params(root: Path, cfg: FlowConfig, envs: list[str]) -> None:
         return
     from dvc.utils.serialize import modify_yaml
 
-    from retainrl.config import PROFILES
+    from retainrl.core.config import PROFILES
 
     if cfg.profile is not None and cfg.profile not in PROFILES:
         raise ValueError(f"profile: unknown profile {cfg.profile!r}; allowed: {', '.join(PROFILES)}")
@@ -95,7 +95,7 @@ def apply_params(root: Path, cfg: FlowConfig, envs: list[str]) -> None:
                     prof = params.setdefault("profiles", {}).setdefault(profile, {}) or {}
                     params["profiles"][profile] = prof
                     prof.setdefault(env, {}).setdefault("finetune", {})["seeds"] = int(cfg.seeds)
-    from retainrl.config import ConfigError, load_params
+    from retainrl.core.config import ConfigError, load_params
 
     try:
         load_params(root / "params.yaml")

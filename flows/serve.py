@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from flows.pipeline import check_server, pipeline
-from retainrl.dag import DagError, load_dag
+from retainrl.orchestration.dag import DagError, load_dag
 
 DEFAULT_CRON = "0 3 * * *"  # nightly; `--cron` to change
 

@@ -2,7 +2,7 @@
 
 import sys
 
-from retainrl.stage import main
+from retainrl.core.stage import main
 
 if __name__ == "__main__":
     sys.exit(main("finetune", extra="method"))

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from retainrl.algos import reinforce
-from retainrl.envs import apple as A
+from retainrl.learners import reinforce
+from retainrl.families.apple import stages as A
 
 
 def run_episode(env, policy_fn, phase=1):
@@ -74,7 +74,7 @@ def test_stacked_models_get_exactly_their_own_gradients():
     p = A.Params()
     w = torch.tensor([[-1.0, -0.5], [0.3, 0.2]])
     both = A.LogisticPolicy(2, w)
-    ro = reinforce.rollout(both, p.env, 16, np.random.default_rng(0))
+    ro = A.rollout(both, p.env, 16, np.random.default_rng(0))
     reinforce.policy_gradient_loss(both, ro, baseline=True).backward()
     for i in range(2):
         one = A.LogisticPolicy(1, w[i : i + 1])
@@ -86,7 +86,7 @@ def test_stacked_models_get_exactly_their_own_gradients():
 def test_policy_gradient_pushes_phase_one_towards_the_apple():
     p = A.Params()
     pol = A.LogisticPolicy(1, torch.tensor([[-1.0, -2.0]]))
-    ro = reinforce.rollout(pol, p.env, 64, np.random.default_rng(1))
+    ro = A.rollout(pol, p.env, 64, np.random.default_rng(1))
     reinforce.policy_gradient_loss(pol, ro, baseline=True).backward()
     s1 = torch.tensor([1.0, -p.env.c])
     assert torch.dot(-pol.weight.grad[0], s1) > 0  # a descent step raises the phase-1 logit
@@ -115,10 +115,23 @@ def test_vectorised_rollout_matches_the_plain_loop_statistically():
     p = A.Params()
     w = torch.tensor([[0.8, -1.0]])
     pol = A.LogisticPolicy(1, w)
-    ro = reinforce.rollout(pol, p.env, 2000, np.random.default_rng(0))
+    ro = A.rollout(pol, p.env, 2000, np.random.default_rng(0))
     vec_return = ro.rewards.sum(1).mean().item()
     import random
 
     rng = random.Random(0)
     loop_return = sum(plain_episode(w[0].tolist(), p.env.c, p.env.M, p.env.T, rng)[0] for _ in range(2000)) / 2000
     assert vec_return == pytest.approx(loop_return, abs=2.0)
+
+
+def test_ks_decays_once_per_reinforce_update(monkeypatch):
+    """REINFORCE takes one actor gradient step per iteration: KS sees steps 0 … iterations − 1."""
+    from retainrl.retention.methods import KS
+
+    p = A.Params.model_validate({"finetune": {"iterations": 5, "seeds": 2, "eval_every": 5, "eval_episodes": 4, "episodes_per_iteration": 4}})
+    steps = []
+    orig = KS.aux_loss
+    monkeypatch.setattr(KS, "aux_loss", lambda self, pol, online, step: steps.append(step) or orig(self, pol, online, step))
+    pretrained = A.LogisticPolicy(1, torch.tensor([[0.5, -1.0]]))
+    A.finetune_seeds("ks", p, pretrained, None, None, progress=False)
+    assert steps == [0, 1, 2, 3, 4]

@@ -1,4 +1,4 @@
-"""Atomic artifact writes and the agreement between dvc.yaml and retainrl.paths."""
+"""Atomic artifact writes and the agreement between dvc.yaml and retainrl.core.paths."""
 
 import os
 import signal
@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 from conftest import dvc_outs
-from retainrl.artifacts import atomic_path, load_npz, save_npz
-from retainrl.config import ConfigError
-from retainrl.paths import Paths
+from retainrl.core.artifacts import atomic_path, load_npz, save_npz
+from retainrl.core.config import ConfigError
+from retainrl.core.paths import Paths
 
 
 def test_failed_write_leaves_nothing(tmp_path):
@@ -36,7 +36,7 @@ def test_successful_write_replaces_the_old_artifact(tmp_path):
 def test_killed_writer_leaves_no_output_and_the_next_run_sweeps_its_temporary(tmp_path):
     dest = tmp_path / "artifact"
     code = (
-        "import time, sys; from retainrl.artifacts import atomic_path\n"
+        "import time, sys; from retainrl.core.artifacts import atomic_path\n"
         f"with atomic_path({str(dest)!r}, directory=True) as tmp:\n"
         "    (tmp / 'part').write_text('x'); print('writing', flush=True); time.sleep(60)\n"
     )
@@ -66,7 +66,7 @@ def test_corrupted_or_missing_npz_is_named(tmp_path):
 
 
 def test_dvc_yaml_declares_the_paths_the_code_writes(root):
-    """Every family stage's outs in dvc.yaml are the directories retainrl.paths gives it."""
+    """Every family stage's outs in dvc.yaml are the directories retainrl.core.paths gives it."""
     raw = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
     params = yaml.safe_load((root / "params.yaml").read_text())
     p = Paths("apple")
@@ -91,7 +91,7 @@ def test_dvc_yaml_declares_the_paths_the_code_writes(root):
 def test_saved_tensors_are_byte_identical_across_processes(tmp_path):
     """Same weights + metadata → same bytes in every process, or DVC sees a changed output."""
     code = (
-        "import sys, torch; from retainrl.artifacts import save_tensors\n"
+        "import sys, torch; from retainrl.core.artifacts import save_tensors\n"
         "save_tensors(sys.argv[1], {'b': torch.ones(3), 'a': torch.zeros(2)}, {'zeta': 1, 'alpha': [1, 2], 'mid': 'x'})\n"
     )
     outs = []
@@ -100,6 +100,6 @@ def test_saved_tensors_are_byte_identical_across_processes(tmp_path):
         subprocess.run([sys.executable, "-c", code, str(path)], check=True)
         outs.append(path.read_bytes())
     assert outs[0] == outs[1] == outs[2]
-    from retainrl.artifacts import load_metadata
+    from retainrl.core.artifacts import load_metadata
 
     assert load_metadata(tmp_path / "t0.safetensors") == {"zeta": 1, "alpha": [1, 2], "mid": "x"}

@@ -6,7 +6,7 @@ import sys
 import pytest
 import yaml
 
-from retainrl.config import ConfigError, load_params, resolve_raw
+from retainrl.core.config import ConfigError, load_params, resolve_raw
 
 
 def write(tmp_path, mutate):
@@ -65,7 +65,7 @@ def test_stage_cli_reports_bad_params_and_missing_artifacts(tmp_path, root):
     # A stage whose upstream artifact is missing names it (run in an empty directory).
     good = write(tmp_path, lambda r: None)
     res = subprocess.run(
-        [sys.executable, "-c", "import sys; from retainrl.stage import main; sys.exit(main('pretrain'))", "apple", "--params", str(good)],
+        [sys.executable, "-c", "import sys; from retainrl.core.stage import main; sys.exit(main('pretrain'))", "apple", "--params", str(good)],
         cwd=env_dir, capture_output=True, text=True,
     )
     assert res.returncode == 2 and "data/apple/demos/demos.npz: missing expert demonstrations" in res.stderr
@@ -100,7 +100,9 @@ def test_every_family_needs_smoke_and_paper_overlays(tmp_path):
 
 def test_each_stage_depends_on_its_own_family_overlays_only():
     """Tuning one family's profile must not invalidate another family's cached stages."""
-    from retainrl.envs import FAMILIES
+    from retainrl.core.family import family_names
+
+    FAMILIES = family_names()
 
     stages = yaml.safe_load(open("dvc.yaml"))["stages"]
     for name, stage in stages.items():
@@ -152,3 +154,21 @@ def test_far_boundary_beyond_the_demo_route_is_a_stage_error(tmp_path, root):
                          env={**__import__("os").environ, "PYTHONPATH": str(root)})
     assert res.returncode == 2 and "montezuma.route.far_boundary: 9 is beyond" in res.stderr, res.stderr[-2000:]
     assert not (tmp_path / "data" / "montezuma" / "demos").exists()
+
+
+def test_device_resolution_says_which_and_why(caplog, monkeypatch):
+    """`device: auto` on a CPU build of torch must say so in the stage log, not fall back silently."""
+    import torch
+
+    from retainrl.core import device as dev
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", None)
+    with caplog.at_level("INFO", logger="retainrl.core.device"):
+        assert dev.resolve_device("auto").type == "cpu"
+    assert "CPU build" in caplog.text and "TORCH=cuda" in caplog.text
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    assert "sees no GPU" in dev._resolve("auto")[1]
+    with pytest.raises(ConfigError, match=r"device: 'cuda' was requested.*built for CUDA 13.0"):
+        dev.resolve_device("cuda")
+    assert dev.resolve_device("cpu").type == "cpu"

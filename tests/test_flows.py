@@ -123,7 +123,7 @@ def flowed(base, harness, ref_started, tmp_path_factory) -> tuple[Path, dict]:
 # ----------------------------------------------------------------------------- (1) the flow
 def test_flow_runs_every_stage_and_matches_dvc_repro(flowed, ref):
     repo, result = flowed
-    from retainrl.dag import load_dag
+    from retainrl.orchestration.dag import load_dag
 
     assert set(result) == set(load_dag(repo).select(TARGETS).stages)  # one task per stage, names from DVC
     assert all(r["ran"] for r in result.values())
@@ -236,7 +236,7 @@ def wait_for(fn, timeout, what):
 
 # ----------------------------------------------------------------------------- (3) retrieval
 def test_retrieve_model_at_tag(ref, tmp_path):
-    from retainrl.retrieve import dvc_md5, fetch
+    from retainrl.orchestration.retrieve import dvc_md5, fetch
 
     repo = clone_dir(ref, tmp_path / "repo")
     sh(["git", "add", "-A"], repo)
@@ -301,7 +301,7 @@ def test_unreachable_server_and_bad_revision(ref, capsys, monkeypatch):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from flows.pipeline import main
-    from retainrl.retrieve import main as retrieve
+    from retainrl.orchestration.retrieve import main as retrieve
 
     before = snapshot(ref)
     with temporary_settings(updates={PREFECT_API_URL: f"http://127.0.0.1:{free_port()}/api"}):

@@ -15,9 +15,9 @@ import pytest
 
 pytest.importorskip("ale_py")
 
-from retainrl.config import ConfigError
-from retainrl.envs import montezuma as mz
-from retainrl.envs.montezuma_ale import (
+from retainrl.core.config import ConfigError
+from retainrl.families.montezuma import stages as mz
+from retainrl.families.montezuma.ale import (
     RAM_LIVES,
     array_to_state,
     decode_ram,
@@ -25,7 +25,7 @@ from retainrl.envs.montezuma_ale import (
     minimal_actions,
     state_to_array,
 )
-from retainrl.envs.montezuma_search import FRAME_SKIP, replay
+from retainrl.families.montezuma.search import FRAME_SKIP, replay
 
 FIXTURE = Path(__file__).parents[1] / mz.ROUTE_PREFIX
 NOOP, RIGHT, LEFT = 0, 3, 4
@@ -259,7 +259,7 @@ def test_room_success_rates(recorded):
     policy (sampled actions) gives one rate in [0, 1] per start room."""
     import torch
 
-    from retainrl.envs.montezuma_nets import ActorCritic
+    from retainrl.families.montezuma.nets import ActorCritic
 
     rep = recorded["replay"]
     starts = [{"room": 2, "entered_from": 1, "state": rep["entry_states"][1]}]

@@ -10,9 +10,10 @@ import torch
 
 pytest.importorskip("ale_py")
 
-from retainrl.envs import montezuma as mz
-from retainrl.envs import montezuma_nets as nets
-from retainrl.envs.montezuma_search import replay
+from retainrl.families.montezuma import stages as mz
+from retainrl.families.montezuma import nets
+from retainrl.learners.rnd import RND
+from retainrl.families.montezuma.search import replay
 
 FIXTURE = Path(__file__).parents[1] / mz.ROUTE_PREFIX
 
@@ -28,7 +29,7 @@ def segment():
         "entry_steps": np.asarray(rep["entry_steps"]),
         "entry_states": np.stack(rep["entry_states"]),
     }
-    return nets.far_segments(arrays, far_boundary=2), rep
+    return mz.far_segments(arrays, far_boundary=2), rep
 
 
 def test_far_segment_replays_the_route(segment):
@@ -47,7 +48,7 @@ def test_actor_critic_split_and_shapes():
     actor = {n for n, _ in model.retained_parameters()}
     assert actor and not any(n.startswith("critic") for n in actor)
     assert {n for n, _ in model.retained_parameters(include_critic=True)} > actor
-    rnd = nets.RND()
+    rnd = RND()
     rnd.update_stats(obs + 10)
     assert rnd.error(obs).shape == (3,)
     assert not any(p.requires_grad for p in rnd.target.parameters())

@@ -10,8 +10,8 @@ import torch
 
 pytest.importorskip("ale_py")
 
-from retainrl.envs import montezuma as mz
-from retainrl.paths import Paths
+from retainrl.families.montezuma import stages as mz
+from retainrl.core.paths import Paths
 from test_montezuma_search import _fixture_result  # tests/ is on sys.path (rootdir-relative imports)
 
 
@@ -32,6 +32,11 @@ def test_all_stages_tiny(tmp_path, monkeypatch):
         }
     )
     paths = Paths("montezuma", root=tmp_path)
+    from retainrl.retention.methods import KS
+
+    ks_steps = []
+    orig = KS.aux_loss
+    monkeypatch.setattr(KS, "aux_loss", lambda self, pol, online, step: ks_steps.append(step) or orig(self, pol, online, step))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -46,6 +51,8 @@ def test_all_stages_tiny(tmp_path, monkeypatch):
         mz.report(p, paths)
     finally:
         torch.set_num_threads(threads)
+    # KS decays once per actor gradient update: 2 updates × 1 epoch × 2 minibatches per seed, 2 seeds
+    assert ks_steps == [0, 1, 2, 3] * 2
     curves = json.loads((paths.finetune("bc") / "curves.json").read_text())["runs"]
     assert [r["seed"] for r in curves] == [0, 1]
     assert curves[0]["frames"] == [64, 128] and len(curves[0]["eval"]) == 3 and len(curves[0]["rooms_visited"]) == 2

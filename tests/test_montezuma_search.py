@@ -10,10 +10,10 @@ import pytest
 
 pytest.importorskip("ale_py")
 
-from retainrl.config import ConfigError
-from retainrl.envs import montezuma as mz
-from retainrl.envs import montezuma_search as ms
-from retainrl.paths import Paths
+from retainrl.core.config import ConfigError
+from retainrl.families.montezuma import stages as mz
+from retainrl.families.montezuma import search as ms
+from retainrl.core.paths import Paths
 
 FIXTURE = Path(__file__).parents[1] / mz.ROUTE_PREFIX
 
@@ -49,7 +49,7 @@ def test_archive_cells_hold_consistent_trajectories():
     """Every cell's stored action list, replayed from reset, ends in that cell without a death."""
     search = ms.GoExplore(seed=0)
     search.run(8_000, progress_bar=False)
-    from retainrl.envs.montezuma_ale import decode_ram
+    from retainrl.families.montezuma.ale import decode_ram
 
     rng = np.random.default_rng(0)
     cells = list(search.archive.values())
@@ -149,7 +149,7 @@ def test_pretrain_clones_the_far_segment(tmp_path, monkeypatch):
     import torch
     from safetensors.torch import load_file
 
-    from retainrl.envs.montezuma_nets import ActorCritic
+    from retainrl.families.montezuma.nets import ActorCritic
 
     _fixture_result(monkeypatch)
     p = mz.parse_params(
@@ -234,7 +234,7 @@ def test_route_drops_rooms_the_demo_only_peeks_into(tmp_path):
 
 def test_far_boundary_without_demo_steps_is_an_error(tmp_path):
     """A FAR boundary at the last room of a route that ends on entering it leaves nothing to clone."""
-    from retainrl.envs.montezuma_nets import far_segments
+    from retainrl.families.montezuma.stages import far_segments
 
     with np.load(FIXTURE) as data:
         actions = data["actions"]

@@ -12,10 +12,10 @@ torch = pytest.importorskip("torch")
 torch.set_num_threads(1)  # the CI box is shared; thread oversubscription makes small convs crawl
 
 from conftest import dvc_outs  # noqa: E402
-from retainrl.config import ConfigError  # noqa: E402
-from retainrl.envs import nethack as nhf  # noqa: E402
-from retainrl.envs import nethack_eval  # noqa: E402
-from retainrl.paths import Paths  # noqa: E402
+from retainrl.core.config import ConfigError  # noqa: E402
+from retainrl.families.nethack import stages as nhf  # noqa: E402
+from retainrl.families.nethack import evaluation as nethack_eval  # noqa: E402
+from retainrl.core.paths import Paths  # noqa: E402
 
 SEEDS = nhf.game_seeds(0, 2)
 
@@ -56,7 +56,7 @@ def test_replay_from_seeds_and_actions_is_exact(env, game):
 def test_replayed_observations_are_what_the_expert_saw(env, game):
     """Demos store no observations: BC re-renders them by replay. Feeding the replayed
     observations to a fresh (deterministic) expert must give back every recorded action."""
-    from retainrl.envs.nethack_expert import Expert
+    from retainrl.families.nethack.expert import Expert
 
     bot = Expert()
     replayed = [bot.act(obs) for obs, _ in nhf.iter_replay(env, game.seeds, game.actions)]
@@ -171,7 +171,7 @@ def test_default_params_are_the_studys_monk():
 def test_bc_pretrain_writes_a_sample_factory_policy_and_far_buffer(tmp_path):
     """Smoke: collect → BC (a few updates) → sample-factory checkpoint reloads → FAR buffer."""
     pytest.importorskip("sample_factory")
-    from retainrl.envs import nethack_sf as sf
+    from retainrl.families.nethack import sf
 
     p = nhf.validate_params({
         "env": {"max_steps": 600}, "demos": {"games": 2}, "far": {"boundary": 2, "start_depth": 2},
@@ -366,8 +366,8 @@ def test_finetune_refuses_em_and_missing_pretrained_before_any_compute(tmp_path)
 def test_registered_family_validates_through_params_yaml(tmp_path):
     import yaml
 
-    from retainrl.config import load_params
-    from retainrl.envs import get_family
+    from retainrl.core.config import load_params
+    from retainrl.core.family import get_family
 
     assert get_family("nethack") is nhf
     path = tmp_path / "params.yaml"
@@ -379,7 +379,7 @@ def test_registered_family_validates_through_params_yaml(tmp_path):
 
 
 def test_sample_factory_env_starts_episodes_in_far_start_states(env, game):
-    from retainrl.envs import nethack_sf as sf
+    from retainrl.families.nethack import sf
 
     demos = {
         "seeds": game.seeds[None], "actions": game.actions, "offsets": np.array([0, len(game.actions)]),
@@ -398,7 +398,7 @@ def test_sample_factory_env_starts_episodes_in_far_start_states(env, game):
 
 
 def test_dvc_yaml_declares_the_nethack_paths_and_profile_params():
-    """nethack_* outs are the directories retainrl.paths gives the family; params follow the per-family convention."""
+    """nethack_* outs are the directories retainrl.core.paths gives the family; params follow the per-family convention."""
     from pathlib import Path
 
     import yaml
@@ -426,8 +426,8 @@ def test_dvc_yaml_declares_the_nethack_paths_and_profile_params():
 
 def test_budget_probe_overrides_a_knob_by_dotted_key_and_names_a_bad_one():
     """`probe_nethack_budget.py --set KEY=VALUE` changes exactly that knob, re-validated; typos name the key."""
-    from benchmarks.probe_nethack_budget import _override
-    from retainrl.config import load_params
+    from experiments.probe_nethack_budget import _override
+    from retainrl.core.config import load_params
 
     p = load_params("params.yaml", only="nethack").section("nethack")
     q = _override(p, ["retention.ks.decay=0.99936", "finetune.processes=2", "finetune.methods=[finetune, ks]"])
@@ -445,7 +445,7 @@ def test_budget_probe_overrides_a_knob_by_dotted_key_and_names_a_bad_one():
 
 def test_probe_table_bolds_only_intervals_that_exclude_zero(tmp_path):
     """docs/nethack.md's probe table is generated from the result files; a shown difference is bold, a missing pair '–'."""
-    from benchmarks.nethack_probe_table import row
+    from experiments.nethack_probe_table import row
 
     def cmp(part, a, b, diff, lo, hi):
         return {"part": part, "a": a, "b": b, "metric": "score_gain", "diff": diff, "ci_low": lo, "ci_high": hi, "episodes": 300}
@@ -461,7 +461,7 @@ def test_probe_table_bolds_only_intervals_that_exclude_zero(tmp_path):
 
 
 def test_budget_probe_training_curve_is_the_mean_score_per_slice_of_the_run(tmp_path):
-    from benchmarks.probe_nethack_budget import train_curve
+    from experiments.probe_nethack_budget import train_curve
 
     f = tmp_path / "train_episodes.json"
     f.write_text(json.dumps([{"score": s, "env_steps": 100 * i} for i, s in enumerate([0, 0, 10, 10, 20, 20, 30, 30, 40, 40])]))

@@ -12,9 +12,9 @@ import pytest
 pytest.importorskip("nle")
 pytest.importorskip("elftools")
 
-from retainrl.config import ConfigError  # noqa: E402
-from retainrl.envs import nethack as nhf  # noqa: E402
-from retainrl.envs import nethack_clock as clock  # noqa: E402
+from retainrl.core.config import ConfigError  # noqa: E402
+from retainrl.families.nethack import stages as nhf  # noqa: E402
+from retainrl.families.nethack import clock  # noqa: E402
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ import pytest
 
 nh = pytest.importorskip("nle.nethack")
 
-from retainrl.envs import nethack_expert as ex  # noqa: E402
-from retainrl.envs.nethack_expert import Expert, key_index  # noqa: E402
+from retainrl.families.nethack import expert as ex  # noqa: E402
+from retainrl.families.nethack.expert import Expert, key_index  # noqa: E402
 
 FLOOR = nh.GLYPH_CMAP_OFF + ex.S_ROOM
 STONE = nh.GLYPH_CMAP_OFF + ex.S_STONE

@@ -24,11 +24,11 @@ pytest.importorskip("sample_factory")
 torch = pytest.importorskip("torch")
 torch.set_num_threads(1)
 
-from retainrl.config import ConfigError  # noqa: E402
-from retainrl.envs import nethack as nhf  # noqa: E402
-from retainrl.envs import nethack_sf as sf  # noqa: E402
-from retainrl.envs.nethack_learner import RetentionLearner, attach  # noqa: E402
-from retainrl.paths import Paths  # noqa: E402
+from retainrl.core.config import ConfigError  # noqa: E402
+from retainrl.families.nethack import stages as nhf  # noqa: E402
+from retainrl.families.nethack import sf  # noqa: E402
+from retainrl.learners.appo import RetentionLearner, attach  # noqa: E402
+from retainrl.core.paths import Paths  # noqa: E402
 from retainrl.retention.dists import kl  # noqa: E402
 
 

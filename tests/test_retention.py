@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from retainrl.config import ConfigError, RetentionParams
+from retainrl.core.config import ConfigError
+from retainrl.retention.params import RetentionParams
 from retainrl.retention import ProtectedReplay, RetainablePolicy, RetentionContext, build_retention, check_method
 from retainrl.retention.dists import kl
 from retainrl.retention.fisher import fisher_diagonal, monte_carlo_fisher
@@ -159,7 +160,7 @@ def test_categorical_fisher_exact_and_sampled_match_monte_carlo():
 
 
 def test_logistic_fisher_is_p_one_minus_p_s_squared():
-    from retainrl.envs.apple import LogisticPolicy
+    from retainrl.families.apple.stages import LogisticPolicy
 
     pol = LogisticPolicy(1, torch.tensor([[-1.0, -2.0]]))
     s = torch.tensor([[1.0, 0.5]])

@@ -14,9 +14,10 @@ import pytest
 import torch
 
 from conftest import dvc_outs
-from retainrl.algos import sac
-from retainrl.config import ConfigError, RetentionParams, load_params
-from retainrl.envs import robot
+from retainrl.learners import sac
+from retainrl.core.config import ConfigError, load_params
+from retainrl.retention.params import RetentionParams
+from retainrl.families.robot import stages as robot
 from retainrl.retention import ProtectedReplay, RetentionContext, build_retention, fisher_diagonal
 
 torch.set_num_threads(1)
@@ -405,8 +406,8 @@ SMOKE = {
 
 
 def test_end_to_end_stage_functions(tmp_path):
-    from retainrl.artifacts import load_json
-    from retainrl.paths import Paths
+    from retainrl.core.artifacts import load_json
+    from retainrl.core.paths import Paths
 
     p = robot.Params.model_validate(SMOKE)
     paths = Paths("robot", tmp_path)
@@ -460,7 +461,7 @@ def test_code_defaults_are_the_default_profile(root):
 def test_dvc_stages_declare_the_paths_the_code_writes(root):
     import yaml
 
-    from retainrl.paths import Paths
+    from retainrl.core.paths import Paths
 
     stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
     paths = Paths("robot")
@@ -500,3 +501,18 @@ def test_online_sac_pretraining_trains_on_far_stages_and_keeps_the_pretraining_t
     assert info["transitions"] == n // 2 + 30
     rows = {r.tobytes() for r in trans["obs"]}
     assert all(r.tobytes() in rows for r in filled["obs"][: n // 2])
+
+
+def test_ks_decays_once_per_actor_update(pi_star):
+    """KS's coefficient after N SAC updates is max(floor, coef·decay^N): the step is the update count."""
+    params = RetentionParams(ks={"coef": 1.0, "decay": 0.5, "floor": 0.2})
+    m = build_retention("ks", RetentionContext(pretrained=pi_star), params, learner="sac", off_policy=True)
+    steps = []
+    orig = m.aux_loss
+    m.aux_loss = lambda pol, online, step: steps.append(step) or orig(pol, online, step)
+    learner = sac.SACLearner(perturbed(pi_star, 1, 0.05), sac.SACConfig(), m, torch.Generator().manual_seed(0))
+    b = {"obs": obs_batch(8).unsqueeze(0), "act": torch.zeros(1, 8, 4), "rew": torch.ones(1, 8), "next_obs": obs_batch(8, seed=1).unsqueeze(0), "terminal": torch.zeros(1, 8)}
+    for _ in range(4):
+        learner.update(b)
+    assert steps == [0, 1, 2, 3]
+    assert [m.coef(s) for s in steps] == pytest.approx([1.0, 0.5, 0.25, 0.2])

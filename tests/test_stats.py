@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from retainrl.stats import paired_difference, verdict
+from retainrl.pipeline.stats import paired_difference, verdict
 
 GAMES = np.random.default_rng(0).gamma(1.0, 300.0, size=30)  # NetHack-like: one game's score is 10× another's
 
@@ -52,7 +52,7 @@ def test_lower_and_bad_shapes():
 
 
 def test_nethack_compares_each_policys_final_snapshot_on_the_same_games():
-    from retainrl.envs.nethack_eval import compare_policies, final_episodes
+    from retainrl.families.nethack.evaluation import compare_policies, final_episodes
 
     rows = []
     for e, g in enumerate(GAMES[:10]):

@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from retainrl.config import ConfigError
+from retainrl.core.config import ConfigError
 
 
 class ProtectedReplay:

@@ -1,0 +1,1 @@
+"""Montezuma's Revenge (ALE): a searched route, behavioural cloning on its far rooms, PPO+RND."""

@@ -1,0 +1,1 @@
+"""NetHack (NLE, Human Monk): a scripted expert, behavioural cloning, APPO in sample-factory."""

@@ -1,0 +1,448 @@
+"""NetHack evaluation and report: π* and every fine-tuning snapshot on CLOSE and FAR.
+
+Its own module (the ``evaluate`` and ``report`` stages call into it from ``nethack.py``) so that a
+change to how policies are scored reruns only those two stages, not the demos, BC and APPO.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from retainrl.core.config import ConfigError
+from retainrl.families.nethack.params import Params
+from retainrl.families.nethack.games import (
+    DEMO_FILE,
+    META_FILE,
+
+    Progress,
+    cpu_cores,
+    far_start_states,
+    game_seeds,
+    load_demos,
+    make_env,
+    reset_seeded,
+    restore_far_state,
+)
+
+log = logging.getLogger(__name__)
+
+
+#: The two evaluation parts, in the order their episode streams are numbered.
+PARTS = ("close", "far")
+
+
+def episode_streams(seed: int, part: str, n: int) -> list[np.random.Generator]:
+    """One random stream per episode, a pure function of (sampling seed, part, episode index).
+
+    Why per episode: every policy draws step t of episode e from the same stream (common random
+    numbers), so a policy that has barely moved from π* replays π*'s episode step for step, and one
+    episode that runs longer or ends early does not shift the draws of every episode after it (as
+    one stream shared by the episodes in turn did). That is what makes the paired comparisons of
+    ``compare_policies`` tight, and it makes the result independent of how episodes are batched.
+    """
+    return [np.random.default_rng([seed, PARTS.index(part), e]) for e in range(n)]
+
+
+def run_episodes(ac, cfg, envs: list, starts: list[dict], max_steps: int, greedy: bool, streams: list, teacher=None) -> list[dict]:
+    """Play ``ac`` in every env from its start observation (env already there), all in lockstep.
+
+    One batched forward pass per step for all episodes still running: 5–6× cheaper per step on
+    a CPU than one episode at a time (``benchmarks/bench_nethack.py``). Episode i samples its
+    actions by inverse CDF with one uniform draw per step from ``streams[i]`` (``greedy``: argmax),
+    so its result does not depend on which other episodes share the batch. Per episode: score,
+    score gained, depth, levels descended, turns, xplvl, steps, death.
+
+    ``teacher``: π* (an ActorCritic), stepped alongside on the same observations with its own
+    GRU state; ``kl_pi_star`` is then the mean over the episode's steps of KL(π*(·|s) ‖ π(·|s))
+    on the states this policy visits — how far the policy has moved from π* there (0 for π*).
+    """
+    import torch
+
+    from retainrl.families.nethack import sf
+
+    n = len(envs)
+    if not (len(starts) == len(streams) == n):
+        raise ValueError(f"run_episodes: {n} envs, {len(starts)} start observations, {len(streams)} streams")
+    pgs = [Progress.start(o) for o in starts]
+    first = [(pg.score, pg.max_depth) for pg in pgs]
+    cur = [sf.sf_obs(o) for o in starts]
+    steps, died, kl = [0] * n, [False] * n, [0.0] * n
+    rnn = torch.zeros(n, cfg.rnn_size)
+    t_rnn = None if teacher is None else torch.zeros_like(rnn)
+    active = list(range(n))
+    with torch.no_grad():
+        for t in range(1, max_steps + 1):
+            if not active:
+                break
+            idx = torch.as_tensor(active)
+            x = {k: torch.from_numpy(np.stack([cur[i][k] for i in active])) for k in cur[active[0]]}
+            out = ac(x, rnn[idx])
+            rnn[idx] = out["new_rnn_states"]
+            logp = torch.log_softmax(out["action_logits"], -1)
+            if teacher is not None:
+                t_out = teacher(x, t_rnn[idx])
+                t_rnn[idx] = t_out["new_rnn_states"]
+                logp_t = torch.log_softmax(t_out["action_logits"], -1)
+                step_kl = (logp_t.exp() * (logp_t - logp)).sum(-1).tolist()
+            if greedy:
+                actions = logp.argmax(-1).tolist()
+            else:
+                cdf = logp.exp().cumsum(-1)
+                u = torch.tensor([streams[i].random() for i in active], dtype=cdf.dtype) * cdf[:, -1]
+                actions = (cdf < u[:, None]).sum(-1).clamp(max=cdf.shape[1] - 1).tolist()
+            still = []
+            for j, i in enumerate(active):
+                obs, _, term, trunc, _ = envs[i].step(int(actions[j]))
+                steps[i] = t
+                if teacher is not None:
+                    kl[i] += step_kl[j]
+                if term or trunc:
+                    died[i] = bool(term)
+                    continue
+                pgs[i].update(obs)
+                cur[i] = sf.sf_obs(obs)
+                still.append(i)
+            active = still
+    return [{"score": pg.score, "score_gain": pg.score - s0, "start_depth": d0, "max_depth": pg.max_depth,
+             "levels": pg.max_depth - d0, "turns": pg.turns, "xplvl": pg.xplvl, "steps": steps[i], "died": died[i],
+             "kl_pi_star": kl[i] / max(steps[i], 1)} for i, (pg, (s0, d0)) in enumerate(zip(pgs, first))]
+
+
+#: What the evaluation reports per part (CLOSE: from the game start; FAR: from a FAR start state).
+EVAL_KEYS = ("score_gain", "max_depth", "levels", "turns", "xplvl", "kl_pi_star")
+
+
+def _policy_snapshots(p: Params, paths) -> dict[str, list[list[tuple[int, Path, Path]]]]:
+    """method → per seed → [(step, experiment dir, snapshot file)], sorted by step."""
+    from retainrl.core.artifacts import require
+
+    out = {}
+    for m in p.finetune.methods:
+        root = require(paths.finetune(m), f"fine-tuned NetHack policy ({m})")
+        seeds = sorted(root.glob("seed_*"), key=lambda d: int(d.name.split("_")[1]))
+        if not seeds:
+            raise ConfigError(f"{root}: no seed_<k> runs; re-run nethack_finetune@{m}")
+        out[m] = []
+        for d in seeds:
+            snaps = sorted((d / "snapshots").glob("step_*.pth"))
+            if not snaps:
+                raise ConfigError(f"{d / 'snapshots'}: no policy snapshots; re-run nethack_finetune@{m}")
+            out[m].append([(int(f.stem.split("_")[1]), d, f) for f in snaps])
+    return out
+
+
+class Player:
+    """What one evaluation process holds to play policies: one env per episode, the games, π*.
+
+    ``play`` plays one policy (π* for ``snapshot`` None, else a fine-tuning snapshot with π* as
+    the KL teacher) on both parts with sampling seed ``evaluate.seed + k``.
+    """
+
+    def __init__(self, p: Params, demos_dir: str, pretrained_dir: str):
+        from retainrl.families.nethack import sf
+
+        self.ev = p.evaluate
+        self.demos = load_demos(demos_dir)
+        self.far = far_start_states(self.demos)
+        self.close_seeds = game_seeds(self.ev.seed, self.ev.episodes)
+        self.pi_star, self.cfg = sf.load_sf_policy(Path(pretrained_dir))
+        self.pi_star.eval()
+        self.envs = [make_env(p.env.character, 10**7) for _ in range(self.ev.episodes)]
+
+    def play(self, snapshot: tuple[str, str] | None, k: int) -> dict[str, list[dict]]:
+        from retainrl.families.nethack import sf
+
+        if snapshot is None:
+            ac, cfg, teacher = self.pi_star, self.cfg, None  # its KL to itself is 0
+        else:
+            ac, cfg = sf.load_snapshot(Path(snapshot[0]), Path(snapshot[1]))
+            teacher = self.pi_star
+        ac.eval()
+        res = {}
+        for part in PARTS:
+            if part == "close":
+                starts = [reset_seeded(env, self.close_seeds[e]) for e, env in enumerate(self.envs)]
+            else:
+                starts = [restore_far_state(env, self.demos, self.far, e % len(self.far["game"])) for e, env in enumerate(self.envs)]
+            streams = episode_streams(self.ev.seed + k, part, self.ev.episodes)
+            res[part] = run_episodes(ac, cfg, self.envs, starts, self.ev.max_steps, self.ev.greedy, streams, teacher)
+        return res
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+
+
+_PLAYER: Player | None = None  # an evaluation worker process's own Player
+
+
+def _start_player(p: Params, demos_dir: str, pretrained_dir: str) -> None:
+    import atexit
+
+    import torch
+
+    global _PLAYER
+    torch.set_num_threads(1)  # one process per core: the cores play policies side by side
+    _PLAYER = Player(p, demos_dir, pretrained_dir)
+    atexit.register(_PLAYER.close)
+
+
+def _play_job(job: tuple[tuple[str, str] | None, int]) -> dict:
+    assert _PLAYER is not None
+    return _PLAYER.play(*job)
+
+
+def play_all(p: Params, paths, jobs: list, processes: int | None = None):
+    """Yield ``Player.play`` of every job, in job order, using every CPU core this process may use.
+
+    Policies are independent, and each episode draws from its own stream, so which process
+    plays which policy changes nothing but float rounding (one thread per process here, the
+    default thread count in-process). ``processes`` None: one per core (capped by the jobs); 1
+    plays everything in this process.
+    """
+    if processes is None:
+        processes = cpu_cores()
+    processes = max(1, min(processes, len(jobs)))
+    if processes == 1:
+        player = Player(p, str(paths.demos), str(paths.pretrained))
+        try:
+            for job in jobs:
+                yield player.play(*job)
+        finally:
+            player.close()
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process holding NLE and torch threads
+    with ProcessPoolExecutor(processes, mp_context=ctx, initializer=_start_player,
+                             initargs=(p, str(paths.demos), str(paths.pretrained))) as pool:
+        yield from pool.map(_play_job, jobs)
+
+
+def evaluate(p: Params, paths, device=None) -> dict:
+    """Stage: π* and every fine-tuning snapshot of every method and seed on CLOSE and FAR.
+
+    CLOSE = ``evaluate.episodes`` fresh seeded games from the start (score, max depth, turns,
+    xplvl after at most ``evaluate.max_steps`` env steps); FAR = as many episodes from the
+    replayed FAR start states (where the expert first reached Dlvl ``far.start_depth``): the
+    score gained on top of the state's score and the levels descended; on both, the mean
+    KL(π* ‖ π) over the states the policy visits (π* stepped alongside: how far fine-tuning moved
+    the policy from π* on CLOSE, where it trains, and on FAR, where it does not). Every policy plays the
+    same games; a method's seed k samples its actions with sampling seed ``evaluate.seed`` + k,
+    one random stream per episode (``episode_streams``: common random numbers), and π* is played
+    once per such sampling seed (as many as ``finetune.seeds``). Why: a sampled 30-game score of
+    one policy is itself noisy (π*'s three sampling seeds scored 42.0 / 33.7 / 31.9 on the same
+    games), so π*'s side of a comparison must rest on as many episodes as a method's, and seed k
+    of a method pairs with π*'s seed k (same games, same draws: a policy that has barely moved
+    replays π*'s episodes nearly step for step). A method's step-0 snapshot *is* π* (same
+    weights) and reuses π*'s episodes of its sampling seed;
+    ``scratch``'s step 0 is its random init and is played.
+
+    Writes ``metrics.json`` (final snapshot, mean/std over seeds: what ``dvc metrics`` reads),
+    ``summary.json`` (also per seed and π*), ``close_score.json`` / ``far_score.json`` (mean
+    over seeds per snapshot step: ``dvc plots``) and ``episodes.json`` (every episode).
+    """
+    from tqdm import tqdm
+
+    from retainrl.core.artifacts import atomic_path, save_json
+    from retainrl.pipeline.evaluation import scalar_metrics, spread
+
+    demos = load_demos(paths.demos)
+    if len(far_start_states(demos)["game"]) == 0:
+        raise ConfigError(f"{Path(paths.demos) / DEMO_FILE}: no game reached Dlvl {p.far.start_depth}; no FAR start states to evaluate from")
+    snapshots = _policy_snapshots(p, paths)
+    n_seeds = max(len(seeds) for seeds in snapshots.values()) if snapshots else 1
+    # One job per policy to play: π* once per sampling seed, then every snapshot of every method and
+    # seed (a step-0 snapshot of a method that starts from π* reuses π*'s episodes of that seed).
+    jobs: list[tuple[tuple[str, str] | None, int]] = [(None, k) for k in range(n_seeds)]
+    keys: list[tuple[str, int, int]] = [("pretrained", k, 0) for k in range(n_seeds)]
+    for m, seeds in snapshots.items():
+        for k, snaps in enumerate(seeds):
+            for step, exp_dir, snap in snaps:
+                if step == 0 and m != "scratch":
+                    continue
+                jobs.append(((str(exp_dir), str(snap)), k))
+                keys.append((m, k, step))
+
+    def means(res: dict) -> dict:
+        return {f"{part}_{k}": float(np.mean([r[k] for r in res[part]])) for part in PARTS for k in EVAL_KEYS}
+
+    rows: list[dict] = []
+    got: dict[tuple[str, int, int], dict] = {}
+    with tqdm(total=len(jobs), desc="NetHack evaluation", unit="policy") as bar:
+        for (policy, k, step), res in zip(keys, play_all(p, paths, jobs)):
+            bar.update()
+            got[policy, k, step] = means(res)
+            for part in PARTS:
+                rows += [{"policy": policy, "seed": k, "step": step, "part": part, "episode": e, **r} for e, r in enumerate(res[part])]
+            log.info("%s seed %d (step %d): CLOSE score %.1f, FAR gain %.1f", policy, k, step,
+                     got[policy, k, step]["close_score_gain"], got[policy, k, step]["far_score_gain"])
+    pre_means = [got["pretrained", k, 0] for k in range(n_seeds)]
+    per_step: dict[str, list[dict[int, dict]]] = {
+        m: [{step: (pre_means[k] if step == 0 and m != "scratch" else got[m, k, step]) for step, _, _ in snaps}
+            for k, snaps in enumerate(seeds)]
+        for m, seeds in snapshots.items()
+    }
+
+    summary = {"pretrained": {key: spread([pm[key] for pm in pre_means]) for key in pre_means[0]}, "methods": {}}
+    curves = {"close": [], "far": []}
+    steps = sorted(set().union(*[set(g) for seeds in per_step.values() for g in seeds]))
+    for part, key in (("close", "close_score_gain"), ("far", "far_score_gain")):
+        for step in steps:
+            row = {"step": int(step)}
+            for m, seeds in per_step.items():
+                vals = [g[step][key] for g in seeds if step in g]
+                if vals:
+                    row[m] = float(np.mean(vals))
+                    row[f"{m}_std"] = float(np.std(vals))
+            curves[part].append(row)
+    for m, seeds in per_step.items():
+        finals = [g[max(g)] for g in seeds]
+        summary["methods"][m] = {k: spread([f[k] for f in finals]) for k in finals[0]}
+        summary["methods"][m]["final_step"] = int(max(seeds[0]))
+    summary["comparisons"] = compare_policies(rows, list(per_step))
+    metrics = {"pretrained": scalar_metrics(summary["pretrained"]), **{m: scalar_metrics({k: v for k, v in s.items() if k != "final_step"})
+                                                                        for m, s in summary["methods"].items()}}
+    with atomic_path(paths.evaluation, directory=True) as tmp:
+        save_json(tmp / "metrics.json", metrics)
+        save_json(tmp / "summary.json", summary)
+        save_json(tmp / "close_score.json", curves["close"])
+        save_json(tmp / "far_score.json", curves["far"])
+        save_json(tmp / "episodes.json", rows)
+    return summary
+
+
+def final_episodes(rows: list[dict], policy: str, part: str, key: str = "score_gain") -> np.ndarray:
+    """(seeds, episodes) of ``key`` for a policy's final snapshot on ``part`` (π*: one row per sampling seed)."""
+    sel = [r for r in rows if r["policy"] == policy and r["part"] == part]
+    seeds = sorted({r["seed"] for r in sel}, key=lambda s: -1 if s is None else s)
+    out = []
+    for k in seeds:
+        mine = [r for r in sel if r["seed"] == k]
+        last = max(r["step"] for r in mine)
+        out.append([r[key] for r in sorted(mine, key=lambda r: r["episode"]) if r["step"] == last])
+    return np.asarray(out, float)
+
+
+def compare_policies(rows: list[dict], methods: list[str]) -> list[dict]:
+    """Paired bootstrap differences (``retainrl.pipeline.stats``) of the final policies, CLOSE and FAR.
+
+    Score: every method against π*, and every retention method against vanilla ``finetune``
+    (the study's two questions: does fine-tuning keep/improve on π*? does retention beat FT?).
+    KL(π* ‖ π) on the visited states: every retention method against ``finetune`` (does it move
+    the policy less from π*?).
+    """
+    from retainrl.pipeline.stats import paired_difference
+
+    retention = [m for m in methods if m not in ("finetune", "scratch")] if "finetune" in methods else []
+    plan = [("score_gain", m, "pretrained") for m in methods] + [("score_gain", m, "finetune") for m in retention]
+    plan += [("kl_pi_star", m, "finetune") for m in retention]
+    out = []
+    for part in ("close", "far"):
+        for key, a, b in plan:
+            cmp = paired_difference(final_episodes(rows, a, part, key), final_episodes(rows, b, part, key))
+            out.append({"part": part, "a": a, "b": b, "metric": key, **cmp})
+    return out
+
+
+def report(p: Params, paths) -> None:
+    """Stage: report.md (expert, π*, each method's final CLOSE/FAR over seeds) and the two figures.
+
+    ``close_score.png``: CLOSE score over fine-tuning (the study's Figure 3a);
+    ``far_score.png``: score gained from the FAR start states over fine-tuning (its Figure 5).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from retainrl.core.artifacts import atomic_path, load_json, require
+
+    ev_dir = Path(paths.evaluation)
+    summary = load_json(ev_dir / "summary.json", "NetHack evaluation summary")
+    curves = {part: load_json(ev_dir / f"{part}_score.json", f"NetHack {part.upper()} curves") for part in ("close", "far")}
+    meta = json.loads(require(Path(paths.demos) / META_FILE, "NetHack demo metadata").read_text())
+    ft = p.finetune
+    depth = meta["far_start_depth"]
+    lines = ["# NetHack (Human Monk): forgetting of pre-trained capabilities", ""]
+    s = meta.get("summary", {})
+    if s:
+        lines += [
+            f"Expert over {s['games']} seeded games: reached Dlvl {depth} in "
+            f"{100 * s.get('reached_dlvl%d' % depth, 0):.0f}%, median score {s['score_median']:.0f} "
+            f"(mean {s['score_mean']:.0f}), median max depth {s['depth_median']:.0f} (mean {s['depth_mean']:.2f}).",
+            "",
+        ]
+    lines += [
+        f"Fine-tuning: APPO (sample-factory), {ft.env_steps:,} env steps per run, {ft.seeds} seeds per method, "
+        f"lr {ft.lr:g}, batch {ft.batch_size} × {ft.epochs} SGD epoch{'s' if ft.epochs > 1 else ''}, {ft.num_envs} envs × rollout {ft.rollout}, training episodes cut at "
+        f"{ft.max_episode_steps:,} steps. Evaluation: {p.evaluate.episodes} episodes per part and policy, at most "
+        f"{p.evaluate.max_steps:,} env steps each ({'greedy' if p.evaluate.greedy else 'sampled'} actions). "
+        f"CLOSE = from the start of a game; FAR = from the state where the expert first reached Dlvl {depth}, "
+        "scored as the score gained on top of that state's. Mean ± std over seeds of the final policy "
+        f"(π*: over {len(summary['pretrained']['close_score_gain'].get('per_seed', [0]))} sampling seeds, one per training seed).",
+        "",
+        "| policy | CLOSE score | CLOSE turns | CLOSE dlvl | CLOSE xplvl | FAR score gained | FAR levels descended | CLOSE KL(π*‖π) | FAR KL(π*‖π) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def cell(st: dict, fmt: str = ".1f") -> str:
+        return f"{st['mean']:{fmt}} ± {st['std']:{fmt}}" if st.get("std") else f"{st['mean']:{fmt}}"
+
+    rows = [("π* (pretrained)", summary["pretrained"])] + list(summary["methods"].items())
+    for name, m in rows:
+        lines.append(f"| {name} | {cell(m['close_score_gain'])} | {cell(m['close_turns'], '.0f')} | {cell(m['close_max_depth'], '.2f')} | "
+                     f"{cell(m['close_xplvl'], '.2f')} | {cell(m['far_score_gain'])} | {cell(m['far_levels'], '.2f')} | "
+                     f"{cell(m['close_kl_pi_star'], '.3f')} | {cell(m['far_kl_pi_star'], '.3f')} |")
+    lines += ["", "Per seed (final CLOSE score / FAR score gained):", ""]
+    for name, m in [("π* (per sampling seed)", summary["pretrained"])] + list(summary["methods"].items()):
+        lines.append(f"- {name}: " + ", ".join(f"{a:.1f} / {b:.1f}" for a, b in zip(m["close_score_gain"]["per_seed"], m["far_score_gain"]["per_seed"])))
+    if summary.get("comparisons"):
+        from retainrl.pipeline.stats import verdict
+
+        c0 = summary["comparisons"][0]
+        lines += [
+            "",
+            f"Paired differences of the final policies (every policy plays the same {c0['episodes']} games / FAR starts; "
+            f"episode e of seed k of every policy, π*'s included, draws its actions from the same random stream; "
+            f"{100 * c0['level']:.0f}% bootstrap interval over games and seeds; "
+            "`retainrl/stats.py`). Score: CLOSE score, FAR score gained; KL: mean KL(π*‖π) on the states the policy visits "
+            "(lower = closer to π*).",
+            "",
+            "| part | metric | policy | vs | difference | interval | P(policy > vs) | verdict |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for c in summary["comparisons"]:
+            vs = "π*" if c["b"] == "pretrained" else c["b"]
+            fmt = "+.3f" if c["metric"] == "kl_pi_star" else "+.1f"
+            lines.append(f"| {c['part'].upper()} | {'KL' if c['metric'] == 'kl_pi_star' else 'score'} | {c['a']} | {vs} | "
+                         f"{c['diff']:{fmt}} | [{c['ci_low']:{fmt}}, {c['ci_high']:{fmt}}] | {c['p_above']:.2f} | {verdict(c)} |")
+    with atomic_path(paths.report, directory=True) as tmp:
+        for part, fname, title, ylabel in (
+            ("close", "close_score.png", "CLOSE: score from the start of a game", "score"),
+            ("far", "far_score.png", f"FAR: score gained from the expert's first arrival on Dlvl {depth}", "score gained"),
+        ):
+            rows_ = curves[part]
+            fig, ax = plt.subplots(figsize=(6.4, 4.0))
+            methods = [k for k in summary["methods"]]
+            for m in methods:
+                pts = [(r["step"], r[m], r[f"{m}_std"]) for r in rows_ if m in r]
+                if not pts:
+                    continue
+                x, y, e = (np.array(v, float) for v in zip(*pts))
+                (line,) = ax.plot(x, y, marker="o", label=m)
+                ax.fill_between(x, y - e, y + e, color=line.get_color(), alpha=0.15)
+            ax.axhline(summary["pretrained"][f"{part}_score_gain"]["mean"], color="k", ls="--", lw=1, label="π*")
+            ax.set(title=title, xlabel="fine-tuning env steps", ylabel=ylabel)
+            ax.legend(fontsize=8)
+            ax.grid(alpha=0.3)
+            fig.tight_layout()
+            fig.savefig(tmp / fname, dpi=100)
+            plt.close(fig)
+        lines += ["", "![CLOSE score over fine-tuning](close_score.png)", "", "![FAR score over fine-tuning](far_score.png)", ""]
+        (tmp / "report.md").write_text("\n".join(lines))

@@ -1,0 +1,569 @@
+"""NetHack inside sample-factory: the env adapter, the policy's encoder, and BC pre-training of π*.
+
+Why sample-factory's own ``ActorCritic``: the study fine-tunes π* with APPO in sample-factory, so
+π* must be a model sample-factory builds from its config and loads from its checkpoint layout
+(``<experiment>/checkpoint_p0/checkpoint_*.pth`` with ``model`` and ``optimizer`` state dicts,
+``<experiment>/config.json``). BC therefore trains exactly the network ``create_actor_critic``
+builds (our encoder + sample-factory's GRU core + its action head), then pre-trains the critic
+with everything else frozen (as the study did before fine-tuning).
+
+Demonstrations hold only seeds and actions; BC streams observations by replaying ``B`` games in
+parallel and training on chunks of ``T`` steps with the GRU state carried across chunks
+(truncated BPTT) and reset at game boundaries. Nothing is rendered to disk.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+
+from retainrl.families.nethack.games import Progress
+
+log = logging.getLogger(__name__)
+
+SF_ENV = "nethack_monk"
+MAP_SHAPE = (21, 79)
+CROP = 9  # egocentric window (odd)
+BLSTATS = 27
+MSG_LEN = 256
+
+
+# --------------------------------------------------------------------------- env adapter
+
+
+N_ACTIONS = 121  # len(nle.nethack.ACTIONS)
+
+
+def obs_space(teacher: bool = False):
+    """The policy's observation; with ``teacher`` also π*'s logits on the same state (for KS)."""
+    spaces = {
+        "chars": gym.spaces.Box(0, 255, MAP_SHAPE, np.uint8),
+        "blstats": gym.spaces.Box(-np.inf, np.inf, (BLSTATS,), np.float32),
+        "misc": gym.spaces.Box(0, 1, (3,), np.float32),
+        "message": gym.spaces.Box(0, 255, (MSG_LEN,), np.uint8),
+    }
+    if teacher:
+        spaces["teacher_logits"] = gym.spaces.Box(-np.inf, np.inf, (N_ACTIONS,), np.float32)
+    return gym.spaces.Dict(spaces)
+
+
+def sf_obs(obs: dict) -> dict[str, np.ndarray]:
+    """The policy's view of an NLE observation (copies: NLE reuses its arrays)."""
+    return {
+        "chars": obs["chars"].astype(np.uint8, copy=True),
+        "blstats": obs["blstats"].astype(np.float32),
+        "misc": obs["misc"].astype(np.float32),
+        "message": obs["message"].astype(np.uint8, copy=True),
+    }
+
+
+class NetHackSF(gym.Env):
+    """A gymnasium env for sample-factory: seeded games, or episodes started in FAR start states.
+
+    ``seeds``: (n, 3) game seeds cycled through in order (reproducible episodes), or None for
+    fresh NLE seeds. ``far``: (demos, far_start_states) to start each episode in the next FAR
+    start state by replaying its prefix (the study's FAR evaluation). ``episode_log``: a JSONL
+    file that gets one line per finished episode (this env's step count when it ended, score,
+    deepest level, turns, experience level, death); the env may live in a rollout-worker
+    process, so a file is how training episodes reach the caller.
+    """
+
+    def __init__(self, character: str = "mon-hum-neu-mal", max_steps: int = 30_000, seeds=None, far=None, offset: int = 0,
+                 teacher: str | Path | None = None, episode_log: str | Path | None = None):
+        from nle import nethack as nh
+
+        from retainrl.families.nethack.games import make_env
+
+        self.env = make_env(character, max_steps)
+        # Kickstarting needs π*'s output on the states the learner trains on, with π*'s own
+        # recurrent context: π* is stepped here, alongside the game, and its logits ride in the obs.
+        self.teacher = None
+        if teacher:
+            self.teacher, tcfg = load_sf_policy(Path(teacher))
+            self.teacher.eval()
+            self.teacher_rnn = torch.zeros(1, tcfg.rnn_size)
+        self.observation_space = obs_space(teacher=self.teacher is not None)
+        self.action_space = gym.spaces.Discrete(len(nh.ACTIONS))
+        self.seeds = seeds
+        self.far = far
+        self.episode = offset
+        self.render_mode = None
+        self.episode_log = Path(episode_log) if episode_log else None
+        self.steps = 0
+        self.progress = None
+
+    def reset(self, seed=None, options=None):
+        from retainrl.families.nethack.games import reset_seeded, restore_far_state
+
+        if self.far is not None:
+            demos, far = self.far
+            k = self.episode % len(far["game"])
+            obs = restore_far_state(self.env, demos, far, k)
+        elif self.seeds is not None:
+            obs = reset_seeded(self.env, self.seeds[self.episode % len(self.seeds)])
+        else:
+            obs, _ = self.env.reset()
+        self.episode += 1
+        if self.teacher is not None:
+            self.teacher_rnn.zero_()
+        self.progress = Progress.start(obs)
+        return self._obs(obs), {}
+
+    def _obs(self, obs: dict) -> dict:
+        out = sf_obs(obs)
+        if self.teacher is not None:
+            with torch.no_grad():
+                res = self.teacher({k: torch.from_numpy(v)[None] for k, v in out.items()}, self.teacher_rnn)
+            self.teacher_rnn = res["new_rnn_states"]
+            out["teacher_logits"] = res["action_logits"][0].numpy().astype(np.float32)
+        return out
+
+    def step(self, action):
+        obs, reward, term, trunc, info = self.env.step(int(action))
+        self.steps += 1
+        self.progress.update(obs)
+        if (term or trunc) and self.episode_log is not None:
+            pg = self.progress
+            line = {"env_local_steps": self.steps, "score": pg.score, "max_depth": pg.max_depth, "turns": pg.turns,
+                    "xplvl": pg.xplvl, "died": bool(term)}
+            with open(self.episode_log, "a") as f:
+                f.write(json.dumps(line) + "\n")
+        return self._obs(obs), float(reward), bool(term), bool(trunc), info
+
+    def render(self):
+        return None
+
+    def close(self):
+        self.env.close()
+
+
+def make_sf_env(full_env_name, cfg=None, env_config=None, render_mode=None):
+    """sample-factory's env factory; each worker/env index gets its own slice of the seed cycle.
+
+    In parallel mode the env lives in a rollout-worker process of its own: torch there gets one
+    thread (kickstarting steps π* in the env), as the workers already use every core.
+    """
+    from retainrl.families.nethack.games import game_seeds
+
+    idx = 0 if env_config is None else int(getattr(env_config, "env_id", 0) or 0)
+    character = getattr(cfg, "nethack_character", "mon-hum-neu-mal")
+    seed = int(getattr(cfg, "nethack_seed", 0))
+    seeds = game_seeds(1_000_000 + 1000 * seed + idx, 1000)  # reproducible, disjoint from the demos' seeds
+    if cfg is not None and not getattr(cfg, "serial_mode", True):
+        torch.set_num_threads(1)
+    log_dir = getattr(cfg, "nethack_episode_log", "")
+    return NetHackSF(character=character, max_steps=int(getattr(cfg, "nethack_max_steps", 30_000)), seeds=seeds,
+                     teacher=getattr(cfg, "nethack_teacher", "") or None,
+                     episode_log=Path(log_dir) / f"env_{idx:04d}.jsonl" if log_dir else None)
+
+
+# --------------------------------------------------------------------------- encoder
+
+
+def _symlog(x: torch.Tensor) -> torch.Tensor:
+    return torch.sign(x) * torch.log1p(x.abs())
+
+
+def make_encoder_cls():
+    from sample_factory.model.encoder import Encoder
+
+    class NetHackEncoder(Encoder):
+        """Map (embedded chars, strided convs) + egocentric crop + bottom line + message → 512."""
+
+        def __init__(self, cfg, space):
+            super().__init__(cfg)
+            e = 16
+            self.embed = nn.Embedding(256, e)
+            self.map_conv = nn.Sequential(
+                nn.Conv2d(e, 16, 3, stride=2, padding=1), nn.ELU(), nn.Conv2d(16, 16, 3, stride=2, padding=1), nn.ELU()
+            )
+            self.map_fc = nn.Sequential(nn.Linear(16 * 6 * 20, 256), nn.ELU())
+            self.crop_conv = nn.Sequential(nn.Conv2d(e, 16, 3, padding=1), nn.ELU(), nn.Conv2d(16, 16, 3, padding=1), nn.ELU())
+            self.crop_fc = nn.Sequential(nn.Linear(16 * CROP * CROP, 128), nn.ELU())
+            self.stats_fc = nn.Sequential(nn.Linear(BLSTATS + 3, 64), nn.ELU())
+            self.msg_embed = nn.Embedding(256, 32, padding_idx=0)
+            self.msg_fc = nn.Sequential(nn.Linear(32, 64), nn.ELU())
+            self.out = nn.Sequential(nn.Linear(256 + 128 + 64 + 64, 512), nn.ELU())
+            r = CROP // 2
+            self.register_buffer("offs", torch.arange(-r, r + 1), persistent=False)
+
+        def forward(self, obs):
+            chars = obs["chars"].long()
+            b = chars.shape[0]
+            emb = self.embed(chars).permute(0, 3, 1, 2)  # B, e, 21, 79
+            m = self.map_fc(self.map_conv(emb).flatten(1))
+            r = CROP // 2
+            padded = nn.functional.pad(chars, (r, r, r, r))
+            x = obs["blstats"][:, 0].long().clamp(0, MAP_SHAPE[1] - 1) + r
+            y = obs["blstats"][:, 1].long().clamp(0, MAP_SHAPE[0] - 1) + r
+            ys = (y[:, None] + self.offs[None, :])[:, :, None]
+            xs = (x[:, None] + self.offs[None, :])[:, None, :]
+            crop = padded[torch.arange(b, device=chars.device)[:, None, None], ys, xs]
+            c = self.crop_fc(self.crop_conv(self.embed(crop).permute(0, 3, 1, 2)).flatten(1))
+            s = self.stats_fc(torch.cat([_symlog(obs["blstats"].float()), obs["misc"].float()], 1))
+            msg = obs["message"].long()
+            me = self.msg_embed(msg).sum(1) / (msg > 0).sum(1, keepdim=True).clamp_min(1)
+            return self.out(torch.cat([m, c, s, self.msg_fc(me)], 1))
+
+        def get_out_size(self) -> int:
+            return 512
+
+    return NetHackEncoder
+
+
+_ENCODER_CLS = None
+
+
+def make_nethack_encoder(cfg, space):
+    """Module-level (picklable) encoder factory: sample-factory ships it to its worker processes."""
+    global _ENCODER_CLS
+    if _ENCODER_CLS is None:
+        _ENCODER_CLS = make_encoder_cls()
+    return _ENCODER_CLS(cfg, space)
+
+
+_REGISTERED = False
+
+
+def register() -> None:
+    """Register the env and the encoder with sample-factory (idempotent)."""
+    global _REGISTERED
+    if _REGISTERED:
+        return
+    from sample_factory.algo.utils.context import global_model_factory
+    from sample_factory.envs.env_utils import register_env
+
+    register_env(SF_ENV, make_sf_env)
+    global_model_factory().register_encoder_factory(make_nethack_encoder)
+    _REGISTERED = True
+
+
+def sf_config(train_dir: Path, experiment: str, extra: list[str] | None = None):
+    """A sample-factory config for the NetHack policy (recurrent: GRU core, as in the study)."""
+    from sample_factory.cfg.arguments import parse_full_cfg, parse_sf_args
+
+    register()
+    argv = [
+        f"--env={SF_ENV}", "--algo=APPO", f"--train_dir={train_dir}", f"--experiment={experiment}",
+        "--use_rnn=True", "--rnn_type=gru", "--rnn_size=256", "--rnn_num_layers=1",
+        "--normalize_input=False", "--normalize_returns=True", "--device=cpu",
+        "--learning_rate=0.0001", "--gamma=0.999", "--max_grad_norm=4.0", "--reward_clip=10",
+        "--rollout=32", "--batch_size=4096", "--exploration_loss_coeff=0.001",
+    ] + list(extra or [])
+    parser, _ = parse_sf_args(argv)
+    parser.add_argument("--nethack_character", default="mon-hum-neu-mal", type=str)
+    parser.add_argument("--nethack_teacher", default="", type=str, help="π* experiment dir (kickstarting)")
+    parser.add_argument("--nethack_seed", default=0, type=int)
+    parser.add_argument("--nethack_max_steps", default=30_000, type=int, help="env steps per training episode")
+    parser.add_argument("--nethack_episode_log", default="", type=str, help="dir for one JSONL episode log per env")
+    return parse_full_cfg(parser, argv)
+
+
+# --------------------------------------------------------------------------- BC
+
+
+class ReplayStream:
+    """``batch`` games replayed side by side; ``chunk(T)`` gives T steps of (obs, action, first).
+
+    Games are taken in a fixed order (cycling), so BC is reproducible. ``first`` marks the first
+    step of a game (the GRU state is reset there).
+    """
+
+    def __init__(self, demos: dict, batch: int, character: str = "mon-hum-neu-mal", games=None):
+        from retainrl.families.nethack.games import make_env
+
+        self.demos = demos
+        self.games = np.arange(len(demos["seeds"])) if games is None else np.asarray(games)
+        self.envs = [make_env(character, 10**7) for _ in range(batch)]
+        self.next_game = 0
+        self.slots = [self._start(i) for i in range(batch)]
+
+    def _start(self, slot: int) -> dict:
+        from retainrl.families.nethack.games import game_actions, iter_replay
+
+        g = int(self.games[self.next_game % len(self.games)])
+        self.next_game += 1
+        return {"it": iter_replay(self.envs[slot], self.demos["seeds"][g], game_actions(self.demos, g)), "t": 0}
+
+    def chunk(self, T: int):
+        B = len(self.slots)
+        out = {k: np.zeros((T, B) + s.shape, s.dtype) for k, s in obs_space().spaces.items()}
+        actions = np.zeros((T, B), np.int64)
+        first = np.zeros((T, B), np.float32)
+        for b in range(B):
+            for t in range(T):
+                slot = self.slots[b]
+                try:
+                    obs, a = next(slot["it"])
+                except StopIteration:
+                    slot = self.slots[b] = self._start(b)
+                    obs, a = next(slot["it"])
+                first[t, b] = slot["t"] == 0
+                for k, v in sf_obs(obs).items():
+                    out[k][t, b] = v
+                actions[t, b] = a
+                slot["t"] += 1
+        return {k: torch.from_numpy(v) for k, v in out.items()}, torch.from_numpy(actions), torch.from_numpy(first)
+
+    def close(self):
+        for e in self.envs:
+            e.close()
+
+
+def unroll(ac, obs: dict, first: torch.Tensor, rnn: torch.Tensor):
+    """Run the actor-critic over a (T, B) chunk; returns the action logits (T, B, A) and the last state."""
+    T = first.shape[0]
+    logits = []
+    for t in range(T):
+        rnn = rnn * (1.0 - first[t])[:, None]
+        head = ac.forward_head({k: v[t] for k, v in obs.items()})
+        core, rnn = ac.forward_core(head, rnn)
+        logits.append(ac.forward_tail(core, values_only=False, sample_actions=False)["action_logits"])
+    return torch.stack(logits), rnn
+
+
+def behavioural_cloning(demos: dict, cfg, *, steps: int, batch: int, unroll_len: int, lr: float,
+                        seed: int = 0, character: str = "mon-hum-neu-mal", progress: bool = True):
+    """BC of sample-factory's ActorCritic on the expert's actions; returns (actor_critic, metrics).
+
+    The critic is left untrained here: regressing it on the *expert's* score-to-go (an earlier
+    version did) fits returns π* never gets (critic ≈ 500 where π*'s clipped return-to-go is
+    ≈ 15), and that error then drives APPO's first updates. ``critic_warmup`` fits it on π*'s own
+    games instead.
+    """
+    from nle import nethack as nh
+    from sample_factory.model.actor_critic import create_actor_critic
+    from tqdm import tqdm
+
+    torch.manual_seed(seed)
+    import gymnasium as gym
+
+    ac = create_actor_critic(cfg, obs_space(), gym.spaces.Discrete(len(nh.ACTIONS)))
+    ac.train()
+    stream = ReplayStream(demos, batch, character)
+    rnn = torch.zeros(batch, cfg.rnn_size)
+    opt = torch.optim.Adam(ac.parameters(), lr=lr)
+    metrics = {"bc_loss": [], "bc_acc": []}
+    try:
+        for _ in tqdm(range(steps), desc="BC (actor)", disable=not progress):
+            obs, actions, first = stream.chunk(unroll_len)
+            logits, rnn = unroll(ac, obs, first, rnn)
+            loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), actions.reshape(-1))
+            opt.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(ac.parameters(), cfg.max_grad_norm)
+            opt.step()
+            rnn = rnn.detach()
+            metrics["bc_loss"].append(float(loss.detach()))
+            metrics["bc_acc"].append(float((logits.detach().argmax(-1) == actions).float().mean()))
+    finally:
+        stream.close()
+    return ac, metrics
+
+
+def save_sf_checkpoint(ac, cfg, exp_dir: Path, lr: float) -> Path:
+    """Write the model where sample-factory's learner looks for it (and its config.json)."""
+    ckpt_dir = Path(exp_dir) / "checkpoint_p0"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    opt = torch.optim.Adam(ac.parameters(), lr=lr)
+    path = ckpt_dir / "checkpoint_000000000_0.pth"
+    torch.save({"train_step": 0, "env_steps": 0, "best_performance": -1e9, "model": ac.state_dict(),
+                "optimizer": opt.state_dict(), "curr_lr": lr}, path)
+    (Path(exp_dir) / "config.json").write_text(json.dumps(vars(cfg), indent=2, default=str))
+    return path
+
+
+def load_sf_policy(exp_dir: Path, weights: bool = True):
+    """Rebuild the ActorCritic from a checkpoint directory (what the fine-tuning learner will do)."""
+    import gymnasium as gym
+    from nle import nethack as nh
+    from sample_factory.algo.learning.learner import Learner
+    from sample_factory.model.actor_critic import create_actor_critic
+    from sample_factory.utils.attr_dict import AttrDict
+
+    register()
+    cfg = AttrDict(json.loads((Path(exp_dir) / "config.json").read_text()))
+    ac = create_actor_critic(cfg, obs_space(), gym.spaces.Discrete(len(nh.ACTIONS)))
+    if not weights:
+        return ac, cfg
+    ckpts = Learner.get_checkpoints(str(Path(exp_dir) / "checkpoint_p0"))
+    state = Learner.load_checkpoint(ckpts, "cpu")
+    if state is None:
+        from retainrl.core.config import ConfigError
+
+        raise ConfigError(f"{exp_dir}: no sample-factory checkpoint found")
+    ac.load_state_dict(state["model"])
+    return ac, cfg
+
+
+# --------------------------------------------------------------------------- retention in APPO
+
+
+class RetentionLoss:
+    """The auxiliary loss a retention method adds to APPO's actor loss (the critic is left alone).
+
+    * ``l2``:  coef · Σ_actor (θ − θ*)²
+    * ``ewc``: coef · Σ_actor F (θ − θ*)², F from the ``fisher`` stage
+    * ``bc``:  coef · KL(π*(·|s) ‖ π_θ(·|s)) on a batch of FAR-buffer states, each evaluated with
+      the GRU state π* had there (stored in the buffer)
+    * ``ks``:  coef_t · KL(π*(·|s) ‖ π_θ(·|s)) on the online minibatch (π*'s logits come with
+      the observations), coef_t = max(floor, coef · decay^t) per update
+    * ``finetune`` / ``scratch``: nothing.
+    """
+
+    def __init__(self, method: str, coef: float, anchor: dict | None = None, fisher: dict | None = None,
+                 buffer: dict | None = None, batch_size: int = 64, seed: int = 0, decay: float = 1.0, floor: float = 0.0):
+        self.method, self.coef = method, float(coef)
+        self.anchor = {k: v.detach().clone() for k, v in (anchor or {}).items() if not k.startswith("critic_linear")}
+        self.fisher = fisher
+        self.buffer = {k: torch.from_numpy(np.asarray(v)) for k, v in (buffer or {}).items()}
+        self.batch_size = batch_size
+        self.gen = torch.Generator().manual_seed(seed)
+        self.decay, self.floor = decay, floor
+        self.calls = 0
+        self.last = 0.0
+
+    def __call__(self, ac, mb=None, dist=None) -> torch.Tensor:
+        self.calls += 1
+        zero = next(ac.parameters()).new_zeros(())
+        if self.method in ("finetune", "scratch"):
+            return zero
+        if self.method == "ks":
+            coef = max(self.floor, self.coef * self.decay ** (self.calls - 1))
+            target = torch.log_softmax(mb.normalized_obs["teacher_logits"].float(), -1)
+            logq = torch.log_softmax(dist.raw_logits, -1)
+            kl = (target.exp() * (target - logq)).sum(-1)
+            valids = mb.valids.float() if "valids" in mb else torch.ones_like(kl)
+            loss = coef * (kl * valids).sum() / valids.sum().clamp_min(1.0)
+            self.last = float(loss.detach())
+            return loss
+        if self.method in ("l2", "ewc"):
+            total = zero
+            for name, prm in ac.named_parameters():
+                if name in self.anchor and prm.requires_grad:
+                    d2 = (prm - self.anchor[name]) ** 2
+                    total = total + (d2 * self.fisher[name] if self.method == "ewc" else d2).sum()
+            loss = self.coef * total
+        elif self.method == "bc":
+            n = len(self.buffer["logits"])
+            idx = torch.randint(n, (min(self.batch_size, n),), generator=self.gen)
+            x = {k: self.buffer[k][idx] for k in ("chars", "blstats", "misc", "message")}
+            out = ac(x, self.buffer["rnn"][idx])
+            target = torch.log_softmax(self.buffer["logits"][idx].float(), -1)
+            logq = torch.log_softmax(out["action_logits"], -1)
+            loss = self.coef * (target.exp() * (target - logq)).sum(-1).mean()
+        else:
+            from retainrl.core.config import ConfigError
+
+            raise ConfigError(f"finetune.method: {self.method!r} has no NetHack retention loss")
+        self.last = float(loss.detach())
+        return loss
+
+
+def snapshot_schedule(env_steps: int, snapshots: int) -> list[int]:
+    """Evenly spaced env steps at which snapshots are taken; the last is ``env_steps`` (the final policy)."""
+    return sorted({int(round(env_steps * (k + 1) / snapshots)) for k in range(snapshots)})
+
+
+def load_snapshot(exp_dir: Path, path: Path):
+    """π's network from ``exp_dir/config.json`` with the weights of one snapshot file."""
+    ac, cfg = load_sf_policy(exp_dir, weights=False)
+    ac.load_state_dict(torch.load(path, map_location="cpu")["model"])
+    return ac, cfg
+
+
+def run_appo(pretrained: Path | None, exp_dir: Path, loss: RetentionLoss, *, env_steps: int, num_envs: int, rollout: int,
+             batch_size: int, lr: float, entropy: float, epochs: int = 1, freeze_encoder: bool = True, seed: int = 0,
+             device: str = "cpu", max_episode_steps: int = 30_000, snapshots: int = 1, workers: int = 1,
+             batched_sampling: bool = True, train_only: tuple[str, ...] = ()) -> dict:
+    """Fine-tune π* with APPO (sample-factory) plus ``loss``; writes into ``exp_dir``.
+
+    ``workers`` 1 runs sample-factory's serial mode (synchronous APPO, everything in this process:
+    the right choice on a small CPU box, and reproducible); more runs its parallel mode with that
+    many rollout-worker processes, a learner process and asynchronous APPO (the study's setup,
+    for a GPU machine). ``batched_sampling`` uses sample-factory's batched sampler (one tensor
+    batch per worker instead of per-env bookkeeping). ``pretrained`` None trains from scratch
+    (random init, nothing frozen). ``epochs`` is sample-factory's ``num_epochs``: SGD passes over
+    each batch. For ``ks`` the envs step π* alongside the game
+    (``--nethack_teacher``). ``train_only`` (parameter-name prefixes) freezes everything else:
+    ``("critic_linear",)`` is the critic warm-up (the policy plays and stays π*).
+
+    Besides sample-factory's checkpoints, ``exp_dir`` gets ``snapshots/step_<n>.pth`` (see
+    ``nethack_learner``) and ``train_episodes.json``: every training episode that ended, from the
+    envs' logs, with ``env_steps`` ≈ the run's env steps at that time (the env's own step count ×
+    the number of envs, which step in lockstep within a worker).
+    """
+    import shutil
+    import time
+
+    from sample_factory.algo.utils.misc import ExperimentStatus
+    from sample_factory.train import make_runner
+
+    from retainrl.learners.appo import attach
+
+    if pretrained is not None:
+        shutil.copytree(pretrained, exp_dir, dirs_exist_ok=True)
+    else:
+        exp_dir.mkdir(parents=True, exist_ok=True)
+        freeze_encoder = False
+    episode_log = exp_dir / "episode_log"
+    shutil.rmtree(episode_log, ignore_errors=True)
+    episode_log.mkdir()
+    teacher = [f"--nethack_teacher={pretrained}"] if loss.method == "ks" else []
+    mode = (["--num_workers=1", "--serial_mode=True", "--async_rl=False"] if workers == 1
+            else [f"--num_workers={workers}", "--serial_mode=False", "--async_rl=True"])
+    cfg = sf_config(exp_dir.parent, exp_dir.name, mode + [
+        f"--num_envs_per_worker={num_envs}", "--worker_num_splits=1", f"--batched_sampling={batched_sampling}",
+        f"--batch_size={batch_size}", f"--rollout={rollout}", "--num_batches_per_epoch=1",
+        f"--num_epochs={epochs}", f"--train_for_env_steps={env_steps}", "--save_every_sec=100000",
+        "--experiment_summaries_interval=100000", "--with_wandb=False", "--restart_behavior=resume",
+        "--decorrelate_envs_on_one_worker=False", f"--learning_rate={lr}", f"--exploration_loss_coeff={entropy}",
+        f"--nethack_seed={seed}", f"--seed={seed}", f"--device={device}", f"--nethack_max_steps={max_episode_steps}",
+        f"--nethack_episode_log={episode_log}",
+    ] + teacher)
+    t0 = time.perf_counter()
+    cfg, runner = make_runner(cfg)
+    status = runner.init()
+    if status == ExperimentStatus.SUCCESS:
+        for worker in runner.learners.values():
+            attach(worker.learner, loss, freeze_encoder, exp_dir / "snapshots", snapshot_schedule(env_steps, snapshots),
+                   train_only)
+        status = runner.run()
+    wall = time.perf_counter() - t0
+    # sample-factory saves `git diff` of whatever repository the process runs in: the user's
+    # uncommitted work, unrelated to the run (DVC already pins the code a stage depends on), would
+    # otherwise ship inside the cached, pushed artifact.
+    (exp_dir / "git.diff").unlink(missing_ok=True)
+    ckpts = sorted((exp_dir / "checkpoint_p0").glob("checkpoint_*.pth"))
+    if pretrained is not None and len(ckpts) > 1:
+        ckpts[0].unlink()  # the copy of π* it started from (snapshots/step_000000000.pth holds the same weights)
+    episodes = collect_episode_log(episode_log, workers * num_envs)
+    shutil.rmtree(episode_log)
+    (exp_dir / "train_episodes.json").write_text(json.dumps(episodes) + "\n")
+    snaps = sorted((exp_dir / "snapshots").glob("step_*.pth"))
+    if not snaps:  # the learner never initialised: the caller reports the status
+        last = {"env_steps": 0, "retention_calls": 0, "retention_loss_last": 0.0}
+    else:
+        last = torch.load(snaps[-1], map_location="cpu")
+    done = int(runner.env_steps.get(0, last["env_steps"]))
+    return {"status": int(status), "retention_calls": int(last["retention_calls"]),
+            "retention_loss_last": float(last["retention_loss_last"]), "env_steps": done, "wall_s": wall,
+            "env_steps_per_s": done / max(wall, 1e-9), "train_episodes": len(episodes),
+            "workers": workers, "batched_sampling": bool(batched_sampling)}
+
+
+def collect_episode_log(log_dir: Path, n_envs: int) -> list[dict]:
+    """The envs' JSONL episode logs merged in (approximate) order of the run's env steps."""
+    out = []
+    for f in sorted(Path(log_dir).glob("env_*.jsonl")):
+        env = int(f.stem.split("_")[1])
+        for line in f.read_text().splitlines():
+            rec = json.loads(line)
+            out.append({"env_steps": rec["env_local_steps"] * n_envs, "env": env, **rec})
+    return sorted(out, key=lambda r: (r["env_steps"], r["env"]))
