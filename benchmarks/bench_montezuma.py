@@ -117,7 +117,7 @@ def bench_ppo(updates: int, envs: int, steps: int) -> dict:
     import torch
 
     from retainrl.learners import ppo_rnd
-    from retainrl.retention.params import RetentionParams
+    from retainrl.retention.methods import RetentionParams
     from retainrl.families.montezuma.nets import ActorCritic
     from retainrl.learners.rnd import RND
     from retainrl.retention.methods import Finetune, RetentionContext

@@ -70,12 +70,14 @@ def appo_steps_per_s(steps: int, workers: int) -> dict[str, dict]:
     import tempfile
 
     from retainrl.families.nethack import sf
+    from retainrl.retention.methods import RetentionContext, build_retention
+    from retainrl.retention.methods import RetentionParams
 
     out = {}
     for name, (w, batched, epochs) in APPO_MODES.items():
         w = w or workers
         with tempfile.TemporaryDirectory() as tmp:
-            res = sf.run_appo(None, Path(tmp) / "run", sf.RetentionLoss("scratch", 0.0), env_steps=steps, num_envs=4,
+            res = sf.run_appo(None, Path(tmp) / "run", build_retention("scratch", RetentionContext(), RetentionParams(), learner="appo", off_policy=False), env_steps=steps, num_envs=4,
                               rollout=32, batch_size=128, lr=1e-3, epochs=epochs, entropy=0.001, max_episode_steps=1000,
                               workers=w, batched_sampling=batched)
         out[name] = {"workers": w, "batched_sampling": batched, "epochs": epochs, "env_steps": res["env_steps"], "wall_s": res["wall_s"],
@@ -96,7 +98,7 @@ def eval_steps_per_s(episodes: int, steps: int, seed: int) -> dict[str, float]:
     import torch
     from sample_factory.model.actor_critic import create_actor_critic
 
-    from retainrl.families.nethack import evaluation as nethack_eval
+    from retainrl.families.nethack import results as nethack_eval
     from retainrl.families.nethack import sf
 
     torch.manual_seed(seed)

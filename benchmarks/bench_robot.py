@@ -44,7 +44,7 @@ def _learner(n_models: int, hidden: int, threads: int, env_steps: int, updates: 
 
     torch.set_num_threads(threads)
     from retainrl.learners import sac
-    from retainrl.retention.params import RetentionParams
+    from retainrl.retention.methods import RetentionParams
     from retainrl.families.robot import stages as robot
     from retainrl.retention import ProtectedReplay, RetentionContext, build_retention
 

@@ -5,6 +5,7 @@
 import json, time, tempfile, torch
 from pathlib import Path
 torch.set_num_threads(1)
+from retainrl.families.nethack import results as nethack_eval
 from retainrl.families.nethack import stages as nhf
 from retainrl.core.paths import Paths
 from retainrl.core.log import setup_logging
@@ -17,7 +18,7 @@ def main():
     t = {}
     t0 = time.time(); s = nhf.collect_demos(p, paths); t["collect_s"] = time.time() - t0
     t0 = time.time(); bc = nhf.pretrain(p, paths); t["pretrain_s"] = time.time() - t0
-    t0 = time.time(); ev = nhf.evaluate(p, paths); t["evaluate_s"] = time.time() - t0
+    t0 = time.time(); ev = nethack_eval.evaluate(p, paths); t["evaluate_s"] = time.time() - t0
     out = {"expert": s, "bc": bc, "eval": ev, "times": t}
     print(json.dumps(out, indent=2))
     (Path(__file__).parent / "results" / "nethack_bc_small.json").write_text(json.dumps(out, indent=2))

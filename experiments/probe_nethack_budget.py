@@ -76,6 +76,7 @@ def _paths(tmp: Path):
 def _finetune(args, tmp: str, method: str) -> dict:
     import torch
 
+    from retainrl.families.nethack import results as nethack_eval
     from retainrl.families.nethack import stages as nhf
     from retainrl.core.paths import Paths
 
@@ -101,6 +102,7 @@ def train_curve(path: Path, parts: int = 5) -> list[float]:
 def main() -> None:
     import torch
 
+    from retainrl.families.nethack import results as nethack_eval
     from retainrl.families.nethack import stages as nhf
     from retainrl.core.log import setup_logging
     from retainrl.pipeline.stats import verdict
@@ -125,7 +127,7 @@ def main() -> None:
         paths = _paths(tmp)
         with ProcessPoolExecutor(args.jobs) as pool:
             runs = list(pool.map(_finetune, [args] * len(args.methods), [d] * len(args.methods), args.methods))
-        summary = nhf.evaluate(_params(args), paths)
+        summary = nethack_eval.evaluate(_params(args), paths)
     result = {
         "env_steps": args.env_steps, "seeds": args.seeds, "methods": args.methods, "lr": _params(args).finetune.lr,
         "epochs": _params(args).finetune.epochs, "set": args.set, "runs": runs,

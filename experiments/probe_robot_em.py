@@ -39,7 +39,7 @@ import torch
 
 from retainrl.learners import sac
 from retainrl.core.config import load_params
-from retainrl.retention.params import RetentionParams
+from retainrl.retention.methods import RetentionParams
 from retainrl.families.robot import stages as robot
 from retainrl.core.paths import Paths
 from retainrl.retention.methods import Finetune, RetentionContext

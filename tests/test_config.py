@@ -86,34 +86,61 @@ def test_an_invalid_inactive_profile_is_reported(tmp_path):
 
 def test_the_default_profile_overlay_must_be_empty(tmp_path):
     """The base values *are* the default profile; a second place to set them would hide edits."""
-    path = write(tmp_path, lambda r: r["profiles"].update(default={"apple": {"demos": {"episodes": 3}}}))
-    with pytest.raises(ConfigError, match="profiles.default: must be empty"):
+    path = write(tmp_path, lambda r: r["profiles"]["default"].update(apple={"demos": {"episodes": 3}}))
+    with pytest.raises(ConfigError, match=r"profiles.default: must hold only empty overlays .*\['apple'\]"):
         load_params(path)
 
 
-def test_every_family_needs_smoke_and_paper_overlays(tmp_path):
-    """dvc.yaml stages depend on profiles.{smoke,paper}.<family> by key; a missing one is named."""
-    path = write(tmp_path, lambda r: r["profiles"]["paper"].pop("apple"))
-    with pytest.raises(ConfigError, match=r"profiles\.paper\.apple: missing"):
+@pytest.mark.parametrize("profile", ["smoke", "default", "paper"])
+def test_every_family_needs_an_overlay_in_every_profile(tmp_path, profile):
+    """dvc.yaml stages depend on profiles.${profile}.<family> by key; a missing one is named."""
+    path = write(tmp_path, lambda r: r["profiles"][profile].pop("apple"))
+    with pytest.raises(ConfigError, match=rf"profiles\.{profile}\.apple: missing"):
         load_params(path, only="apple")
 
 
-def test_each_stage_depends_on_its_own_family_overlays_only():
-    """Tuning one family's profile must not invalidate another family's cached stages."""
+def resolved_params() -> dict[str, list[str]]:
+    """Each stage's params keys as DVC resolves dvc.yaml (templating included), from a fresh process."""
+    code = (
+        "import json\nfrom dvc.repo import Repo\nfrom dvc.dependency.param import ParamsDependency\n"
+        "print(json.dumps({s.addressing: [k for d in s.deps if isinstance(d, ParamsDependency) for k in d.params] "
+        "for s in Repo('.').index.stages}))"
+    )
+    import json
+
+    return json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+
+
+def test_each_stage_depends_on_its_own_family_and_the_active_profile_only():
+    """Tuning one family never invalidates another's cached stages, and editing an inactive profile
+    (``profiles.paper.*`` while running ``default``) invalidates nothing: a stage reads its own
+    family's overlay of the active profile alone."""
     from retainrl.core.family import family_names
 
-    FAMILIES = family_names()
-
-    stages = yaml.safe_load(open("dvc.yaml"))["stages"]
-    for name, stage in stages.items():
+    active = yaml.safe_load(open("params.yaml"))["profile"]
+    stages = resolved_params()
+    assert len(stages) > 20
+    for name, keys in stages.items():
         family = name.split("_", 1)[0]
-        assert family in FAMILIES, name
-        keys = [k for item in stage.get("params", []) for k in ([item] if isinstance(item, str) else item)]
-        assert {"profile", f"profiles.smoke.{family}", f"profiles.paper.{family}"} <= set(keys), name
-        others = [k for k in keys if k.startswith("profiles") and not k.startswith(("profiles.smoke.", "profiles.paper."))]
-        foreign = [k for k in keys if k.split(".")[0] not in ("profile", "profiles", family)
-                   or (k.startswith("profiles.") and k.split(".")[2] != family)]
-        assert not others and not foreign, (name, others, foreign)
+        assert family in family_names(), name
+        assert {"profile", f"profiles.{active}.{family}"} <= set(keys), (name, keys)
+        foreign = [k for k in keys if k != "profile" and k.split(".")[0] not in ("profiles", family)
+                   or k.startswith("profiles.") and k != f"profiles.{active}.{family}"]
+        assert not foreign, (name, foreign)
+
+
+def test_a_methods_coefficients_rerun_only_its_own_finetune():
+    """``<family>.retention.<m>`` is a dependency of finetune@m alone among the fine-tuning stages."""
+    from retainrl.retention.methods import REGISTRY
+
+    finetunes = {n: k for n, k in resolved_params().items() if "_finetune@" in n}
+    assert finetunes
+    for name, keys in finetunes.items():
+        family, method = name.split("_finetune@")
+        own = [k for k in keys if k.startswith(f"{family}.retention")]
+        assert sorted(own) == sorted([f"{family}.retention.regularize_critic", f"{family}.retention.{method}"]), (name, own)
+        others = set(REGISTRY) - {method}
+        assert not [k for k in keys if k == f"{family}.retention" or k.startswith(f"{family}.retention.") and k.split(".")[2] in others], name
 
 
 @pytest.mark.parametrize(

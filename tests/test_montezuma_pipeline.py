@@ -10,6 +10,7 @@ import torch
 
 pytest.importorskip("ale_py")
 
+from retainrl.families.montezuma import results as mz_results
 from retainrl.families.montezuma import stages as mz
 from retainrl.core.paths import Paths
 from test_montezuma_search import _fixture_result  # tests/ is on sys.path (rootdir-relative imports)
@@ -47,8 +48,8 @@ def test_all_stages_tiny(tmp_path, monkeypatch):
         pretrained = {k: v.clone() for k, v in mz.load_pretrained(paths, p).state_dict().items()}
         for m in methods:
             mz.finetune(p, paths, "cpu", m)
-        mz.evaluate(p, paths, "cpu")
-        mz.report(p, paths)
+        mz_results.evaluate(p, paths, "cpu")
+        mz_results.report(p, paths)
     finally:
         torch.set_num_threads(threads)
     # KS decays once per actor gradient update: 2 updates × 1 epoch × 2 minibatches per seed, 2 seeds

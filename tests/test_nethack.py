@@ -14,7 +14,7 @@ torch.set_num_threads(1)  # the CI box is shared; thread oversubscription makes 
 from conftest import dvc_outs  # noqa: E402
 from retainrl.core.config import ConfigError  # noqa: E402
 from retainrl.families.nethack import stages as nhf  # noqa: E402
-from retainrl.families.nethack import evaluation as nethack_eval  # noqa: E402
+from retainrl.families.nethack import results as nethack_eval  # noqa: E402
 from retainrl.core.paths import Paths  # noqa: E402
 
 SEEDS = nhf.game_seeds(0, 2)
@@ -207,21 +207,26 @@ def test_bc_pretrain_writes_a_sample_factory_policy_and_far_buffer(tmp_path):
     assert all((v >= 1e-5).all() for v in fisher.values())
     assert sum(float(v.sum()) for v in fisher.values()) > 1e-5 * sum(v.numel() for v in fisher.values())
 
-    # Retention losses: zero at π*, the textbook formula once the actor moves.
-    anchor = {n: q.detach().clone() for n, q in ac.named_parameters()}
-    l2 = sf.RetentionLoss("l2", 2.0, anchor)
-    ewc = sf.RetentionLoss("ewc", 3.0, anchor, fisher)
-    assert float(l2(ac)) == 0.0 and float(ewc(ac)) == 0.0
+    # Retention losses, as the family builds them from what each method needs: zero at π*, the
+    # textbook formula once the actor moves.
+    from retainrl.learners.appo import SFPolicy
+
+    def build(name, **params):
+        q = p.model_copy(update={"retention": p.retention.model_validate({**p.retention.model_dump(), **params})})
+        return nhf._retention(q, paths, name, 0)
+
+    l2, ewc, bc = build("l2", l2={"coef": 2.0}), build("ewc", ewc={"coef": 3.0}), build("bc", bc={"coef": 1.0, "batch_size": 4})
+    view = SFPolicy(ac)
+    assert float(l2.aux_loss(view, None, 0)) == 0.0 and float(ewc.aux_loss(view, None, 0)) == 0.0
     with torch.no_grad():
         ac.action_parameterization.distribution_linear.bias.add_(0.5)
         ac.critic_linear.bias.add_(7.0)  # the critic is never regularised
     nb = ac.action_parameterization.distribution_linear.bias.numel()
     f = fisher["action_parameterization.distribution_linear.bias"]
-    assert float(l2(ac)) == pytest.approx(2.0 * 0.25 * nb, rel=1e-5)
-    assert float(ewc(ac)) == pytest.approx(3.0 * 0.25 * float(f.sum()), rel=1e-5)
-    bc = sf.RetentionLoss("bc", 1.0, buffer=dict(buf), batch_size=4)
-    assert float(bc(ac)) > 0.0  # π_θ moved away from π* on FAR states
-    bc(ac).backward()
+    assert float(l2.aux_loss(view, None, 0)) == pytest.approx(2.0 * 0.25 * nb, rel=1e-5)
+    assert float(ewc.aux_loss(view, None, 0)) == pytest.approx(3.0 * 0.25 * float(f.sum()), rel=1e-5)
+    assert float(bc.aux_loss(view, None, 0)) > 0.0  # π_θ moved away from π* on FAR states
+    bc.aux_loss(view, None, 0).backward()
     assert ac.action_parameterization.distribution_linear.bias.grad is not None
 
     # APPO through sample-factory from π*, with the BC retention loss wired into its learner; 2 seeds.
@@ -231,7 +236,7 @@ def test_bc_pretrain_writes_a_sample_factory_policy_and_far_buffer(tmp_path):
     res = nhf.finetune(p2, paths, method="bc")  # the 2 seeds side by side in 2 spawned processes
     assert [r["seed"] for r in res["runs"]] == [0, 1]
     for k, r in enumerate(res["runs"]):
-        assert r["status"] == 0 and r["retention_calls"] > 0 and r["retention_loss_last"] > 0 and r["env_steps"] >= 256
+        assert r["status"] == 0 and r["actor_updates"] > 0 and r["retention_loss_last"] > 0 and r["env_steps"] >= 256
         run = paths.finetune("bc") / f"seed_{k}"
         assert len(list((run / "checkpoint_p0").glob("checkpoint_*.pth"))) == 1  # the fine-tuned one (π*'s copy is dropped)
         assert sorted(f.name for f in (run / "snapshots").glob("*.pth")) == ["step_000000000.pth", "step_000000128.pth", "step_000000256.pth"]
@@ -245,7 +250,7 @@ def test_bc_pretrain_writes_a_sample_factory_policy_and_far_buffer(tmp_path):
         alone = nhf.finetune_seed(p2, paths, None, "bc", 1, tmp_path / "alone", threads=1)
     finally:
         torch.set_num_threads(threads)
-    assert alone["retention_calls"] == res["runs"][1]["retention_calls"] and alone["env_steps"] == res["runs"][1]["env_steps"]
+    assert alone["actor_updates"] == res["runs"][1]["actor_updates"] and alone["env_steps"] == res["runs"][1]["env_steps"]
     last = "snapshots/step_000000256.pth"
     a, b = torch.load(tmp_path / "alone" / last)["model"], torch.load(paths.finetune("bc") / "seed_1" / last)["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
@@ -258,12 +263,12 @@ def test_bc_pretrain_writes_a_sample_factory_policy_and_far_buffer(tmp_path):
     # Kickstarting: π* is stepped in the env and its logits reach the learner with the batch.
     p2k = p2.model_copy(update={"finetune": p2.finetune.model_copy(update={"seeds": 1, "snapshots": 1})})
     res = nhf.finetune(p2k, paths, method="ks")
-    assert res["runs"][0]["status"] == 0 and res["runs"][0]["retention_calls"] > 0 and res["runs"][0]["retention_loss_last"] > 0
+    assert res["runs"][0]["status"] == 0 and res["runs"][0]["actor_updates"] > 0 and res["runs"][0]["retention_loss_last"] > 0
     # finetune.epochs: sample-factory trains on each batch that many times, the retention term in every SGD step.
     p2e = p2k.model_copy(update={"finetune": p2k.finetune.model_copy(update={"epochs": 3})})
     res3 = nhf.finetune(p2e, paths, method="ks")
     assert res3["runs"][0]["env_steps"] == res["runs"][0]["env_steps"]
-    assert res3["runs"][0]["retention_calls"] == 3 * res["runs"][0]["retention_calls"]
+    assert res3["runs"][0]["actor_updates"] == 3 * res["runs"][0]["actor_updates"]
 
     # Parallel mode (the paper profile's): 2 rollout-worker processes + a learner process; the
     # retention learner runs in the spawned learner process and still applies the KS loss.
@@ -271,7 +276,7 @@ def test_bc_pretrain_writes_a_sample_factory_policy_and_far_buffer(tmp_path):
     res = nhf.finetune(p2p, paths, method="ks")
     run = res["runs"][0]
     assert run["status"] == 0 and run["workers"] == 2 and run["env_steps"] >= 512
-    assert run["retention_calls"] > 0 and run["retention_loss_last"] > 0
+    assert run["actor_updates"] > 0 and run["retention_loss_last"] > 0
     eps = json.loads((paths.finetune("ks") / "seed_0" / "train_episodes.json").read_text())
     assert {e["env"] for e in eps} & {2, 3}  # episodes from the second worker's envs (40 steps each) reached the log
     assert sorted(f.name for f in (paths.finetune("ks") / "seed_0" / "snapshots").glob("*.pth")) == ["step_000000000.pth", "step_000000512.pth"]
@@ -279,7 +284,7 @@ def test_bc_pretrain_writes_a_sample_factory_policy_and_far_buffer(tmp_path):
     # evaluate (π* and the BC-retained policy's snapshots on CLOSE and FAR) → report.
     p3 = p2.model_copy(update={"finetune": p2.finetune.model_copy(update={"methods": ["bc"]}),
                                "evaluate": p2.evaluate.model_copy(update={"episodes": 2, "max_steps": 20})})
-    summary = nhf.evaluate(p3, paths)
+    summary = nethack_eval.evaluate(p3, paths)
     assert set(summary["methods"]) == {"bc"} and summary["methods"]["bc"]["final_step"] == 256
     # π* is played once per sampling seed, one per training seed, so both sides of a comparison
     # rest on as many episodes; seed k of a method pairs with π*'s seed k.
@@ -345,7 +350,7 @@ def test_bc_pretrain_writes_a_sample_factory_policy_and_far_buffer(tmp_path):
     assert one[1] != one[2]  # another snapshot, another sampling seed: other episodes
     curve = json.loads((paths.evaluation / "close_score.json").read_text())
     assert [r["step"] for r in curve] == [0, 128, 256] and all("bc" in r for r in curve)
-    nhf.report(p3, paths)
+    nethack_eval.report(p3, paths)
     text = (paths.report / "report.md").read_text()
     assert "| bc |" in text and "| π* (pretrained) |" in text
     for png in ("far_score.png", "close_score.png"):

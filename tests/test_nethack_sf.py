@@ -1,8 +1,9 @@
-"""Retention losses inside sample-factory's APPO learner: gradient checks against the closed forms.
+"""The retention library's methods inside sample-factory's APPO learner: gradient checks against the closed forms.
 
-``nethack_learner.attach`` makes sample-factory's learner a ``RetentionLearner`` whose
-``_calculate_losses`` adds the retention term to APPO's policy loss; everything after it (backward,
-clipping, Adam) is the learner's own. Here the learner's original loss is replaced by a known
+``learners.appo.attach`` makes sample-factory's learner a ``RetentionLearner`` whose
+``_calculate_losses`` adds the method's auxiliary loss (the same classes every learner uses, seeing
+the network through ``SFPolicy``) to APPO's policy loss; everything after it (backward, clipping,
+Adam) is the learner's own. Here the learner's original loss is replaced by a known
 stand-in, so the gradient of what the retention learner returns must be exactly the stand-in's
 gradient plus the method's:
 
@@ -27,9 +28,33 @@ torch.set_num_threads(1)
 from retainrl.core.config import ConfigError  # noqa: E402
 from retainrl.families.nethack import stages as nhf  # noqa: E402
 from retainrl.families.nethack import sf  # noqa: E402
-from retainrl.learners.appo import RetentionLearner, attach  # noqa: E402
+from retainrl.learners.appo import RetentionLearner, SFTeacher, attach  # noqa: E402
 from retainrl.core.paths import Paths  # noqa: E402
 from retainrl.retention.dists import kl  # noqa: E402
+from retainrl.retention.methods import REGISTRY, RetentionContext  # noqa: E402
+from retainrl.retention.methods import RetentionParams  # noqa: E402
+
+
+def method(name: str, anchor: dict | None = None, fisher: dict | None = None, far: dict | None = None, seed: int = 0, **params):
+    """A retention method as the NetHack family builds it: π* (θ* = ``anchor``) seen through SFTeacher."""
+    pretrained = None
+    if anchor is not None:
+        import copy
+
+        pretrained = copy.deepcopy(_NET[0])
+        with torch.no_grad():
+            for n, q in pretrained.named_parameters():
+                q.copy_(anchor[n])
+        pretrained = SFTeacher(pretrained)
+    elif name == "ks":
+        pretrained = SFTeacher(_NET[0])  # its outputs on online states come with the batch
+    ctx = RetentionContext(pretrained=pretrained, fisher=fisher, generator=torch.Generator().manual_seed(seed),
+                           far_obs=None if far is None else {k: torch.from_numpy(np.asarray(far[k])) for k in ("chars", "blstats", "misc", "message", "rnn")},
+                           far_targets=None if far is None else torch.from_numpy(np.asarray(far["logits"])).float())
+    return REGISTRY[name](ctx, RetentionParams.model_validate(params))
+
+
+_NET: list = []
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +69,7 @@ def net(tmp_path_factory):
     with torch.no_grad():  # move every parameter away from θ*
         for q in ac.parameters():
             q.add_(0.01 * torch.randn_like(q))
+    _NET[:] = [ac]
     return ac, cfg, anchor
 
 
@@ -56,20 +82,23 @@ def random_obs(n: int, gen: torch.Generator) -> dict:
     }
 
 
-def patched_policy_loss(monkeypatch, loss, ac, base, mb=None, dist=None):
-    """policy_loss as the retention learner returns it, with ``base`` as APPO's own."""
+def patched_policy_loss(monkeypatch, loss, ac, base, mb=None, dist=None, learner=None):
+    """policy_loss as the retention learner returns it, with ``base`` as APPO's own; with
+    ``learner`` (a retention learner from an earlier call) also that learner, which keeps its step."""
     from sample_factory.algo.learning.learner import Learner
 
     def stand_in(self, mb, num_invalids):
         return dist, base(self.actor_critic), None, None, None, torch.zeros(()), {}
 
     monkeypatch.setattr(Learner, "_calculate_losses", stand_in)
-    learner = object.__new__(Learner)  # sample-factory's own class, as LearnerWorker builds it
-    learner.actor_critic = ac
-    attach(learner, loss)
-    res = learner._calculate_losses(mb, 0)
+    keep = learner is not None
+    if learner is None:
+        learner = object.__new__(Learner)  # sample-factory's own class, as LearnerWorker builds it
+        learner.actor_critic = ac
+        attach(learner, loss)
+    res = learner._calculate_losses(mb if mb is not None else {}, 0)
     assert "retention_loss" in res[-1]
-    return res[1]
+    return (res[1], learner) if keep or dist is not None else res[1]
 
 
 def test_attach_changes_only_that_learner_and_survives_the_trip_to_a_learner_process(net):
@@ -80,15 +109,16 @@ def test_attach_changes_only_that_learner_and_survives_the_trip_to_a_learner_pro
 
     ac, _, anchor = net
     learner, other = object.__new__(Learner), object.__new__(Learner)
-    loss = sf.RetentionLoss("l2", 2.0, anchor)
-    loss.calls = 7
+    loss = method("l2", anchor, l2={"coef": 2.0})
     attach(learner, loss, freeze_encoder=True, snapshot_dir=None, snapshot_steps=[30, 10])
+    learner.actor_updates = 7
     assert isinstance(learner, RetentionLearner) and type(other) is Learner  # the class itself is untouched
     assert Learner._calculate_losses.__qualname__ == "Learner._calculate_losses"
     clone = pickle.loads(pickle.dumps(learner))
     assert type(clone) is RetentionLearner and clone.pending == [10, 30] and clone.freeze_encoder
-    assert clone.retention.method == "l2" and clone.retention.calls == 7
+    assert clone.retention.name == "l2" and clone.actor_updates == 7
     assert all(torch.equal(clone.retention.anchor[k], v) for k, v in loss.anchor.items())
+    assert "critic_linear.weight" not in loss.anchor  # the critic is never regularised
     with pytest.raises(TypeError, match="Learner"):
         attach(clone, loss)  # already a retention learner
 
@@ -114,13 +144,13 @@ def test_sample_factory_returns_the_policy_loss_second():
     assert "actor_loss: Tensor = policy_loss + exploration_loss + kl_loss" in inspect.getsource(Learner._train)
 
 
-@pytest.mark.parametrize("method", ["l2", "ewc"])
-def test_l2_and_ewc_gradients_through_the_learner(monkeypatch, net, method):
+@pytest.mark.parametrize("name", ["l2", "ewc"])
+def test_l2_and_ewc_gradients_through_the_learner(monkeypatch, net, name):
     ac, _, anchor = net
     gen = torch.Generator().manual_seed(1)
     fisher = {n: torch.rand(q.shape, generator=gen) + 0.1 for n, q in ac.named_parameters() if not n.startswith("critic_linear")}
     coef = 3.0
-    loss = sf.RetentionLoss(method, coef, anchor, fisher if method == "ewc" else None)
+    loss = globals()["method"](name, anchor, fisher if name == "ewc" else None, **{name: {"coef": coef}})
     for frozen in (False, True):
         total = patched_policy_loss(monkeypatch, loss, ac, base_loss)
         if frozen:  # what RetentionLearner.init does after loading π*: the encoder stops training
@@ -129,14 +159,14 @@ def test_l2_and_ewc_gradients_through_the_learner(monkeypatch, net, method):
             total = patched_policy_loss(monkeypatch, loss, ac, base_loss)
         g = grads(ac, total)
         g0 = grads(ac, base_loss(ac))
-        for name, q in ac.named_parameters():
+        for pname, q in ac.named_parameters():
             if not q.requires_grad:
                 continue
-            expect = g0[name].clone()
-            if not name.startswith("critic_linear") and not (frozen and name.startswith("encoder")):
-                d = (q.detach() - anchor[name]) * 2 * coef
-                expect += d * fisher[name] if method == "ewc" else d
-            torch.testing.assert_close(g[name], expect, rtol=1e-5, atol=1e-7, msg=f"{method} {name}")
+            expect = g0[pname].clone()
+            if not pname.startswith("critic_linear") and not (frozen and pname.startswith("encoder")):
+                d = (q.detach() - anchor[pname]) * 2 * coef
+                expect += d * fisher[pname] if name == "ewc" else d
+            torch.testing.assert_close(g[pname], expect, rtol=1e-5, atol=1e-7, msg=f"{name} {pname}")
         for q in ac.encoder.parameters():
             q.requires_grad_(True)
 
@@ -152,14 +182,16 @@ def test_ks_gradient_on_the_learners_logits_with_decay_and_floor(monkeypatch, ne
     z = torch.randn(n, sf.N_ACTIONS, generator=gen, requires_grad=True)
     valids = torch.tensor([1, 1, 0, 1, 1, 1], dtype=torch.bool)
     mb = AttrDict({"normalized_obs": {"teacher_logits": teacher}, "valids": valids})
-    loss = sf.RetentionLoss("ks", coef, decay=decay, floor=floor)
-    for t, coef_t in enumerate([0.75, 0.375, 0.33, 0.33]):  # coef·decay^t, floored
+    loss = method("ks", ks={"coef": coef, "decay": decay, "floor": floor})
+    learner = None
+    for t, coef_t in enumerate([0.75, 0.375, 0.33, 0.33]):  # coef·decay^t, floored: one step per actor update
         dist = get_action_distribution(ac.action_space, z)
-        total = patched_policy_loss(monkeypatch, loss, ac, lambda _: torch.zeros(()), mb=mb, dist=dist)
+        total, learner = patched_policy_loss(monkeypatch, loss, ac, lambda _: torch.zeros(()), mb=mb, dist=dist, learner=learner)
         (gz,) = torch.autograd.grad(total, z)
         expect = coef_t * (torch.softmax(z, -1) - torch.softmax(teacher, -1)) * valids[:, None] / valids.sum()
         torch.testing.assert_close(gz, expect.detach(), rtol=1e-5, atol=1e-8, msg=f"update {t}")
-        assert loss.last == pytest.approx(float(coef_t * (kl("categorical", teacher, z.detach())[valids]).mean()), rel=1e-5)
+        assert learner.retention_last == pytest.approx(float(coef_t * (kl("categorical", teacher, z.detach())[valids]).mean()), rel=1e-5)
+        assert learner.actor_updates == t + 1
 
 
 def test_bc_gradient_matches_the_retention_librarys_kl_on_far_states(monkeypatch, net):
@@ -170,7 +202,7 @@ def test_bc_gradient_matches_the_retention_librarys_kl_on_far_states(monkeypatch
     buf["logits"] = torch.randn(n, sf.N_ACTIONS, generator=gen).numpy()
     buf["rnn"] = torch.randn(n, cfg.rnn_size, generator=gen).numpy() * 0.1
     coef = 2.0
-    loss = sf.RetentionLoss("bc", coef, buffer=buf, batch_size=n, seed=7)
+    loss = method("bc", far=buf, seed=7, bc={"coef": coef, "batch_size": n})
     total = patched_policy_loss(monkeypatch, loss, ac, base_loss)
     g = grads(ac, total)
     idx = torch.randint(n, (n,), generator=torch.Generator().manual_seed(7))  # the states RetentionLoss drew
@@ -186,8 +218,8 @@ def test_bc_gradient_matches_the_retention_librarys_kl_on_far_states(monkeypatch
 
 def test_finetune_and_scratch_add_nothing(monkeypatch, net):
     ac, _, _ = net
-    for method in ("finetune", "scratch"):
-        total = patched_policy_loss(monkeypatch, sf.RetentionLoss(method, 1.0), ac, base_loss)
+    for name in ("finetune", "scratch"):
+        total = patched_policy_loss(monkeypatch, method(name), ac, base_loss)
         assert float(total) == pytest.approx(float(base_loss(ac)))
 
 
@@ -196,14 +228,6 @@ def test_em_is_refused_naming_the_method_list(tmp_path):
         nhf.finetune(nhf.validate_params({}), Paths("nethack", root=tmp_path), method="em")
     with pytest.raises(ConfigError, match=r"nethack\.finetune\.methods: .*'em'"):
         nhf.validate_params({"finetune": {"methods": ["finetune", "em"]}})
-    with pytest.raises(ConfigError, match="has no NetHack retention loss"):
-        sf.RetentionLoss("em", 1.0)(_Tiny())
-
-
-class _Tiny(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.w = torch.nn.Parameter(torch.zeros(1))
 
 
 def test_snapshot_schedule_is_even_and_ends_at_the_budget():
@@ -226,9 +250,9 @@ def test_run_appo_reports_a_runner_that_fails_to_start(monkeypatch, tmp_path):
             raise AssertionError("run() after a failed init()")
 
     monkeypatch.setattr(sft, "make_runner", lambda cfg: (cfg, FailingRunner()))
-    res = sf.run_appo(None, tmp_path / "run", sf.RetentionLoss("finetune", 0.0), env_steps=64, num_envs=2, rollout=8,
+    res = sf.run_appo(None, tmp_path / "run", method("finetune"), env_steps=64, num_envs=2, rollout=8,
                       batch_size=16, lr=1e-3, entropy=0.0)
-    assert res["status"] == 3 and res["retention_calls"] == 0 and res["env_steps"] == 0
+    assert res["status"] == 3 and res["actor_updates"] == 0 and res["env_steps"] == 0
     assert json.loads((tmp_path / "run" / "train_episodes.json").read_text()) == []
 
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from retainrl.core.config import ConfigError
-from retainrl.retention.params import RetentionParams
+from retainrl.retention.methods import RetentionParams
 from retainrl.retention import ProtectedReplay, RetainablePolicy, RetentionContext, build_retention, check_method
 from retainrl.retention.dists import kl
 from retainrl.retention.fisher import fisher_diagonal, monte_carlo_fisher
@@ -194,3 +194,17 @@ def test_em_method_fills_the_protected_share():
     m = build_retention("em", ctx, params(em={"share": 0.2}), learner="sac", off_policy=True)
     m.setup_replay(buf)
     assert buf.n_protected == 10 and len(buf) == 10
+
+
+def test_the_registry_is_the_only_list_of_methods():
+    """RetentionParams has one section per registered method (built from REGISTRY), so a new
+    method is one class in retention/ plus its params; every family's params validate with it."""
+    from retainrl.core.config import load_params
+    from retainrl.retention.methods import REGISTRY
+
+    assert set(RetentionParams.model_fields) == set(REGISTRY) | {"regularize_critic"}
+    for name, cls in REGISTRY.items():
+        assert isinstance(getattr(RetentionParams(), name), cls.Params)
+    params = load_params("params.yaml")
+    for family in params.sections:
+        assert set(params.section(family).retention.model_dump()) == set(REGISTRY) | {"regularize_critic"}

@@ -16,8 +16,9 @@ import torch
 from conftest import dvc_outs
 from retainrl.learners import sac
 from retainrl.core.config import ConfigError, load_params
-from retainrl.retention.params import RetentionParams
+from retainrl.retention.methods import RetentionParams
 from retainrl.families.robot import stages as robot
+from retainrl.families.robot import results as robot_results
 from retainrl.retention import ProtectedReplay, RetentionContext, build_retention, fisher_diagonal
 
 torch.set_num_threads(1)
@@ -435,7 +436,7 @@ def test_end_to_end_stage_functions(tmp_path):
         c = np.load(paths.finetune(m) / "curves.npz")
         assert c["step"].tolist() == [0, 20, 40] and c["success"].shape == (2, 2, 3)
         assert len(list((paths.finetune(m) / "checkpoints").glob("actor_*.safetensors"))) == 2
-    robot.evaluate(p, paths, dev)
+    robot_results.evaluate(p, paths, dev)
     metrics = load_json(paths.evaluation / "summary.json", "summary")
     scalars = load_json(paths.evaluation / "metrics.json", "metrics")
     assert "per_seed" not in json.dumps(scalars) and "per_seed" in json.dumps(metrics)
@@ -446,7 +447,7 @@ def test_end_to_end_stage_functions(tmp_path):
     assert "forgetting" in metrics["methods"]["finetune"]["push-wall"]
     assert "forward_transfer" in metrics["methods"]["bc"]["push"]
     assert metrics["methods"]["scratch"]["push-wall"]["forward_transfer"]["mean"] == pytest.approx(0.0, abs=1e-9)
-    robot.report(p, paths)
+    robot_results.report(p, paths)
     text = (paths.report / "report.md").read_text()
     assert "| em |" in text and (paths.report / "success_curves.png").stat().st_size > 1000
     assert not list(tmp_path.rglob("*.tmp"))  # atomic writes left nothing behind

@@ -52,7 +52,7 @@ def test_lower_and_bad_shapes():
 
 
 def test_nethack_compares_each_policys_final_snapshot_on_the_same_games():
-    from retainrl.families.nethack.evaluation import compare_policies, final_episodes
+    from retainrl.families.nethack.results import compare_policies, final_episodes
 
     rows = []
     for e, g in enumerate(GAMES[:10]):

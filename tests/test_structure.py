@@ -161,13 +161,14 @@ def dvc_stages() -> dict[str, dict]:
 
 def stage_roots(cmd: str) -> list[str]:
     """The modules a stage's command runs: ``python -m stages.X <family> …`` runs ``stages.X`` and,
-    through the family registry, ``retainrl.families.<family>.stages``."""
+    through the family registry, the family module behind stage X (and the schema in ``stages``)."""
     from retainrl.core.family import family_names, module_name as family_module
 
     words = cmd.split()
     mod = words[words.index("-m") + 1]
     args = words[words.index("-m") + 2:]
-    return [mod] + [family_module(a) for a in args[:1] if a in family_names()]
+    stage = mod.removeprefix("stages.")
+    return [mod] + [m for a in args[:1] if a in family_names() for m in (family_module(a), family_module(a, stage))]
 
 
 def test_the_check_sees_lazy_imports_and_the_registry():
@@ -175,6 +176,16 @@ def test_the_check_sees_lazy_imports_and_the_registry():
     files = {str(f.relative_to(ROOT)) for f in closure(stage_roots("python -m stages.finetune nethack ks"))}
     assert {"stages/finetune.py", "retainrl/core/stage.py", "retainrl/families/nethack/stages.py",
             "retainrl/families/nethack/sf.py", "retainrl/learners/appo.py"} <= files
+
+
+@pytest.mark.parametrize("family", ["apple", "robot", "montezuma", "nethack"])
+def test_training_never_depends_on_the_shared_results_code(family):
+    """Fine-tuning's code excludes evaluation, statistics and reports: editing them reruns only
+    the result stages (the point of the stages/results split)."""
+    files = {str(f.relative_to(ROOT)) for f in closure(stage_roots(f"python -m stages.finetune {family} ks"))}
+    assert not [f for f in files if f.startswith(("retainrl/pipeline/", f"retainrl/families/{family}/results"))], files
+    results = {str(f.relative_to(ROOT)) for f in closure(stage_roots(f"python -m stages.evaluate {family}"))}
+    assert f"retainrl/families/{family}/results.py" in results
 
 
 def test_dvc_deps_cover_every_imported_project_file():
@@ -192,3 +203,27 @@ def test_dvc_deps_cover_every_imported_project_file():
         if missing:
             bad[name] = missing
     assert not bad, "stages whose code can change without DVC noticing:\n" + "\n".join(f"{k}: {v}" for k, v in sorted(bad.items()))
+
+
+def test_no_code_outside_retention_branches_on_a_method_name():
+    """What a method does lives in its class (``retains``, ``starts_from_pretrained``, ``needs``,
+    ``uses_online_states``…): a comparison with a method's name elsewhere is a second copy of it."""
+    from retainrl.retention.methods import REGISTRY
+
+    def strings(node) -> set[str]:
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            return {node.value}
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+            return set().union(*(strings(e) for e in node.elts))
+        return set()
+
+    hits = []
+    for f in project_files() + sorted((ROOT / "benchmarks").rglob("*.py")) + sorted((ROOT / "experiments").rglob("*.py")):
+        if f.is_relative_to(ROOT / "retainrl" / "retention"):
+            continue
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.Compare) and strings(node.left).union(*map(strings, node.comparators)) & set(REGISTRY):
+                hits.append(f"{f.relative_to(ROOT)}:{node.lineno}: {ast.unparse(node)}")
+            if isinstance(node, ast.match_case) and strings(getattr(node.pattern, "value", None)) & set(REGISTRY):
+                hits.append(f"{f.relative_to(ROOT)}:{node.pattern.lineno}: case {ast.unparse(node.pattern)}")
+    assert not hits, "\n".join(hits)

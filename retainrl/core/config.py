@@ -9,12 +9,12 @@ params.yaml holds every knob. Its top level is:
   ``retainrl.families``, see :mod:`retainrl.core.family`);
 * ``profiles``: for each profile, a partial copy of the tree whose values replace the base ones.
 
-The base values are the ``default`` profile, so ``profiles.default`` must be empty, and every
-family has a ``profiles.smoke.<family>`` and a ``profiles.paper.<family>`` overlay (``{}`` is
-fine). That fixed shape is what lets each dvc.yaml stage depend on exactly its own family's
-overlays (``params: [profile, profiles.smoke.apple, profiles.paper.apple, apple.…]``), so adding
-or tuning one family never invalidates another family's cached results. A bad value fails here,
-before any compute, with the dotted key that is wrong.
+The base values are the ``default`` profile, so ``profiles.default.<family>`` must be empty,
+and every family has a ``profiles.<profile>.<family>`` overlay for every profile (``{}`` is
+fine). That fixed shape is what lets each dvc.yaml stage depend on exactly the active profile's
+overlay of its own family (``params: [profile, "profiles.${profile}.apple", apple.…]``): tuning
+one family never invalidates another family's cached results, and editing an inactive profile
+invalidates nothing. A bad value fails here, before any compute, with the dotted key that is wrong.
 """
 
 from __future__ import annotations
@@ -86,10 +86,11 @@ def resolve_raw(raw: dict, profile: str | None = None) -> dict:
     unknown = set(profiles) - set(PROFILES)
     if unknown:
         raise ConfigError(f"profiles: unknown profile(s) {sorted(unknown)}; allowed: {', '.join(PROFILES)}")
-    if profiles.get("default"):
+    filled = {k: v for k, v in (profiles.get("default") or {}).items() if v}
+    if filled:
         raise ConfigError(
-            "profiles.default: must be empty; the base values are the default profile, edit them in place "
-            f"(found overlay keys {sorted(profiles['default'])})"
+            "profiles.default: must hold only empty overlays ({}); the base values are the default profile, edit them "
+            f"in place (found overlay keys under {sorted(filled)})"
         )
     base = {k: v for k, v in raw.items() if k != "profiles"}
     merged = deep_merge(base, profiles.get(profile) or {}, "")
@@ -145,10 +146,10 @@ def load_params(path: str | Path = DEFAULT_PARAMS, *, profile: str | None = None
             raise ConfigError(f"{name}: section missing from params.yaml")
         model = importlib.import_module(families[name]).Params
         sections[name] = _validate(model, merged[name], name)
-        for needed in ("smoke", "paper") if "profiles" in raw else ():  # a bare file (no profiles) is fine outside DVC
+        for needed in PROFILES if "profiles" in raw else ():  # a bare file (no profiles) is fine outside DVC
             if not isinstance(((raw.get("profiles") or {}).get(needed) or {}).get(name), dict):
                 raise ConfigError(
-                    f"profiles.{needed}.{name}: missing; every family needs a smoke and a paper overlay "
+                    f"profiles.{needed}.{name}: missing; every family needs an overlay in every profile "
                     "(dvc.yaml stages depend on them by key; use {} for no change)"
                 )
         # The other profiles must be valid too: a typo in `paper` should not wait for a GPU run.

@@ -35,7 +35,7 @@ def main(stage: str, argv: list[str] | None = None, *, extra: str | None = None)
         from retainrl.core.device import resolve_device
         from retainrl.core.family import get_family
 
-        family = get_family(args.env)
+        family = get_family(args.env, stage)
         params = load_params(args.params, only=args.env)
         section = params.section(args.env)
         device = resolve_device(params.device)

@@ -1,4 +1,4 @@
-"""sample-factory's APPO learner with a retention term, in serial and in parallel mode.
+"""sample-factory's APPO learner with a retention method attached, in serial and in parallel mode.
 
 sample-factory has no plug-in point for an extra loss: ``LearnerWorker`` builds a plain
 ``Learner``. ``attach`` turns that instance into a ``RetentionLearner`` (this subclass) after the
@@ -11,15 +11,20 @@ leak into each other.
 
 What the subclass adds:
 
-* the retention loss (``RetentionLoss``) is added to APPO's policy loss in ``_calculate_losses``,
-  so it goes through the learner's own backward, gradient clipping and optimizer step;
+* the retention method's auxiliary loss (any :class:`retainrl.retention.methods.RetentionMethod`:
+  the same classes every other learner uses) is added to APPO's policy loss in
+  ``_calculate_losses``, so it goes through the learner's own backward, gradient clipping and
+  optimizer step. ``_calculate_losses`` runs once per minibatch and SGD epoch, i.e. once per actor
+  gradient update: that count is the method's step (KS's decay), as in every learner;
 * the encoder is frozen after the learner loads π* (the study froze encoders while fine-tuning);
   or, with ``train_only``, everything but the parameters under those name prefixes (the critic
   warm-up of ``pretrain``: APPO on π*'s own games with only ``critic_linear`` trained);
 * the model is saved to ``snapshot_dir/step_<n>.pth`` at the initial weights (n = 0) and when
   the learner's env-step count first reaches each of ``snapshot_steps``; every snapshot also
-  records how often the retention loss was applied and its last value (the learner may live in
-  another process: snapshots are how that reaches the caller).
+  records how many actor updates were taken and the retention loss's last value (the learner
+  may live in another process: snapshots are how that reaches the caller).
+
+:class:`SFPolicy` is how a retention method sees sample-factory's recurrent actor-critic.
 """
 
 from __future__ import annotations
@@ -29,11 +34,66 @@ from pathlib import Path
 import torch
 from sample_factory.algo.learning.learner import Learner
 
+from retainrl.retention.methods import RetentionMethod
+from retainrl.retention.policy import RetainablePolicy
+
+
+class SFPolicy(RetainablePolicy):
+    """The learner's sample-factory actor-critic as a :class:`RetainablePolicy` (categorical actions).
+
+    Its parameters keep their sample-factory names (the Fisher and θ* are keyed by them); the
+    critic is ``critic_linear``. A recurrent policy's output on a state depends on the hidden state
+    it carried through the episode, so ``dist_params`` takes a dict of observations that either
+    holds that output already (an online minibatch: the learner's own forward pass computed
+    ``action_logits``) or the hidden state to run the network from (``rnn``: a FAR buffer stores π*'s).
+    """
+
+    family = "categorical"
+    critic_prefixes = ("critic_linear",)
+
+    def __init__(self, actor_critic):
+        super().__init__()
+        for name, child in actor_critic.named_children():
+            self.add_module(name, child)  # the same parameter names as the wrapped model
+        object.__setattr__(self, "_net", actor_critic)  # not registered twice
+
+    def dist_params(self, obs: dict) -> torch.Tensor:
+        if "action_logits" in obs:
+            return obs["action_logits"].float()
+        return self._net({k: v for k, v in obs.items() if k != "rnn"}, obs["rnn"])["action_logits"]
+
+
+class SFTeacher(RetainablePolicy):
+    """π* as retention methods see it inside APPO: its weights θ* (l2, ewc) and its outputs on the
+    online states, which the envs compute (``teacher_logits``: only they hold π*'s recurrent state).
+
+    It holds plain tensors, not the network, so the learner (and the method holding this) can be
+    pickled to sample-factory's learner process in parallel mode.
+    """
+
+    family = "categorical"
+    critic_prefixes = ("critic_linear",)
+
+    def __init__(self, actor_critic):
+        super().__init__()
+        self.weights = {n: q.detach().clone() for n, q in actor_critic.named_parameters()}
+
+    def retained_parameters(self, include_critic: bool = False):
+        for name, w in self.weights.items():
+            if include_critic or not self.is_critic_param(name):
+                yield name, w
+
+    def dist_params(self, obs: dict) -> torch.Tensor:
+        return obs["teacher_logits"].float()
+
 
 class RetentionLearner(Learner):
     """``Learner`` + retention loss + encoder freezing + snapshots (see the module docstring)."""
 
-    retention = None  # RetentionLoss
+    retention: RetentionMethod | None = None
+    actor_updates: int = 0
+    retention_last: float = 0.0
+    _policy_view: SFPolicy | None = None
     freeze_encoder: bool = False
     train_only: tuple[str, ...] = ()
     snapshot_dir: Path | None = None
@@ -44,7 +104,7 @@ class RetentionLearner(Learner):
             return
         Path(self.snapshot_dir).mkdir(parents=True, exist_ok=True)
         torch.save({"model": self.actor_critic.state_dict(), "env_steps": int(self.env_steps), "step": step,
-                    "retention_calls": self.retention.calls, "retention_loss_last": self.retention.last},
+                    "actor_updates": self.actor_updates, "retention_loss_last": self.retention_last},
                    Path(self.snapshot_dir) / f"step_{step:09d}.pth")
 
     def init(self):
@@ -61,9 +121,19 @@ class RetentionLearner(Learner):
 
     def _calculate_losses(self, mb, num_invalids):
         res = list(super()._calculate_losses(mb, num_invalids))
-        aux = self.retention(self.actor_critic, mb, res[0])
+        online = None
+        if self.retention.uses_online_states:  # the minibatch's valid steps, with both policies' outputs
+            valid = mb.valids if "valids" in mb else slice(None)
+            online = {"action_logits": res[0].raw_logits[valid], "teacher_logits": mb.normalized_obs["teacher_logits"][valid]}
+        if getattr(self, "_policy_view", None) is None:
+            self._policy_view = SFPolicy(self.actor_critic)
+        aux = self.retention.aux_loss(self._policy_view, online, self.actor_updates)
+        self.actor_updates += 1
+        if aux is None:
+            aux = res[1].new_zeros(())
         res[1] = res[1] + aux  # policy_loss: part of the actor loss
         res[-1]["retention_loss"] = aux.detach()
+        self.retention_last = float(aux.detach())
         return tuple(res)
 
     def train(self, batch):
@@ -73,7 +143,7 @@ class RetentionLearner(Learner):
         return out
 
 
-def attach(learner: Learner, loss, freeze_encoder: bool = True, snapshot_dir: Path | None = None,
+def attach(learner: Learner, retention: RetentionMethod, freeze_encoder: bool = True, snapshot_dir: Path | None = None,
            snapshot_steps: list[int] | tuple = (), train_only: tuple[str, ...] = ()) -> RetentionLearner:
     """Make ``learner`` (a plain sample-factory ``Learner``, not yet initialised) a ``RetentionLearner``.
 
@@ -82,7 +152,8 @@ def attach(learner: Learner, loss, freeze_encoder: bool = True, snapshot_dir: Pa
     if type(learner) is not Learner:
         raise TypeError(f"attach: expected sample-factory's Learner, got {type(learner).__name__}")
     learner.__class__ = RetentionLearner
-    learner.retention = loss
+    learner.retention = retention
+    learner.actor_updates = 0
     learner.freeze_encoder = bool(freeze_encoder)
     learner.snapshot_dir = None if snapshot_dir is None else Path(snapshot_dir)
     learner.pending = sorted(int(s) for s in snapshot_steps)

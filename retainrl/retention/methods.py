@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import torch
 
 from retainrl.core.errors import ConfigError
-from retainrl.retention.params import RetentionParams
+from retainrl.retention.params import BCParams, EMParams, EWCParams, KSParams, L2Params, NoParams
 from retainrl.retention.dists import kl, reduce_samples
 from retainrl.retention.policy import RetainablePolicy
 
@@ -35,7 +35,7 @@ class RetentionContext:
     """Everything a retention method may draw on; each method declares which fields it needs."""
 
     pretrained: RetainablePolicy | None = None
-    far_obs: torch.Tensor | None = None
+    far_obs: torch.Tensor | dict[str, torch.Tensor] | None = None  # a dict for multi-part observations
     far_targets: torch.Tensor | None = None  # π*'s distribution parameters on far_obs
     far_critic: torch.Tensor | None = None  # π*'s critic outputs on far_obs (critic regularisation)
     fisher: dict[str, torch.Tensor] | None = None
@@ -44,8 +44,37 @@ class RetentionContext:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
+def context_for(method: str, generator: torch.Generator | None = None, **loaders) -> RetentionContext:
+    """The :class:`RetentionContext` of ``method``, holding just what it ``needs``.
+
+    ``loaders`` maps context fields to zero-argument functions; only those of the fields the
+    method needs are called (a family never loads a Fisher for BC, or π* for ``scratch``). A
+    needed field without a loader is an error that names the field.
+    """
+    cls = REGISTRY[method]
+    missing = [n for n in cls.needs if n not in loaders]
+    if missing:
+        raise ConfigError(f"retention method {method!r} needs {', '.join(missing)}, which this family does not provide")
+    return RetentionContext(generator=generator, **{n: loaders[n]() for n in cls.needs})
+
+
+def _take(obs, idx: torch.Tensor, device) -> torch.Tensor | dict[str, torch.Tensor]:
+    """Rows ``idx`` of a batch of observations (a tensor, or a dict of tensors), on ``device``."""
+    if isinstance(obs, dict):
+        return {k: v[idx].to(device) for k, v in obs.items()}
+    return obs[idx].to(device)
+
+
+def _rows(obs) -> int:
+    return len(next(iter(obs.values()))) if isinstance(obs, dict) else obs.shape[0]
+
+
 class RetentionMethod:
-    """Base: no auxiliary loss, starts from π*. Subclasses override the hooks they need."""
+    """Base: no auxiliary loss, starts from π*. Subclasses override the hooks they need.
+
+    A learner calls ``aux_loss(policy, online_obs, step)`` before every actor gradient update,
+    with ``step`` the number of actor updates taken so far (KS's coefficient decays with it).
+    """
 
     name: ClassVar[str] = "finetune"
     needs: ClassVar[tuple[str, ...]] = ()
@@ -54,8 +83,12 @@ class RetentionMethod:
     starts_from_pretrained: ClassVar[bool] = True
     #: True when ``aux_loss`` needs the states the learner visited in its latest batch.
     uses_online_states: ClassVar[bool] = False
+    #: True when the method holds the policy near π* (the study turns the entropy bonus off then).
+    retains: ClassVar[bool] = True
+    #: The model of its params section (``<family>.retention.<name>`` in params.yaml).
+    Params: ClassVar[type] = NoParams
 
-    def __init__(self, ctx: RetentionContext, params: RetentionParams):
+    def __init__(self, ctx: RetentionContext, params):
         missing = [n for n in self.needs if getattr(ctx, n) is None]
         if missing:
             raise ConfigError(f"retention method {self.name!r} needs {', '.join(missing)}, which the learner did not provide")
@@ -76,11 +109,13 @@ class RetentionMethod:
 
 class Finetune(RetentionMethod):
     name = "finetune"
+    retains = False
 
 
 class Scratch(RetentionMethod):
     name = "scratch"
     starts_from_pretrained = False
+    retains = False
 
 
 class _ParameterAnchor(RetentionMethod):
@@ -88,7 +123,7 @@ class _ParameterAnchor(RetentionMethod):
 
     needs = ("pretrained",)
 
-    def __init__(self, ctx: RetentionContext, params: RetentionParams):
+    def __init__(self, ctx: RetentionContext, params):
         super().__init__(ctx, params)
         self.anchor = {n: p.detach().clone() for n, p in ctx.pretrained.retained_parameters(self.include_critic)}
 
@@ -100,13 +135,16 @@ class _ParameterAnchor(RetentionMethod):
         for name, param in policy.retained_parameters(self.include_critic):
             if name not in self.anchor:
                 raise ConfigError(f"retention method {self.name!r}: parameter {name!r} has no pre-trained value")
-            term = (self.weights(name) * (param - self.anchor[name].to(param.device)).pow(2)).sum()
+            weight = self.weights(name)
+            weight = weight.to(param.device) if torch.is_tensor(weight) else weight
+            term = (weight * (param - self.anchor[name].to(param.device)).pow(2)).sum()
             total = term if total is None else total + term
         return self.coef(step) * total
 
 
 class L2(_ParameterAnchor):
     name = "l2"
+    Params = L2Params
 
     def coef(self, step):
         return self.params.l2.coef
@@ -114,6 +152,7 @@ class L2(_ParameterAnchor):
 
 class EWC(_ParameterAnchor):
     name = "ewc"
+    Params = EWCParams
     needs = ("pretrained", "fisher")
 
     def __init__(self, ctx, params):
@@ -141,19 +180,20 @@ class BC(RetentionMethod):
     """Behavioural cloning of π* on a fixed buffer of FAR states (π*'s outputs stored with them)."""
 
     name = "bc"
+    Params = BCParams
     needs = ("far_obs", "far_targets")
 
     def coef(self, step):
         return self.params.bc.coef
 
     def aux_loss(self, policy, online_obs, step):
-        n = self.ctx.far_obs.shape[0]
+        n = _rows(self.ctx.far_obs)
         idx = torch.randint(n, (min(self.params.bc.batch_size, n),), generator=self.ctx.generator)
         dev = next(policy.parameters()).device
         crit = self.ctx.far_critic[idx].to(dev) if self.ctx.far_critic is not None else None
         if self.include_critic and crit is None:
             raise ConfigError("retention.regularize_critic: the FAR buffer holds no critic targets")
-        obs = self.ctx.far_obs[idx].to(dev)
+        obs = _take(self.ctx.far_obs, idx, dev)
         return self.coef(step) * _distill(policy, obs, self.ctx.far_targets[idx].to(dev), crit, self.include_critic)
 
 
@@ -161,6 +201,7 @@ class KS(RetentionMethod):
     """Kickstarting: the same KL as BC, on the states the current policy visits, with a decaying weight."""
 
     name = "ks"
+    Params = KSParams
     needs = ("pretrained",)
     uses_online_states = True
 
@@ -181,6 +222,7 @@ class EM(RetentionMethod):
     """Episodic memory: pre-training transitions kept as a protected share of the replay buffer."""
 
     name = "em"
+    Params = EMParams
     needs = ("pretrain_transitions",)
     off_policy_only = True
 
@@ -188,9 +230,32 @@ class EM(RetentionMethod):
         replay.protect(self.ctx.pretrain_transitions, share=self.params.em.share)
 
 
+#: Every method, by name: the only list of methods in the project (params, dvc.yaml's matrices
+#: and the reports all come from a family's ``finetune.methods``, checked against this).
 REGISTRY: dict[str, type[RetentionMethod]] = {
     cls.name: cls for cls in (Scratch, Finetune, L2, EWC, BC, KS, EM)
 }
+#: The method every retention method is compared with (the study's "FT").
+BASELINE = Finetune.name
+
+
+def _retention_params():
+    from pydantic import Field, create_model
+
+    from retainrl.core.config import Strict
+
+    fields = {name: (cls.Params, Field(default_factory=cls.Params)) for name, cls in REGISTRY.items()}
+    model = create_model(
+        "RetentionParams", __base__=Strict,
+        regularize_critic=(bool, Field(False, description="regularise the critic too (the study: actor only)")),
+        **fields,
+    )
+    model.__doc__ = "A family's ``retention:`` section: one params section per method of the registry."
+    return model
+
+
+#: Coefficients of every retention method for one family (built from the registry).
+RetentionParams = _retention_params()
 
 
 
@@ -211,7 +276,7 @@ def check_method(method: str, *, learner: str, off_policy: bool, key: str | None
     return cls
 
 
-def build_retention(method: str, ctx: RetentionContext, params: RetentionParams, *, learner: str, off_policy: bool) -> RetentionMethod:
+def build_retention(method: str, ctx: RetentionContext, params, *, learner: str, off_policy: bool) -> RetentionMethod:
     return check_method(method, learner=learner, off_policy=off_policy)(ctx, params)
 
 

@@ -1,7 +1,7 @@
-"""Params of the retention methods and of the Fisher estimate: one schema for every family.
+"""Params of each retention method and of the Fisher estimate: one schema for every family.
 
-A family's params section embeds :class:`RetentionParams` (its own defaults may differ: see the
-family's ``Params``) and :class:`FisherParams`; the method classes in ``methods`` read them.
+Each method class in ``methods`` names its model here (``Params``); ``methods.RetentionParams``,
+the ``retention:`` section of a family, is built from the registry: one field per method.
 """
 
 from __future__ import annotations
@@ -37,16 +37,9 @@ class EMParams(Strict):
     share: float = Field(0.1, gt=0, lt=1)
 
 
-class RetentionParams(Strict):
-    """Coefficients of every retention method for one environment family."""
-
-    #: Retention regularises the actor only (as in the study); set true to cover the critic too.
-    regularize_critic: bool = False
-    l2: L2Params = L2Params()
-    ewc: EWCParams = EWCParams()
-    bc: BCParams = BCParams()
-    ks: KSParams = KSParams()
-    em: EMParams = EMParams()
+class NoParams(Strict):
+    """A method without knobs (``finetune``, ``scratch``): an empty section, so that every method
+    has one and a stage can depend on exactly its own method's params (``retention.<method>``)."""
 
 
 class FisherParams(Strict):

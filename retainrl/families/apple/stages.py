@@ -26,7 +26,8 @@ from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from retainrl.core.config import Strict
-from retainrl.retention.params import FisherParams, RetentionParams
+from retainrl.retention.params import FisherParams
+from retainrl.retention.methods import RetentionParams
 from retainrl.retention.methods import method_list
 from retainrl.retention.policy import RetainablePolicy
 from retainrl.learners.reinforce import Rollout
@@ -439,59 +440,3 @@ def finetune(p: Params, paths, device, method: str) -> None:
             curves, policy = finetune_seeds(method, p, pretrained, far, f, on_eval=on_eval)
         save_npz(out / "curves.npz", **{k: v.numpy() for k, v in curves.items()})
         save_tensors(out / "policy.safetensors", {"weight": policy.weight})
-
-
-def evaluate(p: Params, paths, device) -> None:
-    """Aggregate every method's curves into metrics (forgetting, final success) with spread over seeds."""
-    from retainrl.core.artifacts import load_json, load_npz, save_json
-    from retainrl.pipeline.evaluation import curve_rows, scalar_metrics, summarize_method
-
-    pretrained_scores = load_json(paths.pretrained / "scores.json", "π* scores (pretrain stage)")
-    methods = {}
-    for method in p.finetune.methods:
-        curves = load_npz(paths.finetune(method) / "curves.npz", f"{method} curves (finetune stage)", ("iteration", "close", "far", "full"))
-        methods[method] = curves
-    summary = {
-        "pretrained": pretrained_scores,
-        "methods": {m: summarize_method(c) for m, c in methods.items()},
-    }
-    out = paths.evaluation
-    save_json(out / "summary.json", summary)
-    save_json(out / "metrics.json", scalar_metrics(summary))
-    for key in ("far", "close", "full"):
-        save_json(out / f"{key}_success.json", curve_rows(methods, key))
-    log.info("forgetting: %s", {m: round(v["forgetting"]["mean"], 3) for m, v in summary["methods"].items()})
-
-
-def sweep(p: Params, paths, device, axis: str) -> None:
-    """Forgetting against M (at the base c) or against c (at the base M): the whole study per value, in process.
-
-    Each value gets its own demos, π*, FAR buffer and Fisher (π* depends on c), then every
-    ``sweep.methods`` entry is fine-tuned over ``finetune.seeds`` seeds with the same learner
-    and settings as the main stages.
-    """
-    from retainrl.core.artifacts import atomic_path, save_json
-    from retainrl.pipeline.evaluation import summarize_method
-    from retainrl.retention.fisher import fisher_diagonal
-
-    if axis not in ("M", "c"):
-        raise ValueError(f"sweep axis must be 'M' or 'c' (got {axis!r})")
-    rows = []
-    for value in getattr(p.sweep, axis):
-        env = p.env.model_copy(update={axis: value})
-        pretrained = clone(make_demos(env, p.demos), p.pretrain)
-        far = far_states(pretrained, env, p.far_buffer)
-        f = fisher_diagonal(pretrained, far["obs"][: p.fisher.states], estimator=p.fisher.estimator, min_value=p.fisher.min_value)
-        for method in p.sweep.methods:
-            curves, _ = finetune_seeds(method, p, pretrained, far, f, env=env, progress=False)
-            summary = summarize_method({k: v.numpy() for k, v in curves.items()})
-            rows.append({"axis": axis, "value": value, "c": env.c, "M": env.M, "method": method, **summary})
-            log.info("sweep %s=%s %s: forgetting %.3f", axis, value, method, summary["forgetting"]["mean"])
-    with atomic_path(paths.sweep(axis), directory=True) as out:
-        save_json(out / "sweep.json", rows)
-
-
-def report(p: Params, paths) -> None:
-    from retainrl.pipeline.report import write_apple_report
-
-    write_apple_report(p, paths)

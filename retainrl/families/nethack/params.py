@@ -8,7 +8,7 @@ from pydantic import Field, field_validator, model_validator
 
 from retainrl.core.config import ConfigError, Strict
 from retainrl.retention.methods import method_list
-from retainrl.retention.params import RetentionParams
+from retainrl.retention.methods import RetentionParams
 
 ROLES = ("arc", "bar", "cav", "hea", "kni", "mon", "pri", "ran", "rog", "sam", "tou", "val", "wiz")
 RACES = ("hum", "elf", "dwa", "gno", "orc")

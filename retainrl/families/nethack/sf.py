@@ -402,68 +402,7 @@ def load_sf_policy(exp_dir: Path, weights: bool = True):
     return ac, cfg
 
 
-# --------------------------------------------------------------------------- retention in APPO
-
-
-class RetentionLoss:
-    """The auxiliary loss a retention method adds to APPO's actor loss (the critic is left alone).
-
-    * ``l2``:  coef · Σ_actor (θ − θ*)²
-    * ``ewc``: coef · Σ_actor F (θ − θ*)², F from the ``fisher`` stage
-    * ``bc``:  coef · KL(π*(·|s) ‖ π_θ(·|s)) on a batch of FAR-buffer states, each evaluated with
-      the GRU state π* had there (stored in the buffer)
-    * ``ks``:  coef_t · KL(π*(·|s) ‖ π_θ(·|s)) on the online minibatch (π*'s logits come with
-      the observations), coef_t = max(floor, coef · decay^t) per update
-    * ``finetune`` / ``scratch``: nothing.
-    """
-
-    def __init__(self, method: str, coef: float, anchor: dict | None = None, fisher: dict | None = None,
-                 buffer: dict | None = None, batch_size: int = 64, seed: int = 0, decay: float = 1.0, floor: float = 0.0):
-        self.method, self.coef = method, float(coef)
-        self.anchor = {k: v.detach().clone() for k, v in (anchor or {}).items() if not k.startswith("critic_linear")}
-        self.fisher = fisher
-        self.buffer = {k: torch.from_numpy(np.asarray(v)) for k, v in (buffer or {}).items()}
-        self.batch_size = batch_size
-        self.gen = torch.Generator().manual_seed(seed)
-        self.decay, self.floor = decay, floor
-        self.calls = 0
-        self.last = 0.0
-
-    def __call__(self, ac, mb=None, dist=None) -> torch.Tensor:
-        self.calls += 1
-        zero = next(ac.parameters()).new_zeros(())
-        if self.method in ("finetune", "scratch"):
-            return zero
-        if self.method == "ks":
-            coef = max(self.floor, self.coef * self.decay ** (self.calls - 1))
-            target = torch.log_softmax(mb.normalized_obs["teacher_logits"].float(), -1)
-            logq = torch.log_softmax(dist.raw_logits, -1)
-            kl = (target.exp() * (target - logq)).sum(-1)
-            valids = mb.valids.float() if "valids" in mb else torch.ones_like(kl)
-            loss = coef * (kl * valids).sum() / valids.sum().clamp_min(1.0)
-            self.last = float(loss.detach())
-            return loss
-        if self.method in ("l2", "ewc"):
-            total = zero
-            for name, prm in ac.named_parameters():
-                if name in self.anchor and prm.requires_grad:
-                    d2 = (prm - self.anchor[name]) ** 2
-                    total = total + (d2 * self.fisher[name] if self.method == "ewc" else d2).sum()
-            loss = self.coef * total
-        elif self.method == "bc":
-            n = len(self.buffer["logits"])
-            idx = torch.randint(n, (min(self.batch_size, n),), generator=self.gen)
-            x = {k: self.buffer[k][idx] for k in ("chars", "blstats", "misc", "message")}
-            out = ac(x, self.buffer["rnn"][idx])
-            target = torch.log_softmax(self.buffer["logits"][idx].float(), -1)
-            logq = torch.log_softmax(out["action_logits"], -1)
-            loss = self.coef * (target.exp() * (target - logq)).sum(-1).mean()
-        else:
-            from retainrl.core.config import ConfigError
-
-            raise ConfigError(f"finetune.method: {self.method!r} has no NetHack retention loss")
-        self.last = float(loss.detach())
-        return loss
+# --------------------------------------------------------------------------- APPO runs
 
 
 def snapshot_schedule(env_steps: int, snapshots: int) -> list[int]:
@@ -478,11 +417,11 @@ def load_snapshot(exp_dir: Path, path: Path):
     return ac, cfg
 
 
-def run_appo(pretrained: Path | None, exp_dir: Path, loss: RetentionLoss, *, env_steps: int, num_envs: int, rollout: int,
+def run_appo(pretrained: Path | None, exp_dir: Path, retention, *, env_steps: int, num_envs: int, rollout: int,
              batch_size: int, lr: float, entropy: float, epochs: int = 1, freeze_encoder: bool = True, seed: int = 0,
              device: str = "cpu", max_episode_steps: int = 30_000, snapshots: int = 1, workers: int = 1,
              batched_sampling: bool = True, train_only: tuple[str, ...] = ()) -> dict:
-    """Fine-tune π* with APPO (sample-factory) plus ``loss``; writes into ``exp_dir``.
+    """Fine-tune π* with APPO (sample-factory) plus a retention method; writes into ``exp_dir``.
 
     ``workers`` 1 runs sample-factory's serial mode (synchronous APPO, everything in this process:
     the right choice on a small CPU box, and reproducible); more runs its parallel mode with that
@@ -490,8 +429,8 @@ def run_appo(pretrained: Path | None, exp_dir: Path, loss: RetentionLoss, *, env
     for a GPU machine). ``batched_sampling`` uses sample-factory's batched sampler (one tensor
     batch per worker instead of per-env bookkeeping). ``pretrained`` None trains from scratch
     (random init, nothing frozen). ``epochs`` is sample-factory's ``num_epochs``: SGD passes over
-    each batch. For ``ks`` the envs step π* alongside the game
-    (``--nethack_teacher``). ``train_only`` (parameter-name prefixes) freezes everything else:
+    each batch. For a method that uses π*'s outputs on the online states (KS) the envs step π*
+    alongside the game (``--nethack_teacher``): only they hold π*'s recurrent state. ``train_only`` (parameter-name prefixes) freezes everything else:
     ``("critic_linear",)`` is the critic warm-up (the policy plays and stays π*).
 
     Besides sample-factory's checkpoints, ``exp_dir`` gets ``snapshots/step_<n>.pth`` (see
@@ -515,7 +454,7 @@ def run_appo(pretrained: Path | None, exp_dir: Path, loss: RetentionLoss, *, env
     episode_log = exp_dir / "episode_log"
     shutil.rmtree(episode_log, ignore_errors=True)
     episode_log.mkdir()
-    teacher = [f"--nethack_teacher={pretrained}"] if loss.method == "ks" else []
+    teacher = [f"--nethack_teacher={pretrained}"] if retention.uses_online_states and pretrained is not None else []
     mode = (["--num_workers=1", "--serial_mode=True", "--async_rl=False"] if workers == 1
             else [f"--num_workers={workers}", "--serial_mode=False", "--async_rl=True"])
     cfg = sf_config(exp_dir.parent, exp_dir.name, mode + [
@@ -532,7 +471,7 @@ def run_appo(pretrained: Path | None, exp_dir: Path, loss: RetentionLoss, *, env
     status = runner.init()
     if status == ExperimentStatus.SUCCESS:
         for worker in runner.learners.values():
-            attach(worker.learner, loss, freeze_encoder, exp_dir / "snapshots", snapshot_schedule(env_steps, snapshots),
+            attach(worker.learner, retention, freeze_encoder, exp_dir / "snapshots", snapshot_schedule(env_steps, snapshots),
                    train_only)
         status = runner.run()
     wall = time.perf_counter() - t0
@@ -548,11 +487,11 @@ def run_appo(pretrained: Path | None, exp_dir: Path, loss: RetentionLoss, *, env
     (exp_dir / "train_episodes.json").write_text(json.dumps(episodes) + "\n")
     snaps = sorted((exp_dir / "snapshots").glob("step_*.pth"))
     if not snaps:  # the learner never initialised: the caller reports the status
-        last = {"env_steps": 0, "retention_calls": 0, "retention_loss_last": 0.0}
+        last = {"env_steps": 0, "actor_updates": 0, "retention_loss_last": 0.0}
     else:
         last = torch.load(snaps[-1], map_location="cpu")
     done = int(runner.env_steps.get(0, last["env_steps"]))
-    return {"status": int(status), "retention_calls": int(last["retention_calls"]),
+    return {"status": int(status), "actor_updates": int(last["actor_updates"]),
             "retention_loss_last": float(last["retention_loss_last"]), "env_steps": done, "wall_s": wall,
             "env_steps_per_s": done / max(wall, 1e-9), "train_episodes": len(episodes),
             "workers": workers, "batched_sampling": bool(batched_sampling)}

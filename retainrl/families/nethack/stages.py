@@ -31,8 +31,8 @@ Stages (the family stage API; the sample-factory side lives in ``nethack_sf``):
 * ``far_buffer``: FAR states (depth ≥ far.boundary) with π*'s logits and GRU state;
 * ``fisher``: EWC's diagonal Fisher of π*'s actor on those states;
 * ``finetune``: APPO (sample-factory: serial mode on CPU, parallel with ``finetune.workers`` > 1) from π* with scratch/finetune/l2/ewc/bc/ks; em refused;
-* ``evaluate``: every policy from fresh games (CLOSE) and from the FAR start states (FAR);
-* ``report``: report.md + a FAR bar chart.
+* ``evaluate`` and ``report`` (the ``results`` module): every policy from fresh games (CLOSE)
+  and from the FAR start states (FAR); report.md and its figures.
 """
 
 from __future__ import annotations
@@ -329,6 +329,7 @@ def critic_warmup(p: Params, exp_dir: Path, cfg, device=None) -> dict:
     import torch
 
     from retainrl.families.nethack import sf
+    from retainrl.retention.methods import RetentionContext, build_retention
 
     cw, ft = p.pretrain.critic, p.finetune
     check = game_seeds(cw.seed + 1, cw.check_episodes)
@@ -348,7 +349,8 @@ def critic_warmup(p: Params, exp_dir: Path, cfg, device=None) -> dict:
     if cw.env_steps:
         log.info("critic warm-up: %d env steps of APPO with only the critic trained", cw.env_steps)
         with tempfile.TemporaryDirectory(prefix="nethack-critic-") as d:
-            res = sf.run_appo(Path(exp_dir).resolve(), Path(d) / "critic", sf.RetentionLoss("finetune", 0.0),
+            plain = build_retention("finetune", RetentionContext(), p.retention, learner="appo", off_policy=False)
+            res = sf.run_appo(Path(exp_dir).resolve(), Path(d) / "critic", plain,
                               env_steps=cw.env_steps, lr=cw.lr, entropy=0.0, freeze_encoder=False, seed=cw.seed, snapshots=1,
                               train_only=("critic_linear",), **appo_settings(ft, device))
             snaps = sorted((Path(d) / "critic" / "snapshots").glob("step_*.pth"))
@@ -475,30 +477,29 @@ def fisher(p: Params, paths, device=None) -> dict:
     return {"states": n, "tensors": len(fisher_diag), "total": total}
 
 
-def _retention_loss(p: Params, paths, method: str, seed: int):
-    """The retention term of one fine-tuning run and its coefficient: π*'s weights for l2/ewc (and
-    the Fisher for ewc), the FAR buffer for bc, π*'s logits come with the batch for ks."""
+def _retention(p: Params, paths, method: str, seed: int):
+    """The retention method of one fine-tuning run, given just what it needs: π* (θ* for l2/ewc;
+    for ks, π*'s outputs on the online states come from the envs, which run π* alongside), the
+    Fisher (ewc), the FAR buffer with π*'s logits and GRU states (bc)."""
+    import functools
+
+    import torch
+    from safetensors.torch import load_file
+
     from retainrl.core.artifacts import require
     from retainrl.families.nethack import sf
+    from retainrl.learners.appo import SFTeacher
+    from retainrl.retention.methods import REGISTRY, context_for
 
-    anchor = fisher_diag = buffer = None
-    coef = 0.0
-    if method == "ks":
-        coef = p.retention.ks.coef
-    if method in ("l2", "ewc"):
-        ac, _ = sf.load_sf_policy(paths.pretrained)
-        anchor = dict(ac.named_parameters())
-        coef = p.retention.l2.coef if method == "l2" else p.retention.ewc.coef
-        if method == "ewc":
-            from safetensors.torch import load_file
-
-            fisher_diag = load_file(str(require(Path(paths.fisher) / "fisher.safetensors", "NetHack Fisher")))
-    elif method == "bc":
-        buffer = load_far_buffer(paths.far_buffer)
-        coef = p.retention.bc.coef
-    loss = sf.RetentionLoss(method, coef, anchor, fisher_diag, buffer, p.retention.bc.batch_size, seed,
-                            decay=p.retention.ks.decay, floor=p.retention.ks.floor)
-    return loss, coef
+    buffer = functools.cache(lambda: load_far_buffer(paths.far_buffer))
+    ctx = context_for(
+        method, torch.Generator().manual_seed(seed),
+        pretrained=lambda: SFTeacher(sf.load_sf_policy(paths.pretrained)[0]),
+        fisher=lambda: load_file(str(require(Path(paths.fisher) / "fisher.safetensors", "NetHack Fisher"))),
+        far_obs=lambda: {k: torch.from_numpy(np.asarray(buffer()[k])) for k in ("chars", "blstats", "misc", "message", "rnn")},
+        far_targets=lambda: torch.from_numpy(np.asarray(buffer()["logits"])).float(),
+    )
+    return REGISTRY[method](ctx, p.retention)
 
 
 def finetune_seed(p: Params, paths, device, method: str, k: int, run_dir: Path, threads: int | None = None) -> dict:
@@ -515,16 +516,15 @@ def finetune_seed(p: Params, paths, device, method: str, k: int, run_dir: Path, 
         torch.set_num_threads(threads)
     ft = p.finetune
     seed = ft.seed + k
-    loss, coef = _retention_loss(p, paths, method, seed)
-    retention_on = method not in ("finetune", "scratch")
+    retention = _retention(p, paths, method, seed)
     log.info("finetune[%s] seed %d/%d: %d env steps", method, k + 1, ft.seeds, ft.env_steps)
-    res = sf.run_appo(None if method == "scratch" else Path(paths.pretrained).resolve(), run_dir, loss,
-                      env_steps=ft.env_steps, lr=ft.lr, epochs=ft.epochs, entropy=0.0 if retention_on else ft.entropy,
-                      freeze_encoder=ft.freeze_encoder and method != "scratch", seed=seed, snapshots=ft.snapshots,
+    res = sf.run_appo(Path(paths.pretrained).resolve() if retention.starts_from_pretrained else None, run_dir, retention,
+                      env_steps=ft.env_steps, lr=ft.lr, epochs=ft.epochs, entropy=0.0 if retention.retains else ft.entropy,
+                      freeze_encoder=ft.freeze_encoder, seed=seed, snapshots=ft.snapshots,
                       **appo_settings(ft, device))
     if res["status"] != 0:
         raise RuntimeError(f"sample-factory APPO exited with status {res['status']} ({method}, seed {seed})")
-    res = {"method": method, "seed": seed, "coef": coef, **res}
+    res = {"method": method, "seed": seed, "coef": retention.coef(0), **res}
     (run_dir / "retention.json").write_text(json.dumps(res) + "\n")
     log.info("finetune[%s] seed %d: %.0f env steps/s, %d training episodes", method, seed, res["env_steps_per_s"], res["train_episodes"])
     return res
@@ -548,8 +548,7 @@ def finetune(p: Params, paths, device=None, method: str = "finetune") -> dict:
     from retainrl.core.artifacts import atomic_path, require
     from retainrl.retention.methods import check_method
 
-    check_method(method, learner="appo", off_policy=False, key="nethack.finetune.methods")
-    if method != "scratch":
+    if check_method(method, learner="appo", off_policy=False, key="nethack.finetune.methods").starts_from_pretrained:
         require(paths.pretrained, "pretrained NetHack policy (π*)")
     ft = p.finetune
     processes = 1 if ft.workers > 1 else min(ft.seeds, ft.processes or cpu_cores())
@@ -569,21 +568,3 @@ def finetune(p: Params, paths, device=None, method: str = "finetune") -> dict:
                 futures = [pool.submit(finetune_seed, p, paths, device, method, k, d, 1) for k, d in enumerate(dirs)]
                 runs = [f.result() for f in futures]
     return {"method": method, "runs": runs}
-
-
-def evaluate(p: Params, paths, device=None) -> dict:
-    """Stage: π* and every fine-tuning snapshot on CLOSE and FAR (``nethack_eval.evaluate``).
-
-    The evaluation lives in its own module so that changing it reruns only ``evaluate`` and
-    ``report``, not the demos, BC and APPO that depend on this one.
-    """
-    from retainrl.families.nethack import evaluation as nethack_eval
-
-    return nethack_eval.evaluate(p, paths, device)
-
-
-def report(p: Params, paths) -> None:
-    """Stage: report.md and the CLOSE/FAR figures (``nethack_eval.report``)."""
-    from retainrl.families.nethack import evaluation as nethack_eval
-
-    nethack_eval.report(p, paths)

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from retainrl.core.config import ConfigError
+from retainrl.retention.methods import BASELINE, REGISTRY
 from retainrl.families.nethack.params import Params
 from retainrl.families.nethack.games import (
     DEMO_FILE,
@@ -264,7 +265,7 @@ def evaluate(p: Params, paths, device=None) -> dict:
     for m, seeds in snapshots.items():
         for k, snaps in enumerate(seeds):
             for step, exp_dir, snap in snaps:
-                if step == 0 and m != "scratch":
+                if step == 0 and REGISTRY[m].starts_from_pretrained:
                     continue
                 jobs.append(((str(exp_dir), str(snap)), k))
                 keys.append((m, k, step))
@@ -284,7 +285,7 @@ def evaluate(p: Params, paths, device=None) -> dict:
                      got[policy, k, step]["close_score_gain"], got[policy, k, step]["far_score_gain"])
     pre_means = [got["pretrained", k, 0] for k in range(n_seeds)]
     per_step: dict[str, list[dict[int, dict]]] = {
-        m: [{step: (pre_means[k] if step == 0 and m != "scratch" else got[m, k, step]) for step, _, _ in snaps}
+        m: [{step: (pre_means[k] if step == 0 and REGISTRY[m].starts_from_pretrained else got[m, k, step]) for step, _, _ in snaps}
             for k, snaps in enumerate(seeds)]
         for m, seeds in snapshots.items()
     }
@@ -339,9 +340,9 @@ def compare_policies(rows: list[dict], methods: list[str]) -> list[dict]:
     """
     from retainrl.pipeline.stats import paired_difference
 
-    retention = [m for m in methods if m not in ("finetune", "scratch")] if "finetune" in methods else []
-    plan = [("score_gain", m, "pretrained") for m in methods] + [("score_gain", m, "finetune") for m in retention]
-    plan += [("kl_pi_star", m, "finetune") for m in retention]
+    retention = [m for m in methods if REGISTRY[m].retains] if BASELINE in methods else []
+    plan = [("score_gain", m, "pretrained") for m in methods] + [("score_gain", m, BASELINE) for m in retention]
+    plan += [("kl_pi_star", m, BASELINE) for m in retention]
     out = []
     for part in ("close", "far"):
         for key, a, b in plan:

@@ -1,0 +1,113 @@
+"""AppleRetrieval's result stages: ``evaluate`` (forgetting, success curves, AUC over seeds),
+``sweep`` (forgetting against M and c: the whole study per value) and ``report``.
+
+They live apart from the training stages so that a change to the shared statistics or reports
+reruns these cheap stages only, never fine-tuning (DVC deps follow each stage's imports).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from retainrl.families.apple.stages import Params, clone, far_states, finetune_seeds, make_demos
+
+log = logging.getLogger(__name__)
+
+
+def evaluate(p: Params, paths, device) -> None:
+    """Aggregate every method's curves into metrics (forgetting, final success) with spread over seeds."""
+    from retainrl.core.artifacts import load_json, load_npz, save_json
+    from retainrl.pipeline.evaluation import curve_rows, scalar_metrics, summarize_method
+
+    pretrained_scores = load_json(paths.pretrained / "scores.json", "π* scores (pretrain stage)")
+    methods = {}
+    for method in p.finetune.methods:
+        curves = load_npz(paths.finetune(method) / "curves.npz", f"{method} curves (finetune stage)", ("iteration", "close", "far", "full"))
+        methods[method] = curves
+    summary = {
+        "pretrained": pretrained_scores,
+        "methods": {m: summarize_method(c) for m, c in methods.items()},
+    }
+    out = paths.evaluation
+    save_json(out / "summary.json", summary)
+    save_json(out / "metrics.json", scalar_metrics(summary))
+    for key in ("far", "close", "full"):
+        save_json(out / f"{key}_success.json", curve_rows(methods, key))
+    log.info("forgetting: %s", {m: round(v["forgetting"]["mean"], 3) for m, v in summary["methods"].items()})
+
+
+def sweep(p: Params, paths, device, axis: str) -> None:
+    """Forgetting against M (at the base c) or against c (at the base M): the whole study per value, in process.
+
+    Each value gets its own demos, π*, FAR buffer and Fisher (π* depends on c), then every
+    ``sweep.methods`` entry is fine-tuned over ``finetune.seeds`` seeds with the same learner
+    and settings as the main stages.
+    """
+    from retainrl.core.artifacts import atomic_path, save_json
+    from retainrl.pipeline.evaluation import summarize_method
+    from retainrl.retention.fisher import fisher_diagonal
+
+    if axis not in ("M", "c"):
+        raise ValueError(f"sweep axis must be 'M' or 'c' (got {axis!r})")
+    rows = []
+    for value in getattr(p.sweep, axis):
+        env = p.env.model_copy(update={axis: value})
+        pretrained = clone(make_demos(env, p.demos), p.pretrain)
+        far = far_states(pretrained, env, p.far_buffer)
+        f = fisher_diagonal(pretrained, far["obs"][: p.fisher.states], estimator=p.fisher.estimator, min_value=p.fisher.min_value)
+        for method in p.sweep.methods:
+            curves, _ = finetune_seeds(method, p, pretrained, far, f, env=env, progress=False)
+            summary = summarize_method({k: v.numpy() for k, v in curves.items()})
+            rows.append({"axis": axis, "value": value, "c": env.c, "M": env.M, "method": method, **summary})
+            log.info("sweep %s=%s %s: forgetting %.3f", axis, value, method, summary["forgetting"]["mean"])
+    with atomic_path(paths.sweep(axis), directory=True) as out:
+        save_json(out / "sweep.json", rows)
+
+
+def report(p: Params, paths) -> None:
+    """AppleRetrieval: FAR success over training, forgetting against M and c, and the final table."""
+    from retainrl.core.artifacts import atomic_path, load_json
+    from retainrl.pipeline.report import fmt, plot_curves, plot_sweep
+
+    metrics = load_json(paths.evaluation / "summary.json", "evaluation summary (evaluate stage)")
+    far_rows = load_json(paths.evaluation / "far_success.json", "FAR curves (evaluate stage)")
+    full_rows = load_json(paths.evaluation / "full_success.json", "full-task curves (evaluate stage)")
+    sweeps = {axis: load_json(paths.sweep(axis) / "sweep.json", f"sweep over {axis} (sweep stage)") for axis in ("M", "c")}
+    env = p.env
+    with atomic_path(paths.report, directory=True) as out:
+        plot_curves(far_rows, f"FAR success (phase 2 from the apple), c={env.c}, M={env.M}", "success", out / "far_success.png")
+        plot_curves(full_rows, "Full-task success", "success", out / "full_success.png")
+        plot_sweep(sweeps["M"], "M", f"c={env.c}", out / "forgetting_vs_M.png")
+        plot_sweep(sweeps["c"], "c", f"M={env.M}", out / "forgetting_vs_c.png")
+
+        pre = metrics["pretrained"]
+        lines = [
+            f"# AppleRetrieval(c={env.c}, M={env.M}, T={env.T}), {p.finetune.seeds} seeds per method",
+            "",
+            f"π* (cloned from phase-2 demonstrations): CLOSE success {pre['close']:.2f}, FAR success {pre['far']:.2f}, "
+            f"full task {pre['full']:.2f}.",
+            "",
+            "CLOSE = reach the apple from home within T steps; FAR = reach home from the apple within T steps; "
+            "forgetting = FAR success before fine-tuning minus its minimum during fine-tuning (per seed; mean ± std over seeds).",
+            "",
+            "| method | forgetting | FAR min | FAR final | CLOSE final | full final | full-task AUC |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for method, m in metrics["methods"].items():
+            lines.append(
+                f"| {method} | {fmt(m['forgetting'])} | {fmt(m['far_min'])} | {fmt(m['far_final'])} | "
+                f"{fmt(m['close_final'])} | {fmt(m['full_final'])} | {fmt(m['auc_full'])} |"
+            )
+        lines += ["", "![FAR success](far_success.png)", "", "![Full-task success](full_success.png)", ""]
+        for axis, fixed in (("M", f"c = {env.c}"), ("c", f"M = {env.M}")):
+            lines += [f"## Forgetting against {axis} ({fixed})", "", f"![forgetting against {axis}](forgetting_vs_{axis}.png)", ""]
+            lines += [f"| {axis} | " + " | ".join(sorted({r['method'] for r in sweeps[axis]})) + " |"]
+            methods = sorted({r["method"] for r in sweeps[axis]})
+            lines += ["|---" * (len(methods) + 1) + "|"]
+            for value in sorted({r["value"] for r in sweeps[axis]}):
+                cells = {r["method"]: fmt(r["forgetting"]) for r in sweeps[axis] if r["value"] == value}
+                lines.append(f"| {value} | " + " | ".join(cells.get(m, "–") for m in methods) + " |")
+            lines.append("")
+        (out / "report.md").write_text("\n".join(lines))
+    log.info("report written to %s", paths.report / "report.md")
+

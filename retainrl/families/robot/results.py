@@ -1,0 +1,159 @@
+"""RoboticSequence's result stages: ``evaluate`` (per-stage success curves, forgetting, AUC,
+forward transfer) and ``report``.
+
+They live apart from the training stages so that a change to the shared statistics or reports
+reruns these cheap stages only, never fine-tuning (DVC deps follow each stage's imports).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from retainrl.families.robot.stages import Params
+
+log = logging.getLogger(__name__)
+
+
+def auc(curve: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    """Normalised area under success curves (last axis = checkpoints), trapezoidal."""
+    span = float(steps[-1] - steps[0])
+    if span <= 0:
+        return curve[..., -1]
+    return np.trapezoid(curve, steps, axis=-1) / span
+
+
+def _spread(v) -> dict:
+    v = np.asarray(v, float)
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0, "per_seed": [float(x) for x in v]}
+
+
+def summarize(p: Params, pi_star: dict, curves: dict[str, dict[str, np.ndarray]]) -> dict:
+    """Per method: final success per stage, forgetting per FAR stage (π*'s success − min during
+    fine-tuning), forward transfer per stage against scratch, stages completed."""
+    out = {}
+    scratch = curves.get("scratch")
+    for method, c in curves.items():
+        steps, succ = c["step"], c["success"]
+        row = {"stages_completed_final": _spread(c["completed"][:, -1]), "stages_completed_auc": _spread(auc(c["completed"], steps))}
+        for k, task in enumerate(p.env.tasks):
+            s = succ[:, k]
+            row[task] = {"start": _spread(s[:, 0]), "final": _spread(s[:, -1]), "min": _spread(s.min(1)), "auc": _spread(auc(s, steps))}
+            if k in p.env.far_stages:
+                row[task]["forgetting"] = _spread(pi_star["success"][task] - s.min(1))
+            if scratch is not None and np.array_equal(scratch["step"], steps):
+                a_s = float(auc(scratch["success"][:, k], steps).mean())
+                row[task]["forward_transfer"] = _spread((auc(s, steps) - a_s) / max(1e-8, 1 - a_s))
+        out[method] = row
+    return out
+
+
+def _wide_rows(curves: dict[str, dict[str, np.ndarray]], pick) -> list[dict]:
+    """Rows {step, <method>: mean, <method>_std: std over seeds} for `dvc plots` (one line per method)."""
+    steps = next(iter(curves.values()))["step"].tolist()
+    rows = [{"step": int(s)} for s in steps]
+    for m, c in curves.items():
+        if c["step"].tolist() != steps:
+            raise ValueError(f"{m}: evaluated at different steps from the other methods")
+        arr = pick(c)  # (seeds, checkpoints)
+        for j, row in enumerate(rows):
+            row[m] = float(arr[:, j].mean())
+            row[f"{m}_std"] = float(arr[:, j].std())
+    return rows
+
+
+def evaluate(p: Params, paths, device) -> None:
+    """Aggregate every method's curves: summary.json (with per-seed values), metrics.json (scalars
+    for `dvc metrics`), one plot file per stage and the stacked curves for the report.
+
+    π*'s success (for forgetting) is its pretrain-stage score on each stage alone."""
+    from retainrl.core.artifacts import load_json, load_npz, save_json, save_npz
+    from retainrl.pipeline.evaluation import scalar_metrics
+
+    pi_star = load_json(paths.pretrained / "scores.json", "π* scores (pretrain stage)")
+    curves = {
+        m: load_npz(paths.finetune(m) / "curves.npz", f"{m} curves (finetune stage)", ("step", "success", "completed"))
+        for m in p.finetune.methods
+    }
+    summary = {"pretrained": pi_star, "methods": summarize(p, pi_star, curves)}
+    out = paths.evaluation
+    save_json(out / "summary.json", summary)
+    save_json(out / "metrics.json", scalar_metrics(summary))
+    # One plot file per part (whatever the stage count): columns "<method>/<task>".
+    for part, stages in (("close", [k for k in range(p.env.n_stages) if k not in p.env.far_stages]), ("far", p.env.far_stages)):
+        rows = None
+        for k in stages:
+            task = p.env.tasks[k]
+            per = _wide_rows(curves, lambda c, k=k: c["success"][:, k])
+            per = [{("step" if key == "step" else f"{key.removesuffix('_std')}/{task}" + ("_std" if key.endswith("_std") else "")): v for key, v in r.items()} for r in per]
+            rows = per if rows is None else [a | b for a, b in zip(rows, per)]
+        save_json(out / f"{part}_success.json", rows)
+    save_json(out / "completed.json", _wide_rows(curves, lambda c: c["completed"]))
+    save_npz(out / "curves.npz", **{f"{m}__{k}": v for m, c in curves.items() for k, v in c.items()})
+    log.info(
+        "forgetting on FAR: %s",
+        {m: {p.env.tasks[k]: round(v[p.env.tasks[k]]["forgetting"]["mean"], 2) for k in p.env.far_stages} for m, v in summary["methods"].items()},
+    )
+
+
+def report(p: Params, paths) -> None:
+    """Per-stage success curves per method (PNG) and the final table (Markdown)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from retainrl.core.artifacts import atomic_path, load_json
+
+    metrics = load_json(paths.evaluation / "summary.json", "RoboticSequence summary (evaluate stage)")
+    with np.load(paths.evaluation / "curves.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    methods = p.finetune.methods
+    tasks = p.env.tasks
+    with atomic_path(paths.report, directory=True) as out:
+        fig, axes = plt.subplots(1, len(tasks) + 1, figsize=(4 * (len(tasks) + 1), 3.4), sharex=True)
+        for m in methods:
+            steps = arrays[f"{m}__step"]
+            for k, task in enumerate(tasks):
+                s = arrays[f"{m}__success"][:, k]
+                axes[k].plot(steps, s.mean(0), label=m)
+                axes[k].fill_between(steps, s.min(0), s.max(0), alpha=0.15)
+            axes[-1].plot(steps, arrays[f"{m}__completed"].mean(0), label=m)
+        for k, task in enumerate(tasks):
+            tag = "FAR" if k in p.env.far_stages else "CLOSE"
+            axes[k].set_title(f"{task} ({tag}) alone")
+            axes[k].set_ylim(-0.05, 1.05)
+            axes[k].axhline(metrics["pretrained"]["success"][task], color="k", ls=":", lw=1)
+        axes[-1].set_title("stages completed (full episode)")
+        axes[-1].set_ylim(-0.05, len(tasks) + 0.05)
+        axes[0].set_ylabel("success rate")
+        for ax in axes:
+            ax.set_xlabel("env steps per seed")
+        axes[-1].legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "success_curves.png", dpi=110)
+        plt.close(fig)
+
+        far = [tasks[k] for k in p.env.far_stages]
+        lines = [
+            "# RoboticSequence: forgetting of pre-trained capabilities",
+            "",
+            f"Profile sequence {' → '.join(tasks)}; FAR = {', '.join(far)}; {p.finetune.seeds} seeds, "
+            f"{p.finetune.steps} env steps per seed, {p.finetune.eval_episodes} evaluation episodes per stage per checkpoint.",
+            "",
+            "π* success on each stage alone: " + ", ".join(f"{t} {v:.2f}" for t, v in metrics["pretrained"]["success"].items()),
+            "",
+            "| method | " + " | ".join(f"{t} final" for t in tasks) + " | " + " | ".join(f"{t} forgetting" for t in far) + " | "
+            + " | ".join(f"{t} fwd transfer" for t in tasks) + " | stages completed |",
+            "|---" * (1 + 2 * len(tasks) + len(far) + 1) + "|",
+        ]
+        for m in methods:
+            r = metrics["methods"][m]
+            fmt = lambda d: f"{d['mean']:.2f} ± {d['std']:.2f}"  # noqa: E731
+            cells = [fmt(r[t]["final"]) for t in tasks] + [fmt(r[t]["forgetting"]) for t in far]
+            cells += [fmt(r[t]["forward_transfer"]) if "forward_transfer" in r[t] else "–" for t in tasks]
+            cells.append(fmt(r["stages_completed_final"]))
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        lines += ["", "![success curves](success_curves.png)", ""]
+        (out / "report.md").write_text("\n".join(lines))
