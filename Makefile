@@ -40,7 +40,8 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 
 run: setup
 	$(BIN)/dvc repro
-	@echo "Results: reports/*/report/report.md  |  dvc metrics show  |  dvc plots show"
+	$(BIN)/python -m retainrl.pipeline.summary
+	@echo "Results: reports/index.md (every family)  |  reports/*/report/report.md  |  dvc metrics show  |  dvc plots show"
 
 test: setup
 	$(BIN)/python -m pytest -q

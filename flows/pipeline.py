@@ -217,6 +217,10 @@ def _publish_reports(root: Path, dag) -> None:
             for md in ([p] if p.suffix == ".md" else sorted(p.glob("*.md")) if p.is_dir() else []):
                 key = re.sub(r"[^a-z0-9-]+", "-", f"{s.name}-{md.stem}".lower()).strip("-")
                 create_markdown_artifact(md.read_text(), key=key, description=f"{rel}/{md.name} made by {s.name}")
+    from retainrl.pipeline.summary import write_index
+
+    index = write_index(root)  # the cross-family page, from every family's metrics
+    create_markdown_artifact(index.read_text(), key="retainrl-results", description="reports/index.md: every family's results")
 
 
 def make_flow(cfg: FlowConfig):

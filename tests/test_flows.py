@@ -182,26 +182,34 @@ def test_served_deployment_runs_from_the_api(ref, tmp_path):
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
     api = env["PREFECT_API_URL"]
     procs = []
+    logs = {name: open(tmp_path / f"{name}.log", "w") for name in ("server", "serve")}  # shown when the test fails
     try:
         procs.append(subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
                                        "--port", str(port), "--no-ui"], env=env, cwd=tmp_path, start_new_session=True,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                                      stdout=logs["server"], stderr=subprocess.STDOUT))
         wait_for(lambda: httpx.get(f"{api}/health", timeout=2).status_code == 200, 120, "server health")
         procs.append(subprocess.Popen([sys.executable, "-m", "flows.serve", "--root", str(ref), "--name", "test",
                                        "--cron", "0 3 * * *", "--profile", "smoke", "--seeds", "2", "apple_pretrain"],
-                                      env=env, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                                      env=env, cwd=ROOT, start_new_session=True, stdout=logs["serve"], stderr=subprocess.STDOUT))
         dep = wait_for(lambda: _ok(httpx.get(f"{api}/deployments/name/retainrl-pipeline/test", timeout=5)), 120, "deployment")
         assert dep["parameters"]["profile"] == "smoke" and dep["parameters"]["targets"] == ["apple_pretrain"]
         schedules = dep.get("schedules") or []
         assert any(s["schedule"].get("cron") == "0 3 * * *" for s in schedules), schedules
         run = httpx.post(f"{api}/deployments/{dep['id']}/create_flow_run", json={}, timeout=10).json()
-        final = wait_for(lambda: _final(httpx.get(f"{api}/flow_runs/{run['id']}", timeout=5).json()), 240, "flow run")
+        # generous: the served process polls, spawns the flow and runs two stages; a loaded 2-core box is slow
+        final = wait_for(lambda: _final(httpx.get(f"{api}/flow_runs/{run['id']}", timeout=5).json()), 600, "flow run")
         assert final["state"]["type"] == "COMPLETED", final["state"]
         tasks = httpx.post(f"{api}/task_runs/filter", json={"flow_runs": {"id": {"any_": [run["id"]]}}}, timeout=10).json()
         assert sorted(t["name"] for t in tasks) == ["apple_collect_demos", "apple_pretrain"]
         assert all(t["state"]["type"] == "COMPLETED" for t in tasks)
         arts = httpx.post(f"{api}/artifacts/filter", json={"flow_runs": {"id": {"any_": [run["id"]]}}}, timeout=10).json()
         assert any(a["key"] == "retainrl-stages" and a["type"] == "table" for a in arts)
+        assert any(a["key"] == "retainrl-results" and a["type"] == "markdown" for a in arts)  # reports/index.md
+    except BaseException as err:  # say why: the served processes' own output
+        for f in logs.values():
+            f.flush()
+        tails = {n: (tmp_path / f"{n}.log").read_text()[-4000:] for n in logs}
+        raise AssertionError(f"{err!r}\n--- prefect server log (tail)\n{tails['server']}\n--- flows.serve log (tail)\n{tails['serve']}") from err
     finally:
         for p in reversed(procs):
             if p.poll() is None:
@@ -211,6 +219,8 @@ def test_served_deployment_runs_from_the_api(ref, tmp_path):
                 except subprocess.TimeoutExpired:
                     os.killpg(p.pid, signal.SIGKILL)
                     p.wait()
+        for f in logs.values():
+            f.close()
 
 
 def _ok(r):

@@ -72,7 +72,7 @@ def test_smoke_repro_makes_every_artifact(smoke_repo):
             assert list((run / "checkpoint_p0").glob("checkpoint_*.pth")), run
             assert list((run / "snapshots").glob("step_*.pth")) and (run / "train_episodes.json").exists(), run
     nh_metrics = json.loads((repo / "reports/nethack/eval/metrics.json").read_text())
-    assert set(nh_metrics) == {"pretrained", *nh["methods"]}
+    assert set(nh_metrics) == {"pretrained", "study", *nh["methods"]}
     report = (repo / "reports/nethack/report/report.md").read_text()
     assert all(f"| {m} |" in report for m in nh["methods"])
     # paired comparisons: score of every method vs π*, score and KL(π*‖π) of every retention method vs finetune, CLOSE and FAR
@@ -128,3 +128,22 @@ def test_second_repro_is_a_no_op_and_dvc_reads_the_results(smoke_repo):
     assert "forgetting" in metrics
     plots = run([sys.executable, "-m", "dvc", "plots", "show", "--json"], repo, env)
     assert "far_success.json" in plots
+
+
+@pytest.mark.parametrize("family", ["apple", "robot", "montezuma", "nethack"])
+def test_every_family_reports_the_same_study_metrics_with_intervals(smoke_repo, family):
+    """One set of names in `dvc metrics show` for every family and method (pipeline.study)."""
+    from retainrl.pipeline.study import METRICS
+    from retainrl.retention.methods import BASELINE
+
+    repo, _, _ = smoke_repo
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    study = json.loads((repo / f"reports/{family}/eval/metrics.json").read_text())["study"]
+    methods = params[family]["finetune"]["methods"]
+    assert set(study) == set(methods)
+    for method, stats in study.items():
+        assert set(METRICS) <= set(stats), (family, method)
+        for name in METRICS:
+            assert stats[name]["ci_low"] <= stats[name]["mean"] <= stats[name]["ci_high"], (family, method, name)
+        assert ("p_improvement" in stats) == (method != BASELINE)
+    assert "The study's metrics" in (repo / f"reports/{family}/report/report.md").read_text()

@@ -19,6 +19,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 log = logging.getLogger(__name__)
 
 
+def colour(method: str) -> str:
+    """The one colour of a method in every figure of every family (tab10, in the registry's order)."""
+    from retainrl.retention.methods import REGISTRY
+
+    names = list(REGISTRY)
+    return plt.get_cmap("tab10")(names.index(method) % 10 if method in names else 9)
+
+
 def fmt(stat: dict) -> str:
     """mean ± std of a spread (``evaluation.spread``)."""
     return f"{stat['mean']:.2f} ± {stat['std']:.2f}"
@@ -32,7 +40,7 @@ def plot_curves(rows: list[dict], title: str, ylabel: str, path: Path) -> None:
     for method in methods:
         y = [r[method] for r in rows]
         s = [r[f"{method}_std"] for r in rows]
-        (line,) = ax.plot(x, y, label=method)
+        (line,) = ax.plot(x, y, label=method, color=colour(method))
         ax.fill_between(x, [a - b for a, b in zip(y, s)], [a + b for a, b in zip(y, s)], color=line.get_color(), alpha=0.15)
     ax.set(title=title, xlabel="fine-tuning iteration", ylabel=ylabel, ylim=(-0.02, 1.02))
     ax.legend(fontsize=8)
@@ -56,6 +64,7 @@ def plot_sweep(rows: list[dict], axis: str, fixed: str, path: Path) -> None:
             marker="o",
             capsize=3,
             label=method,
+            color=colour(method),
         )
     ax.set(title=f"Forgetting against {axis} ({fixed})", xlabel=axis, ylabel="FAR forgetting", ylim=(-0.05, 1.05))
     ax.legend(fontsize=8)

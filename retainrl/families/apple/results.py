@@ -18,6 +18,7 @@ def evaluate(p: Params, paths, device) -> None:
     """Aggregate every method's curves into metrics (forgetting, final success) with spread over seeds."""
     from retainrl.core.artifacts import load_json, load_npz, save_json
     from retainrl.pipeline.evaluation import curve_rows, scalar_metrics, summarize_method
+    from retainrl.pipeline.study import Curves, study_metrics
 
     pretrained_scores = load_json(paths.pretrained / "scores.json", "π* scores (pretrain stage)")
     methods = {}
@@ -27,6 +28,10 @@ def evaluate(p: Params, paths, device) -> None:
     summary = {
         "pretrained": pretrained_scores,
         "methods": {m: summarize_method(c) for m, c in methods.items()},
+        "study": study_metrics(
+            {m: Curves(step=c["iteration"], close=c["close"], far=c["far"], full=c["full"]) for m, c in methods.items()},
+            bounded=True,
+        ),
     }
     out = paths.evaluation
     save_json(out / "summary.json", summary)
@@ -80,6 +85,8 @@ def report(p: Params, paths) -> None:
         plot_sweep(sweeps["M"], "M", f"c={env.c}", out / "forgetting_vs_M.png")
         plot_sweep(sweeps["c"], "c", f"M={env.M}", out / "forgetting_vs_c.png")
 
+        from retainrl.pipeline.study import table
+
         pre = metrics["pretrained"]
         lines = [
             f"# AppleRetrieval(c={env.c}, M={env.M}, T={env.T}), {p.finetune.seeds} seeds per method",
@@ -98,6 +105,8 @@ def report(p: Params, paths) -> None:
                 f"| {method} | {fmt(m['forgetting'])} | {fmt(m['far_min'])} | {fmt(m['far_final'])} | "
                 f"{fmt(m['close_final'])} | {fmt(m['full_final'])} | {fmt(m['auc_full'])} |"
             )
+        lines += ["", "## The study's metrics (mean over seeds [95% stratified-bootstrap interval, rliable])", "",
+                  *table(metrics["study"], "success"), ""]
         lines += ["", "![FAR success](far_success.png)", "", "![Full-task success](full_success.png)", ""]
         for axis, fixed in (("M", f"c = {env.c}"), ("c", f"M = {env.M}")):
             lines += [f"## Forgetting against {axis} ({fixed})", "", f"![forgetting against {axis}](forgetting_vs_{axis}.png)", ""]

@@ -84,14 +84,24 @@ def evaluate(p: Params, paths, device=None) -> Path:
         row["rooms_seen"] = sorted({r for seen in c["rooms_seen"] for r in seen})
         row["train_frames_per_s"] = _spread(c["frames_per_s"])
         methods[m] = row
+    from retainrl.pipeline.study import Curves, study_metrics
+
+    # The shared metrics: FAR is the boundary room (the study's "7th room"), CLOSE the rooms before
+    # it, the full task the return of training episodes from the game start (unbounded).
+    study = study_metrics({
+        m: Curves(step=c["eval_step"], close=c["close"], far=c["boundary"], full=c["episode_return"], full_step=c["train_step"])
+        for m, c in curves.items()
+    }, bounded=False)
     summary = {
         "route": {k: route[k] for k in ("rooms", "close", "far", "far_boundary", "score")},
         "pretrained": pi_star,
         "methods": methods,
+        "study": study,
     }
     out = Path(paths.evaluation)
     save_json(out / "summary.json", summary)
-    metrics = scalar_metrics({"pretrained": {k: v for k, v in pi_star.items() if not isinstance(v, dict)}, "methods": methods})
+    metrics = scalar_metrics({"pretrained": {k: v for k, v in pi_star.items() if not isinstance(v, dict)}, "methods": methods,
+                              "study": study})
     for row in metrics["methods"].values():
         row.pop("rooms_seen", None)
     save_json(out / "metrics.json", metrics)
@@ -117,6 +127,7 @@ def report(p: Params, paths) -> Path:
     import matplotlib.pyplot as plt
 
     from retainrl.core.artifacts import atomic_path, load_json
+    from retainrl.pipeline.report import colour
 
     summary = load_json(Path(paths.evaluation) / "summary.json", "Montezuma evaluation summary (evaluate stage)")
     with np.load(Path(paths.evaluation) / "curves.npz") as z:
@@ -150,12 +161,18 @@ def report(p: Params, paths) -> Path:
     lines += ["", "Per seed, boundary-room minimum: " + "; ".join(
         f"{m} {[round(x, 2) for x in methods[m]['boundary']['min']['per_seed']]}" for m in cfg.methods
     ), ""]
+    from retainrl.pipeline.study import table
+
+    lines += ["## The study's metrics (mean over seeds [95% stratified-bootstrap interval, rliable])", "",
+              f"FAR: the boundary room {boundary_room}; CLOSE: the rooms before it; full task: the return of training "
+              "episodes from the game start (forward transfer is then AUC − AUC_scratch, unnormalised).", "",
+              *table(summary["study"], "return"), ""]
 
     def panel(ax, key, step_key, title, ref=None, ylim=None):
         for m in cfg.methods:
             steps, arr = arrays[f"{m}__{step_key}"], arrays[f"{m}__{key}"]
-            ax.plot(steps, arr.mean(0), label=m)
-            ax.fill_between(steps, arr.min(0), arr.max(0), alpha=0.15)
+            ax.plot(steps, arr.mean(0), label=m, color=colour(m))
+            ax.fill_between(steps, arr.min(0), arr.max(0), alpha=0.15, color=colour(m))
         if ref is not None:
             ax.axhline(ref, color="k", ls=":", lw=1, label="π*")
         if ylim:

@@ -307,8 +307,21 @@ def evaluate(p: Params, paths, device=None) -> dict:
         summary["methods"][m] = {k: spread([f[k] for f in finals]) for k in finals[0]}
         summary["methods"][m]["final_step"] = int(max(seeds[0]))
     summary["comparisons"] = compare_policies(rows, list(per_step))
+    # The shared metrics: CLOSE = score from the game start, which is also the whole task in
+    # NetHack; FAR = score gained from the Dlvl-4 starts; unbounded scores, one value per seed.
+    from retainrl.pipeline.study import Curves, study_metrics
+
+    def seed_curve(seeds, key):
+        return np.asarray([[g[s][key] for s in sorted(g)] for g in seeds], dtype=float)
+
+    summary["study"] = study_metrics({
+        m: Curves(step=sorted(seeds[0]), close=seed_curve(seeds, "close_score_gain"), far=seed_curve(seeds, "far_score_gain"),
+                  full=seed_curve(seeds, "close_score_gain"))
+        for m, seeds in per_step.items()
+    }, bounded=False)
     metrics = {"pretrained": scalar_metrics(summary["pretrained"]), **{m: scalar_metrics({k: v for k, v in s.items() if k != "final_step"})
-                                                                        for m, s in summary["methods"].items()}}
+                                                                        for m, s in summary["methods"].items()},
+               "study": summary["study"]}
     with atomic_path(paths.evaluation, directory=True) as tmp:
         save_json(tmp / "metrics.json", metrics)
         save_json(tmp / "summary.json", summary)
@@ -363,6 +376,7 @@ def report(p: Params, paths) -> None:
     import matplotlib.pyplot as plt
 
     from retainrl.core.artifacts import atomic_path, load_json, require
+    from retainrl.pipeline.report import colour
 
     ev_dir = Path(paths.evaluation)
     summary = load_json(ev_dir / "summary.json", "NetHack evaluation summary")
@@ -400,6 +414,13 @@ def report(p: Params, paths) -> None:
         lines.append(f"| {name} | {cell(m['close_score_gain'])} | {cell(m['close_turns'], '.0f')} | {cell(m['close_max_depth'], '.2f')} | "
                      f"{cell(m['close_xplvl'], '.2f')} | {cell(m['far_score_gain'])} | {cell(m['far_levels'], '.2f')} | "
                      f"{cell(m['close_kl_pi_star'], '.3f')} | {cell(m['far_kl_pi_star'], '.3f')} |")
+    from retainrl.pipeline.study import table
+
+    lines += ["", "## The study's metrics (mean over seeds [95% stratified-bootstrap interval, rliable])", "",
+              "CLOSE and the full task: the score from the game start; FAR: the score gained from the Dlvl-4 starts. "
+              "Scores are unbounded, so forward transfer is AUC − AUC_scratch. Seeds are the only resampled unit here; "
+              "the paired comparisons above also resample the games.", "",
+              *table(summary["study"], "score"), ""]
     lines += ["", "Per seed (final CLOSE score / FAR score gained):", ""]
     for name, m in [("π* (per sampling seed)", summary["pretrained"])] + list(summary["methods"].items()):
         lines.append(f"- {name}: " + ", ".join(f"{a:.1f} / {b:.1f}" for a, b in zip(m["close_score_gain"]["per_seed"], m["far_score_gain"]["per_seed"])))
@@ -436,7 +457,7 @@ def report(p: Params, paths) -> None:
                 if not pts:
                     continue
                 x, y, e = (np.array(v, float) for v in zip(*pts))
-                (line,) = ax.plot(x, y, marker="o", label=m)
+                (line,) = ax.plot(x, y, marker="o", label=m, color=colour(m))
                 ax.fill_between(x, y - e, y + e, color=line.get_color(), alpha=0.15)
             ax.axhline(summary["pretrained"][f"{part}_score_gain"]["mean"], color="k", ls="--", lw=1, label="π*")
             ax.set(title=title, xlabel="fine-tuning env steps", ylabel=ylabel)

@@ -63,6 +63,19 @@ def _wide_rows(curves: dict[str, dict[str, np.ndarray]], pick) -> list[dict]:
     return rows
 
 
+def study_curves(p: Params, curves: dict[str, dict[str, np.ndarray]]):
+    """The shared curves: CLOSE and FAR = mean success of their stages run alone; the full task =
+    the share of the sequence completed in a full episode (stages completed / stages)."""
+    from retainrl.pipeline.study import Curves
+
+    close = [k for k in range(p.env.n_stages) if k not in p.env.far_stages]
+    return {
+        m: Curves(step=c["step"], close=c["success"][:, close].mean(1), far=c["success"][:, p.env.far_stages].mean(1),
+                  full=c["completed"] / p.env.n_stages)
+        for m, c in curves.items()
+    }
+
+
 def evaluate(p: Params, paths, device) -> None:
     """Aggregate every method's curves: summary.json (with per-seed values), metrics.json (scalars
     for `dvc metrics`), one plot file per stage and the stacked curves for the report.
@@ -70,13 +83,14 @@ def evaluate(p: Params, paths, device) -> None:
     π*'s success (for forgetting) is its pretrain-stage score on each stage alone."""
     from retainrl.core.artifacts import load_json, load_npz, save_json, save_npz
     from retainrl.pipeline.evaluation import scalar_metrics
+    from retainrl.pipeline.study import study_metrics
 
     pi_star = load_json(paths.pretrained / "scores.json", "π* scores (pretrain stage)")
     curves = {
         m: load_npz(paths.finetune(m) / "curves.npz", f"{m} curves (finetune stage)", ("step", "success", "completed"))
         for m in p.finetune.methods
     }
-    summary = {"pretrained": pi_star, "methods": summarize(p, pi_star, curves)}
+    summary = {"pretrained": pi_star, "methods": summarize(p, pi_star, curves), "study": study_metrics(study_curves(p, curves), bounded=True)}
     out = paths.evaluation
     save_json(out / "summary.json", summary)
     save_json(out / "metrics.json", scalar_metrics(summary))
@@ -105,6 +119,7 @@ def report(p: Params, paths) -> None:
     import matplotlib.pyplot as plt
 
     from retainrl.core.artifacts import atomic_path, load_json
+    from retainrl.pipeline.report import colour
 
     metrics = load_json(paths.evaluation / "summary.json", "RoboticSequence summary (evaluate stage)")
     with np.load(paths.evaluation / "curves.npz") as z:
@@ -117,9 +132,9 @@ def report(p: Params, paths) -> None:
             steps = arrays[f"{m}__step"]
             for k, task in enumerate(tasks):
                 s = arrays[f"{m}__success"][:, k]
-                axes[k].plot(steps, s.mean(0), label=m)
-                axes[k].fill_between(steps, s.min(0), s.max(0), alpha=0.15)
-            axes[-1].plot(steps, arrays[f"{m}__completed"].mean(0), label=m)
+                axes[k].plot(steps, s.mean(0), label=m, color=colour(m))
+                axes[k].fill_between(steps, s.min(0), s.max(0), alpha=0.15, color=colour(m))
+            axes[-1].plot(steps, arrays[f"{m}__completed"].mean(0), label=m, color=colour(m))
         for k, task in enumerate(tasks):
             tag = "FAR" if k in p.env.far_stages else "CLOSE"
             axes[k].set_title(f"{task} ({tag}) alone")
@@ -155,5 +170,10 @@ def report(p: Params, paths) -> None:
             cells += [fmt(r[t]["forward_transfer"]) if "forward_transfer" in r[t] else "–" for t in tasks]
             cells.append(fmt(r["stages_completed_final"]))
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        from retainrl.pipeline.study import table
+
+        lines += ["", "## The study's metrics (mean over seeds [95% stratified-bootstrap interval, rliable])", "",
+                  "CLOSE / FAR: mean success of their stages run alone; full task: share of the sequence completed.", "",
+                  *table(metrics["study"], "share completed"), ""]
         lines += ["", "![success curves](success_curves.png)", ""]
         (out / "report.md").write_text("\n".join(lines))

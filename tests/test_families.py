@@ -1,0 +1,42 @@
+"""The contract every family keeps, checked for each one found in retainrl/families/ (the smoke
+DAG of each runs in tests/test_pipeline_e2e.py, which checks its shared study metrics)."""
+
+import importlib
+
+import pytest
+import yaml
+
+from retainrl.core.config import PROFILES, load_params
+from retainrl.core.family import STAGES, TRAINING_STAGES, family_names, module_name
+
+FAMILIES = family_names()
+
+
+def test_the_registry_finds_every_family_folder():
+    assert set(FAMILIES) >= {"apple", "robot", "montezuma", "nethack"}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_family_modules_export_the_stage_api(family):
+    stages = importlib.import_module(module_name(family))
+    results = importlib.import_module(module_name(family, "evaluate"))
+    assert hasattr(stages, "Params")
+    for stage in TRAINING_STAGES:
+        assert callable(getattr(stages, stage, None)), f"{family}.stages.{stage}"
+    for stage in ("evaluate", "report"):
+        assert callable(getattr(results, stage, None)), f"{family}.results.{stage}"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_family_has_every_stage_in_dvc_yaml(family, root):
+    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    for stage in STAGES:
+        assert f"{family}_{stage}" in stages, f"dvc.yaml has no {family}_{stage}"
+        assert stages[f"{family}_{stage}"]["cmd"].startswith(f"python -m stages.{stage} {family}")
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_family_params_validate_on_every_profile(family, profile):
+    section = load_params("params.yaml", profile=profile, only=family).section(family)
+    assert section.finetune.methods, (family, profile)

@@ -1,0 +1,51 @@
+"""The shared study metrics: per-seed values from known curves, rliable intervals, verdicts."""
+
+import numpy as np
+import pytest
+
+from retainrl.pipeline.study import Curves, auc, per_seed, probability_of_improvement, study_metrics, verdict
+
+
+def curves(far, full, close=None, steps=(0, 1, 2)):
+    far, full = np.asarray(far, float), np.asarray(full, float)
+    return Curves(step=np.asarray(steps), close=far if close is None else close, far=far, full=full)
+
+
+def test_per_seed_values_follow_the_study_definitions():
+    c = {
+        "finetune": curves([[1.0, 0.2, 0.6], [1.0, 0.4, 0.4]], [[0.0, 0.5, 1.0], [0.0, 0.5, 1.0]]),
+        "scratch": curves([[0.0, 0.0, 0.0]] * 2, [[0.0, 0.0, 0.5]] * 2),
+    }
+    v = per_seed(c, bounded=True)
+    np.testing.assert_allclose(v["finetune"]["forgetting"], [0.8, 0.6])  # start − min
+    np.testing.assert_allclose(v["finetune"]["far_final"], [0.6, 0.4])
+    np.testing.assert_allclose(v["finetune"]["auc"], [0.5, 0.5])  # trapezoid of 0, .5, 1 over [0, 2] / 2
+    a_s = 0.125  # scratch: 0, 0, .5
+    np.testing.assert_allclose(v["finetune"]["forward_transfer"], [(0.5 - a_s) / (1 - a_s)] * 2)
+    assert v["scratch"]["forward_transfer"] == pytest.approx([0.0, 0.0])
+    unbounded = per_seed(c, bounded=False)
+    np.testing.assert_allclose(unbounded["finetune"]["forward_transfer"], [0.5 - a_s] * 2)
+    np.testing.assert_allclose(auc(np.array([[2.0, 2.0]]), np.array([0, 10])), [2.0])
+
+
+def test_intervals_and_probability_of_improvement():
+    rng = np.random.default_rng(0)
+    high = curves(rng.uniform(0.6, 0.9, (6, 3)), rng.uniform(0.7, 0.9, (6, 3)))
+    low = curves(rng.uniform(0.6, 0.9, (6, 3)), rng.uniform(0.0, 0.2, (6, 3)))
+    out = study_metrics({"finetune": low, "ks": high}, bounded=True, reps=500)
+    for method in out:
+        for stat in out[method].values():
+            assert stat["ci_low"] <= stat["mean"] <= stat["ci_high"]
+    assert out["ks"]["full_final"]["seeds"] == 6 and "iqm" in out["ks"]["full_final"]
+    assert out["ks"]["p_improvement"]["mean"] == pytest.approx(1.0)  # every ks seed beats every finetune seed
+    assert "p_improvement" not in out["finetune"]
+    assert probability_of_improvement([1, 2], [1, 2], reps=200, seed=0)["mean"] == pytest.approx(0.5)  # ties count half
+    with pytest.raises(ValueError, match="shapes"):
+        Curves(step=[0, 1], close=[[0, 1]], far=[[0, 1, 2]], full=[[0, 1]])
+
+
+def test_verdicts():
+    assert verdict({"mean": 1.0, "ci_low": 0.1, "ci_high": 2.0}) == "shown"
+    assert verdict({"mean": 1.0, "ci_low": -0.1, "ci_high": 2.0}) == "leaning"
+    assert verdict({"mean": -1.0, "ci_low": -2.0, "ci_high": 0.5}) == "not shown"
+    assert verdict({"mean": -1.0, "ci_low": -2.0, "ci_high": -0.5}, direction=-1) == "shown"
