@@ -5,7 +5,7 @@
 * the scripted expert's steps/s (its own decision time plus the env's);
 * replaying recorded actions (how fast demos re-render for BC) and the cost of restoring each
   FAR start state (seeds + action prefix up to the expert's first arrival on Dlvl 4);
-* APPO env steps/s through the pipeline's own ``nethack_sf.run_appo`` (fresh policy, 4 envs per
+* APPO env steps/s through the pipeline's own ``families.nethack.sf.run_appo`` (fresh policy, 4 envs per
   worker, batch 128, no retention term) in each sample-factory mode: serial with the per-env
   (non-batched) sampler, serial with the batched sampler (one SGD epoch per batch, the study's;
   and 16, the default profile's fine-tuning: a fresh policy trains its encoder too, so this is

@@ -36,8 +36,6 @@ log = logging.getLogger(__name__)
 
 LEFT, RIGHT = 0, 1
 LEARNER = "reinforce"
-#: Fixed order of method names, so each method's random stream is reproducible across runs.
-METHOD_SEEDS = ("scratch", "finetune", "l2", "ewc", "bc", "ks", "em")
 
 
 # --------------------------------------------------------------------------- params
@@ -329,11 +327,12 @@ def finetune_seeds(
 ) -> tuple[dict[str, torch.Tensor], LogisticPolicy]:
     """Fine-tune ``seeds`` independent copies with one retention method, batched in one model."""
     from retainrl.learners import reinforce
-    from retainrl.retention.methods import build_retention
+    from retainrl.retention.methods import REGISTRY, build_retention
 
     env = env or p.env
     n = seeds or p.finetune.seeds
-    seed = 10_000 * (seed_offset + 1) + METHOD_SEEDS.index(method)
+    # each method its own random stream, fixed by its place in the registry (new methods go last)
+    seed = 10_000 * (seed_offset + 1) + list(REGISTRY).index(method)
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     retention = build_retention(

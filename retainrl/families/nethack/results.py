@@ -1,7 +1,7 @@
 """NetHack evaluation and report: π* and every fine-tuning snapshot on CLOSE and FAR.
 
-Its own module (the ``evaluate`` and ``report`` stages call into it from ``nethack.py``) so that a
-change to how policies are scored reruns only those two stages, not the demos, BC and APPO.
+The family's ``results`` module (see ``retainrl.core.family``): a change to how policies are
+scored reruns only these two stages, not the demos, BC and APPO.
 """
 
 from __future__ import annotations
