@@ -39,9 +39,8 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	echo $(TORCH) > $@
 
 run: setup
-	$(BIN)/dvc repro
+	$(BIN)/python -m retainrl.orchestration.run
 	$(BIN)/python -m retainrl.pipeline.summary
-	@echo "Results: reports/index.md (every family)  |  reports/*/report/report.md  |  dvc metrics show  |  dvc plots show"
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -159,7 +159,7 @@ def test_bad_montezuma_params_fail_naming_the_key(tmp_path, mutate, message):
 
 
 def test_montezuma_profiles_exist_and_scale():
-    """dvc.yaml's montezuma stages depend on profiles.smoke.montezuma and profiles.paper.montezuma."""
+    """Every profile has a montezuma overlay (dvc.yaml's stages read the active one) and scales the budget."""
     raw = yaml.safe_load(open("params.yaml"))
     assert raw["profiles"]["smoke"]["montezuma"] and raw["profiles"]["paper"]["montezuma"]
     smoke, default, paper = (load_params("params.yaml", profile=p, only="montezuma").section("montezuma") for p in ("smoke", "default", "paper"))

@@ -43,8 +43,17 @@ def smoke_repo(tmp_path_factory, root):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "RETAINRL_LOG": "WARNING"}
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"]):
         run(cmd, repo, env)
-    out = run([sys.executable, "-m", "dvc", "repro"], repo, env)
+    out = run([sys.executable, "-m", "retainrl.orchestration.run"], repo, env)  # what `make run` runs
     return repo, env, out
+
+
+def test_make_run_says_where_it_is_and_where_the_results_are(smoke_repo):
+    _, _, out = smoke_repo
+    first = out.splitlines()[0]
+    n = int(first.split()[1])
+    assert n > 20 and "out of date" in first
+    assert f"[1/{n}] " in out and f"[{n}/{n}] " in out
+    assert "Results: reports/index.md" in out.splitlines()[-1]
 
 
 def test_smoke_repro_makes_every_artifact(smoke_repo):

@@ -71,3 +71,20 @@ def test_nethack_compares_each_policys_final_snapshot_on_the_same_games():
     kl = got[("far", "kl_pi_star", "ks", "finetune")]  # KS stays closer to π*: a paired difference of −0.4 on every game
     assert kl["diff"] == pytest.approx(-0.4) and verdict(kl) == "lower"
     assert verdict(got[("far", "score_gain", "finetune", "pretrained")]) == "lower"
+
+
+def test_clustered_bootstrap_widens_the_interval_when_episodes_share_starts():
+    """100 FAR episodes from 50 starts (episode e from start e % 50) are 50 independent units:
+    resampling episodes one by one would understate the interval by about √2."""
+    rng = np.random.default_rng(0)
+    per_start = rng.normal(0, 1, (1, 50))
+    a = np.tile(per_start, 2) + rng.normal(0, 0.05, (1, 100))
+    b = np.zeros((1, 100))
+    naive = paired_difference(a, b)
+    clustered = paired_difference(a, b, clusters=np.arange(100) % 50)
+    assert clustered["diff"] == naive["diff"] and clustered["clusters"] == 50 and naive["clusters"] == 100
+    ratio = (clustered["ci_high"] - clustered["ci_low"]) / (naive["ci_high"] - naive["ci_low"])
+    assert 1.2 < ratio < 1.7
+    with pytest.raises(ValueError, match="cluster ids"):
+        paired_difference(a, b, clusters=np.arange(10))
+    assert verdict({**clustered, "clusters": 3}) == "too few episodes"

@@ -102,16 +102,21 @@ def performance_rows(root: Path) -> list[tuple[str, str, str]]:
                 rows.append((f"NetHack: {what}" + ("" if "lockstep" in key else " steps/s vs raw NLE"), f"{d[key]:.3g}×", "nethack.json"))
     if (d := _read(root, "benchmarks/results/flows.json")):
         rows.append(("Prefect flow (CLI) wall time vs plain `dvc repro` on the smoke DAG", f"{d['ratio_flow_cli_over_dvc_repro']:.2f}×", "flows.json"))
-    if (d := _read(root, "benchmarks/results/gpu.json")):
-        for rec in d.get("records", []):
-            if rec.get("ratio") is not None:
-                rows.append((f"GPU ({rec.get('device_name', 'cuda')}): {rec['what']} vs CPU", f"{rec['ratio']:.2f}×", "gpu.json"))
+    if (d := _read(root, "benchmarks/results/gpu.json")) and d.get("environment", {}).get("cuda_available") and not d.get("dry_run"):
+        name = d["environment"].get("device_name", "cuda")
+        for section, rec in d.get("sections", {}).items():
+            if rec.get("status") == "ok" and rec.get("ratio") is not None:
+                rows.append((f"GPU ({name}) vs this run's CPU figure: {section}", f"{rec['ratio']:.2f}×", "gpu.json"))
     return rows
 
 
 def performance_block(root: Path) -> str:
     lines = ["| what | ratio | measured in |", "|---|---|---|"]
     lines += [f"| {what} | {ratio} | `benchmarks/results/{src}` |" for what, ratio, src in performance_rows(root)]
+    if (d := _read(root, "benchmarks/results/dag_default.json")):
+        fams = ", ".join(f"{TITLES.get(f, f)} {v['minutes']:g}" for f, v in d["families"].items())
+        lines += ["", f"The default-profile DAG: {d['total_minutes']:g} compute minutes in all ({fams}; "
+                  f"`benchmarks/results/dag_default.json`: {d['note']})."]
     return "\n".join(lines) + "\n"
 
 

@@ -306,7 +306,9 @@ def evaluate(p: Params, paths, device=None) -> dict:
         finals = [g[max(g)] for g in seeds]
         summary["methods"][m] = {k: spread([f[k] for f in finals]) for k in finals[0]}
         summary["methods"][m]["final_step"] = int(max(seeds[0]))
-    summary["comparisons"] = compare_policies(rows, list(per_step))
+    n_far = len(far_start_states(demos)["game"])
+    summary["far_starts"] = n_far
+    summary["comparisons"] = compare_policies(rows, list(per_step), n_far)
     # The shared metrics: CLOSE = score from the game start, which is also the whole task in
     # NetHack; FAR = score gained from the Dlvl-4 starts; unbounded scores, one value per seed.
     from retainrl.pipeline.study import Curves, study_metrics
@@ -343,8 +345,11 @@ def final_episodes(rows: list[dict], policy: str, part: str, key: str = "score_g
     return np.asarray(out, float)
 
 
-def compare_policies(rows: list[dict], methods: list[str]) -> list[dict]:
+def compare_policies(rows: list[dict], methods: list[str], far_starts: int | None = None) -> list[dict]:
     """Paired bootstrap differences (``retainrl.pipeline.stats``) of the final policies, CLOSE and FAR.
+
+    CLOSE episodes are distinct games; FAR episode e starts from FAR state e % ``far_starts``, so
+    on FAR the bootstrap resamples start states (clusters), not episodes.
 
     Score: every method against π*, and every retention method against vanilla ``finetune``
     (the study's two questions: does fine-tuning keep/improve on π*? does retention beat FT?).
@@ -359,7 +364,9 @@ def compare_policies(rows: list[dict], methods: list[str]) -> list[dict]:
     out = []
     for part in ("close", "far"):
         for key, a, b in plan:
-            cmp = paired_difference(final_episodes(rows, a, part, key), final_episodes(rows, b, part, key))
+            xa, xb = final_episodes(rows, a, part, key), final_episodes(rows, b, part, key)
+            clusters = np.arange(xa.shape[1]) % far_starts if part == "far" and far_starts else None
+            cmp = paired_difference(xa, xb, clusters=clusters)
             out.append({"part": part, "a": a, "b": b, "metric": key, **cmp})
     return out
 
@@ -432,8 +439,9 @@ def report(p: Params, paths) -> None:
             "",
             f"Paired differences of the final policies (every policy plays the same {c0['episodes']} games / FAR starts; "
             f"episode e of seed k of every policy, π*'s included, draws its actions from the same random stream; "
-            f"{100 * c0['level']:.0f}% bootstrap interval over games and seeds; "
-            "`retainrl/stats.py`). Score: CLOSE score, FAR score gained; KL: mean KL(π*‖π) on the states the policy visits "
+            f"{100 * c0['level']:.0f}% bootstrap interval over games and seeds, FAR clustered by start state "
+            f"({summary.get('far_starts', '?')} distinct FAR starts, in-sample: they come from the demo games); "
+            "`retainrl/pipeline/stats.py`). Score: CLOSE score, FAR score gained; KL: mean KL(π*‖π) on the states the policy visits "
             "(lower = closer to π*).",
             "",
             "| part | metric | policy | vs | difference | interval | P(policy > vs) | verdict |",
