@@ -199,3 +199,14 @@ def test_device_resolution_says_which_and_why(caplog, monkeypatch):
     with pytest.raises(ConfigError, match=r"device: 'cuda' was requested.*built for CUDA 13.0"):
         dev.resolve_device("cuda")
     assert dev.resolve_device("cpu").type == "cpu"
+
+
+def test_the_apple_sweep_reads_only_its_methods_retention_params():
+    """Tuning a method the sweep does not run (e.g. ks) must not rerun the sweeps."""
+    raw = yaml.safe_load(open("params.yaml"))
+    sweeps = {n: k for n, k in resolved_params().items() if n.startswith("apple_sweep@")}
+    assert sweeps
+    for name, keys in sweeps.items():
+        retention = sorted(k.removeprefix("apple.retention.") for k in keys if k.startswith("apple.retention."))
+        assert retention == sorted(["regularize_critic", *raw["apple"]["sweep"]["methods"]]), name
+        assert "apple" not in keys and "apple.retention" not in keys

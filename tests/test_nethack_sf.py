@@ -205,7 +205,7 @@ def test_bc_gradient_matches_the_retention_librarys_kl_on_far_states(monkeypatch
     loss = method("bc", far=buf, seed=7, bc={"coef": coef, "batch_size": n})
     total = patched_policy_loss(monkeypatch, loss, ac, base_loss)
     g = grads(ac, total)
-    idx = torch.randint(n, (n,), generator=torch.Generator().manual_seed(7))  # the states RetentionLoss drew
+    idx = torch.randint(n, (n,), generator=torch.Generator().manual_seed(7))  # the states BC drew
     x = {k: torch.from_numpy(buf[k])[idx] for k in ("chars", "blstats", "misc", "message")}
     out = ac(x, torch.from_numpy(buf["rnn"])[idx])
     ref = base_loss(ac) + coef * kl("categorical", torch.from_numpy(buf["logits"])[idx], out["action_logits"]).mean()

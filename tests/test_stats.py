@@ -1,4 +1,4 @@
-"""Paired bootstrap comparisons (retainrl/stats.py) and NetHack's use of them in evaluate/report."""
+"""Paired bootstrap comparisons (retainrl/pipeline/stats.py) and NetHack's use of them in evaluate/report."""
 
 from __future__ import annotations
 

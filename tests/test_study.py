@@ -34,7 +34,8 @@ def test_intervals_and_probability_of_improvement():
     low = curves(rng.uniform(0.6, 0.9, (6, 3)), rng.uniform(0.0, 0.2, (6, 3)))
     out = study_metrics({"finetune": low, "ks": high}, bounded=True, reps=500)
     for method in out:
-        for stat in out[method].values():
+        assert out[method]["forward_transfer"] is None  # no scratch run here
+        for stat in filter(None, out[method].values()):
             assert stat["ci_low"] <= stat["mean"] <= stat["ci_high"]
     assert out["ks"]["full_final"]["seeds"] == 6 and "iqm" in out["ks"]["full_final"]
     assert out["ks"]["p_improvement"]["mean"] == pytest.approx(1.0)  # every ks seed beats every finetune seed
@@ -49,3 +50,16 @@ def test_verdicts():
     assert verdict({"mean": 1.0, "ci_low": -0.1, "ci_high": 2.0}) == "leaning"
     assert verdict({"mean": -1.0, "ci_low": -2.0, "ci_high": 0.5}) == "not shown"
     assert verdict({"mean": -1.0, "ci_low": -2.0, "ci_high": -0.5}, direction=-1) == "shown"
+
+
+def test_every_method_carries_every_metric_name():
+    """Without a scratch run forward transfer is null, not missing; a scratch run on another
+    schedule is an error, not a silently wrong number."""
+    c = {"finetune": curves([[1.0, 0.5, 0.5]], [[0.0, 0.5, 1.0]]), "ks": curves([[1.0, 1.0, 1.0]], [[0.0, 1.0, 1.0]])}
+    out = study_metrics(c, bounded=True, reps=100)
+    assert out["ks"]["forward_transfer"] is None and set(out["ks"]) >= {"forgetting", "auc", "full_final", "p_improvement"}
+    c["scratch"] = Curves(step=[0, 2], close=[[0, 0]], far=[[0, 0]], full=[[0, 1]])
+    with pytest.raises(ValueError, match="forward transfer needs one schedule"):
+        per_seed(c, bounded=True)
+    solved = {"finetune": c["finetune"], "scratch": curves([[0.0, 0.0, 0.0]], [[1.0, 1.0, 1.0]])}
+    assert per_seed(solved, bounded=True)["finetune"]["forward_transfer"] is None  # scratch AUC 1: ratio undefined

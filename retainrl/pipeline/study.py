@@ -16,7 +16,9 @@ back carries the same names in every family's ``metrics.json`` (``study.<method>
   value (rliable's probability of improvement).
 
 Each value is the mean over seeds with a stratified-bootstrap 95% interval (rliable,
-``get_interval_estimates``: runs resampled with replacement) and, with ≥ 4 seeds, the IQM.
+``get_interval_estimates``: runs resampled with replacement) and the IQM. Every method carries
+every name; ``forward_transfer`` is null where it is undefined (no scratch run, or a scratch run
+that already solves the task when scores are success rates).
 """
 
 from __future__ import annotations
@@ -71,12 +73,17 @@ def per_seed(curves: dict[str, Curves], *, bounded: bool) -> dict[str, dict[str,
             "full_final": c.full[:, -1],
             "auc": auc(c.full, c.full_step),
         }
+        values["forward_transfer"] = None  # without a scratch run on the same schedule it is undefined
         if scratch:
             ref = curves[scratch[0]]
-            if np.array_equal(ref.full_step, c.full_step):
-                a_s = float(auc(ref.full, ref.full_step).mean())
-                gain = values["auc"] - a_s
-                values["forward_transfer"] = gain / max(1e-8, 1.0 - a_s) if bounded else gain
+            if not np.array_equal(ref.full_step, c.full_step):
+                raise ValueError(f"{method}: full task scored at other steps than {scratch[0]}; forward transfer needs one schedule")
+            a_s = float(auc(ref.full, ref.full_step).mean())
+            gain = values["auc"] - a_s
+            if not bounded:
+                values["forward_transfer"] = gain
+            elif 1.0 - a_s > 1e-6:  # scratch already solves the task: the study's ratio is undefined
+                values["forward_transfer"] = gain / (1.0 - a_s)
         out[method] = values
     return out
 
@@ -86,15 +93,13 @@ def _interval(x: np.ndarray, reps: int, seed: int) -> dict:
     from rliable import metrics as rmetrics
 
     x = np.asarray(x, dtype=float).reshape(-1, 1)  # (runs, tasks = 1)
-    funcs = [rmetrics.aggregate_mean] + ([rmetrics.aggregate_iqm] if len(x) >= 4 else [])
+    funcs = [rmetrics.aggregate_mean, rmetrics.aggregate_iqm]  # IQM = the mean for < 4 runs (nothing to trim)
     point, ci = rly.get_interval_estimates(
         {"m": x}, lambda s: np.array([f(s) for f in funcs]), reps=reps, confidence_interval_size=LEVEL,
         random_state=np.random.RandomState(seed),
     )
-    out = {"mean": float(point["m"][0]), "ci_low": float(ci["m"][0, 0]), "ci_high": float(ci["m"][1, 0]), "seeds": int(len(x))}
-    if len(funcs) > 1:
-        out["iqm"] = float(point["m"][1])
-    return out
+    return {"mean": float(point["m"][0]), "ci_low": float(ci["m"][0, 0]), "ci_high": float(ci["m"][1, 0]),
+            "iqm": float(point["m"][1]), "seeds": int(len(x))}
 
 
 def probability_of_improvement(a: np.ndarray, b: np.ndarray, reps: int, seed: int) -> dict:
@@ -114,7 +119,7 @@ def study_metrics(curves: dict[str, Curves], *, bounded: bool, reps: int = 2000,
     values = per_seed(curves, bounded=bounded)
     out: dict[str, dict] = {}
     for method, vals in values.items():
-        out[method] = {k: _interval(v, reps, seed) for k, v in vals.items()}
+        out[method] = {k: None if v is None else _interval(v, reps, seed) for k, v in vals.items()}
         if method != BASELINE and BASELINE in values:
             out[method]["p_improvement"] = probability_of_improvement(vals["full_final"], values[BASELINE]["full_final"], reps, seed)
     return out

@@ -1,9 +1,11 @@
 """The cross-family summary page: every family's study metrics side by side, with verdicts.
 
-``reports/index.md`` (the ``summary`` stage) and the results block of README.md are both written
-from the families' ``reports/<family>/eval/metrics.json`` by :func:`results_block`, so no number
-in them is typed by hand; ``python -m retainrl.pipeline.summary --readme`` refreshes README's
-block and a test fails when it is stale.
+``reports/index.md`` (written by ``make run`` after ``dvc repro`` and by the Prefect flow, not a
+DVC stage: a stage would have to list every family's metrics file, and a family is added without
+editing anything outside its folder) and the results block of README.md are both written from the
+families' ``reports/<family>/eval/metrics.json`` by :func:`results_block`, so no number in them
+is typed by hand; ``python -m retainrl.pipeline.summary --readme`` refreshes README's blocks, and
+tests fail when either is stale.
 
 The verdict of a claim "method beats finetune" is read off rliable's probability of improvement
 (P that a seed of the method ends with a higher full-task value than a seed of ``finetune``): *shown*
@@ -30,11 +32,12 @@ TITLES = {"apple": "AppleRetrieval", "robot": "RoboticSequence", "montezuma": "M
 UNITS = {"apple": "success", "robot": "share of the sequence", "montezuma": "return", "nethack": "score"}
 
 
-def load_study(root: Path, family: str) -> dict | None:
+def load_study(root: Path, family: str) -> dict | None | str:
+    """The family's study metrics; None when it was never evaluated, "old" when its metrics predate them."""
     path = root / "reports" / family / "eval" / "metrics.json"
     if not path.exists():
         return None
-    return json.loads(path.read_text()).get("study")
+    return json.loads(path.read_text()).get("study", "old")
 
 
 def improvement_verdict(p: dict | None) -> str:
@@ -68,8 +71,9 @@ def results_block(root: Path) -> str:
     for family in family_names():
         study = load_study(root, family)
         title = TITLES.get(family, family)
-        if study is None:
-            out += [f"**{title}**: no evaluation yet (`dvc repro {family}_evaluate`).", ""]
+        if study is None or study == "old":
+            why = "no evaluation yet" if study is None else "its committed metrics predate the shared study metrics"
+            out += [f"**{title}**: {why} (`dvc repro {family}_evaluate`).", ""]
             continue
         seeds = next(iter(study.values()))["full_final"]["seeds"]
         out += [f"**{title}** ({seeds} seeds; [report](reports/{family}/report/report.md))", "", *family_table(family, study), ""]

@@ -316,6 +316,11 @@ def evaluate(p: Params, paths, device=None) -> dict:
     def seed_curve(seeds, key):
         return np.asarray([[g[s][key] for s in sorted(g)] for g in seeds], dtype=float)
 
+    for m, seeds in per_step.items():  # the shared curves need one checkpoint schedule per method
+        for k, g in enumerate(seeds):
+            if sorted(g) != sorted(seeds[0]):
+                raise ValueError(f"nethack evaluate: {m} seed {k} has snapshots at {sorted(g)}, seed 0 at {sorted(seeds[0])}")
+
     summary["study"] = study_metrics({
         m: Curves(step=sorted(seeds[0]), close=seed_curve(seeds, "close_score_gain"), far=seed_curve(seeds, "far_score_gain"),
                   full=seed_curve(seeds, "close_score_gain"))

@@ -33,7 +33,9 @@ def summarize(p: Params, pi_star: dict, curves: dict[str, dict[str, np.ndarray]]
     """Per method: final success per stage, forgetting per FAR stage (π*'s success − min during
     fine-tuning), forward transfer per stage against scratch, stages completed."""
     out = {}
-    scratch = curves.get("scratch")
+    from retainrl.retention.methods import REGISTRY
+
+    scratch = next((c for m, c in curves.items() if not REGISTRY[m].starts_from_pretrained), None)
     for method, c in curves.items():
         steps, succ = c["step"], c["success"]
         row = {"stages_completed_final": _spread(c["completed"][:, -1]), "stages_completed_auc": _spread(auc(c["completed"], steps))}
