@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from retainrl.pipeline.study import Curves, auc, per_seed, probability_of_improvement, study_metrics, verdict
+from retainrl.pipeline.evaluation import auc
+from retainrl.pipeline.study import Curves, per_seed, probability_of_improvement, study_metrics, verdict
 
 
 def curves(far, full, close=None, steps=(0, 1, 2)):

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from retainrl.pipeline.evaluation import auc
 from retainrl.retention.methods import BASELINE, REGISTRY
 
 METRICS = ("forgetting", "close_final", "far_final", "full_final", "auc", "forward_transfer")
@@ -50,15 +51,6 @@ class Curves:
         if self.close.shape != self.far.shape or self.close.shape[1] != len(self.step) or self.full.shape[1] != len(self.full_step):
             raise ValueError(f"curves: shapes do not match their steps (close {self.close.shape}, far {self.far.shape}, "
                              f"full {self.full.shape}, {len(self.step)} / {len(self.full_step)} steps)")
-
-
-def auc(curve: np.ndarray, steps: np.ndarray) -> np.ndarray:
-    """Per seed: trapezoidal area under the curve divided by the run's length (the mean level)."""
-    steps = np.asarray(steps, dtype=float)
-    span = steps[-1] - steps[0]
-    if span <= 0:
-        return np.asarray(curve, dtype=float)[:, -1]
-    return np.trapezoid(np.asarray(curve, dtype=float), steps, axis=1) / span
 
 
 def per_seed(curves: dict[str, Curves], *, bounded: bool) -> dict[str, dict[str, np.ndarray]]:

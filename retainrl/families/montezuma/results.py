@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from retainrl.families.montezuma.stages import Params, load_demos
+from retainrl.pipeline.evaluation import spread as _spread
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +39,6 @@ def _load_curves(p: Params, paths) -> dict[str, dict[str, np.ndarray]]:
             "frames_per_s": np.asarray([r["frames_per_s"] for r in runs], dtype=float),
         }
     return out
-
-
-def _spread(v) -> dict:
-    v = np.asarray(v, dtype=float)
-    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0, "per_seed": [float(x) for x in v]}
 
 
 def _wide_rows(curves: dict, key: str, step_key: str) -> list[dict]:

@@ -12,21 +12,9 @@ import logging
 import numpy as np
 
 from retainrl.families.robot.stages import Params
+from retainrl.pipeline.evaluation import auc, spread as _spread
 
 log = logging.getLogger(__name__)
-
-
-def auc(curve: np.ndarray, steps: np.ndarray) -> np.ndarray:
-    """Normalised area under success curves (last axis = checkpoints), trapezoidal."""
-    span = float(steps[-1] - steps[0])
-    if span <= 0:
-        return curve[..., -1]
-    return np.trapezoid(curve, steps, axis=-1) / span
-
-
-def _spread(v) -> dict:
-    v = np.asarray(v, float)
-    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0, "per_seed": [float(x) for x in v]}
 
 
 def summarize(p: Params, pi_star: dict, curves: dict[str, dict[str, np.ndarray]]) -> dict:
