@@ -1,0 +1,48 @@
+"""README's results and reports/index.md are generated from the committed metrics, never typed."""
+
+import json
+import shutil
+
+from retainrl.pipeline import summary
+
+
+def test_readme_results_block_matches_the_committed_metrics(root):
+    text = (root / "README.md").read_text()
+    start, end = text.index(summary.BEGIN) + len(summary.BEGIN), text.index(summary.END)
+    assert text[start:end].strip() == summary.results_block(root).strip(), "run: python -m retainrl.pipeline.summary --readme"
+
+
+def test_readme_performance_block_matches_the_committed_benchmarks(root):
+    text = (root / "README.md").read_text()
+    start, end = text.index(summary.PERF_BEGIN) + len(summary.PERF_BEGIN), text.index(summary.PERF_END)
+    assert text[start:end].strip() == summary.performance_block(root).strip(), "run: python -m retainrl.pipeline.summary --readme"
+
+
+def test_index_page_matches_the_committed_metrics(root, tmp_path):
+    for f in root.glob("reports/*/eval/metrics.json"):
+        (tmp_path / f.relative_to(root)).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, tmp_path / f.relative_to(root))
+    made = summary.write_index(tmp_path).read_text()
+    assert (root / "reports" / "index.md").read_text() == made, "run: python -m retainrl.pipeline.summary"
+
+
+def test_verdict_reads_the_probability_of_improvement(tmp_path):
+    assert summary.improvement_verdict({"mean": 0.9, "ci_low": 0.6, "ci_high": 1.0}) == "shown"
+    assert summary.improvement_verdict({"mean": 0.7, "ci_low": 0.4, "ci_high": 1.0}) == "leaning"
+    assert summary.improvement_verdict({"mean": 0.3, "ci_low": 0.0, "ci_high": 0.6}) == "not shown"
+    stat = {"mean": 0.5, "ci_low": 0.4, "ci_high": 0.6, "seeds": 3}
+    row = {k: stat for k in ("forgetting", "far_final", "full_final", "forward_transfer")}
+    (tmp_path / "reports/apple/eval").mkdir(parents=True)
+    (tmp_path / "reports/apple/eval/metrics.json").write_text(json.dumps({"study": {"finetune": row, "bc": {**row, "p_improvement": stat}}}))
+    block = summary.results_block(tmp_path)
+    assert "| bc | 0.50 [0.40, 0.60] |" in block and "| not shown |" in block
+    assert "no evaluation yet" in block  # the other families, not evaluated in this tree
+
+
+def test_readme_is_a_short_entry_page(root):
+    """The README is the entry page (two commands, results, where next); detail lives in docs/."""
+    lines = (root / "README.md").read_text().splitlines()
+    assert len(lines) <= 200, len(lines)
+    assert lines[2].strip().startswith("make run") and lines[3].strip().startswith("make test")
+    for family in ("apple", "robot", "montezuma", "nethack"):
+        assert (root / "docs" / f"{family}.md").exists()
