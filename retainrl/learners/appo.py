@@ -127,8 +127,11 @@ class RetentionLearner(Learner):
             online = {"action_logits": res[0].raw_logits[valid], "teacher_logits": mb.normalized_obs["teacher_logits"][valid]}
         if getattr(self, "_policy_view", None) is None:
             self._policy_view = SFPolicy(self.actor_critic)
-        aux = self.retention.aux_loss(self._policy_view, online, self.actor_updates)
-        self.actor_updates += 1
+        if online is not None and online["action_logits"].shape[0] == 0:
+            aux = None  # every step of this minibatch is invalid: no state to distil on (a mean over none is NaN)
+        else:
+            aux = self.retention.aux_loss(self._policy_view, online, self.actor_updates)
+        self.actor_updates += 1  # still an actor gradient update: KS's schedule counts it
         if aux is None:
             aux = res[1].new_zeros(())
         res[1] = res[1] + aux  # policy_loss: part of the actor loss

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +43,7 @@ def game_seeds(master: int, n: int) -> np.ndarray:
 def make_env(character: str = "mon-hum-neu-mal", max_steps: int = 30_000):
     """A seedable NetHack Challenge-style env (full keyboard, nothing auto-answered), clock pinned.
 
-    The game library's wall clock is pinned (``nethack_clock``) so that seeds + actions replay
+    The game library's wall clock is pinned (``clock``) so that seeds + actions replay
     the same game at any time of day, on any date.
     """
     from nle import nethack as nh
@@ -219,6 +218,4 @@ def restore_far_state(env, demos: dict[str, np.ndarray], far: dict[str, np.ndarr
 
 def cpu_cores() -> int:
     """CPU cores this process may use."""
-    import os
-
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

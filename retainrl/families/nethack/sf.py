@@ -434,7 +434,7 @@ def run_appo(pretrained: Path | None, exp_dir: Path, retention, *, env_steps: in
     ``("critic_linear",)`` is the critic warm-up (the policy plays and stays π*).
 
     Besides sample-factory's checkpoints, ``exp_dir`` gets ``snapshots/step_<n>.pth`` (see
-    ``nethack_learner``) and ``train_episodes.json``: every training episode that ended, from the
+    ``retainrl.learners.appo``) and ``train_episodes.json``: every training episode that ended, from the
     envs' logs, with ``env_steps`` ≈ the run's env steps at that time (the env's own step count ×
     the number of envs, which step in lockstep within a worker).
     """

@@ -9,7 +9,7 @@ Environment. ``NetHackScore`` with the NetHack Challenge's interface (the full k
 reward without the step penalty, and the three NLE seeds (core, disp, lgen) fixed per game.
 ``NetHackChallenge-v0`` itself refuses seeding, which is why it is not used. With the seeds
 set, ``fix_moon_phase`` on (moon phase and Friday 13th come from the seed, not the wall clock),
-the game library's remaining clock read pinned (``nethack_clock``: NLE still takes the hero's
+the game library's remaining clock read pinned (``clock``: NLE still takes the hero's
 "birthday" from ``time()``, which shop prices and names hash) and the same actions, NetHack
 replays the game bit for bit at any time of day, so:
 
@@ -22,9 +22,9 @@ replays the game bit for bit at any time of day, so:
 Options: NLE's defaults, except that autopickup takes gold only (picking up scrolls, potions
 and wands inside a shop makes the shopkeeper block the door, and the bot would be stuck).
 
-Stages (the family stage API; the sample-factory side lives in ``nethack_sf``):
+Stages (the family stage API; the sample-factory side lives in ``sf``):
 
-* ``collect_demos``: the scripted expert (``nethack_expert``) on ``demos.games`` seeded games →
+* ``collect_demos``: the scripted expert (``expert``) on ``demos.games`` seeded games →
   ``games.npz`` (seeds, uint8 actions, per-game score / max depth / turns / FAR step),
   ``far_starts.npz`` (FAR start states: seeds + prefix length), ``meta.json`` (summary);
 * ``pretrain``: BC of sample-factory's recurrent ActorCritic, then its critic → an SF experiment dir;
