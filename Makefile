@@ -39,6 +39,7 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	echo $(TORCH) > $@
 
 run: setup
+	$(BIN)/python -m retainrl.orchestration.dvcgen
 	$(BIN)/python -m retainrl.orchestration.run
 	$(BIN)/python -m retainrl.pipeline.summary
 

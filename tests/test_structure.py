@@ -1,80 +1,30 @@
 """The layout's promises, checked statically from the code: no import cycles, imports only point
-down the layers (core ← retention ← learners ← families), and every DVC stage depends on all the
-project code its command imports, so a code change can never leave a stale cached result."""
+down the layers (core ← retention ← learners ← families), dvc.yaml is what its generator writes,
+every DVC stage depends on all the project code its command imports (so a code change can never
+leave a stale cached result), and a new family is its folder plus its params section."""
 
 from __future__ import annotations
 
 import ast
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("retainrl", "stages", "flows")
-
-
-def module_file(mod: str) -> Path | None:
-    parts = mod.split(".")
-    for cand in (ROOT.joinpath(*parts).with_suffix(".py"), ROOT.joinpath(*parts, "__init__.py")):
-        if cand.exists():
-            return cand
-    return None
-
-
-def module_name(f: Path) -> str:
-    parts = f.relative_to(ROOT).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-def imported_modules(f: Path) -> set[str]:
-    """Every project module that ``f`` imports anywhere (lazy, function-local imports included);
-    importing ``a.b.c`` also runs the ``__init__`` of ``a`` and ``a.b``."""
-    pkg = module_name(f) if f.name == "__init__.py" else module_name(f).rpartition(".")[0]
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(f.read_text())):
-        names: list[str] = []
-        if isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                up = pkg.split(".")[: len(pkg.split(".")) - (node.level - 1)]
-                base = ".".join([*up, base] if base else up)
-            names = [base] + [f"{base}.{a.name}" for a in node.names]
-        for name in names:
-            if name.split(".")[0] not in PACKAGES:
-                continue
-            parts = name.split(".")
-            found.update(".".join(parts[:i]) for i in range(1, len(parts) + 1) if module_file(".".join(parts[:i])))
-    return found
-
-
-def project_files() -> list[Path]:
-    return sorted(f for p in PACKAGES for f in (ROOT / p).rglob("*.py"))
-
-
-def import_graph() -> dict[str, set[str]]:
-    return {module_name(f): imported_modules(f) - {module_name(f)} for f in project_files()}
-
-
-def closure(roots: list[str]) -> set[Path]:
-    seen: set[str] = set()
-    todo = list(roots)
-    while todo:
-        mod = todo.pop()
-        if mod in seen or module_file(mod) is None:
-            continue
-        seen.add(mod)
-        todo.extend(imported_modules(module_file(mod)))
-    return {module_file(m) for m in seen}
-
-
-def is_marker(f: Path) -> bool:
-    """A package ``__init__`` holding nothing but a docstring cannot change any result."""
-    body = ast.parse(f.read_text()).body
-    return f.name == "__init__.py" and all(isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant) for n in body)
+from retainrl.orchestration.imports import (
+    ROOT,
+    closure,
+    import_graph,
+    is_marker,
+    module_file,
+    project_files,
+    stage_roots,
+)
+from test_pipeline_e2e import copy_repo  # tests/ is on sys.path (pytest rootdir import mode)
 
 
 def test_no_import_cycles():
@@ -159,18 +109,6 @@ def dvc_stages() -> dict[str, dict]:
     return json.loads(res.stdout)
 
 
-def stage_roots(cmd: str) -> list[str]:
-    """The modules a stage's command runs: ``python -m stages.X <family> …`` runs ``stages.X`` and,
-    through the family registry, the family module behind stage X (and the schema in ``stages``)."""
-    from retainrl.core.family import family_names, module_name as family_module
-
-    words = cmd.split()
-    mod = words[words.index("-m") + 1]
-    args = words[words.index("-m") + 2:]
-    stage = mod.removeprefix("stages.")
-    return [mod] + [m for a in args[:1] if a in family_names() for m in (family_module(a), family_module(a, stage))]
-
-
 def test_the_check_sees_lazy_imports_and_the_registry():
     """The closure follows function-local imports and the family named on the command line."""
     files = {str(f.relative_to(ROOT)) for f in closure(stage_roots("python -m stages.finetune nethack ks"))}
@@ -235,3 +173,59 @@ def test_no_code_outside_retention_branches_on_a_method_name():
                     and node.args and strings(node.args[0]) & lookups):
                 hits.append(f"{f.relative_to(ROOT)}:{node.lineno}: {ast.unparse(node)}")
     assert not hits, "\n".join(hits)
+
+
+def test_dvc_yaml_is_what_the_generator_writes():
+    from retainrl.orchestration.dvcgen import render
+
+    assert (ROOT / "dvc.yaml").read_text() == render(), "dvc.yaml is stale: run `python -m retainrl.orchestration.dvcgen`"
+
+
+def test_the_generator_refuses_a_fragment_it_cannot_use(tmp_path):
+    from retainrl.orchestration.dvcgen import FragmentError, load_fragment
+
+    fam = tmp_path / "retainrl" / "families" / "pear"
+    fam.mkdir(parents=True)
+    with pytest.raises(FragmentError, match="has no retainrl/families/pear/pipeline.yaml"):
+        load_fragment("pear", tmp_path)
+    (fam / "pipeline.yaml").write_text("collect_demos: {params: [pear.env], outz: [x]}\n")
+    with pytest.raises(FragmentError, match="collect_demos: keys must be among"):
+        load_fragment("pear", tmp_path)
+    (fam / "pipeline.yaml").write_text("collect_demos: {deps: [x]}\n")
+    with pytest.raises(FragmentError, match="collect_demos.params"):
+        load_fragment("pear", tmp_path)
+    (fam / "pipeline.yaml").write_text("collect_demos: {params: [pear.env]}\n")
+    with pytest.raises(FragmentError, match="no entry for the stage"):
+        load_fragment("pear", tmp_path)
+
+
+@pytest.mark.slow
+def test_a_new_family_is_its_folder_and_its_params_section(tmp_path):
+    """A throw-away family ``pear`` (AppleRetrieval's code under another name): its folder and its
+    params.yaml section are all it takes; the regenerated dvc.yaml has its stages with their code
+    deps, and DVC runs them on the smoke profile."""
+    repo = copy_repo(ROOT, tmp_path / "repo")
+    shutil.copytree(ROOT / "retainrl/families/apple", repo / "retainrl/families/pear",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    frag = repo / "retainrl/families/pear/pipeline.yaml"
+    frag.write_text(frag.read_text().replace("apple", "pear").replace("AppleRetrieval", "PearRetrieval"))
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["pear"] = params["apple"]
+    for prof in params["profiles"].values():
+        prof["pear"] = prof["apple"]
+    params["profile"] = "smoke"
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "PYTHONPATH": str(repo), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    subprocess.run([sys.executable, "-m", "retainrl.orchestration.dvcgen"], cwd=repo, env=env, check=True, capture_output=True)
+    stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
+    assert {f"pear_{k}" for k in ("collect_demos", "pretrain", "far_buffer", "fisher", "finetune", "evaluate", "sweep", "report")} <= set(stages)
+    assert "retainrl/families/pear/stages.py" in stages["pear_finetune"]["deps"]
+    assert "retainrl/families/pear/results.py" in stages["pear_evaluate"]["deps"]
+    assert not any("apple" in d for d in stages["pear_finetune"]["deps"])
+    assert {k: v for k, v in stages.items() if k.startswith("apple_")} == \
+        {k: v for k, v in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].items() if k.startswith("apple_")}
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"]):
+        subprocess.run(cmd, cwd=repo, check=True, capture_output=True)
+    res = subprocess.run([sys.executable, "-m", "dvc", "repro", "pear_fisher"], cwd=repo, env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert (repo / "data/pear/fisher").is_dir() and not (repo / "data/apple/demos").exists()
