@@ -13,8 +13,8 @@ family's stages exact code deps. Hand-kept deps were wrong in every stage (issue
   stage, the params sections it reads (narrow: a change elsewhere must not rerun it), extra data
   deps and outs, metrics and plots, and extra stages (AppleRetrieval's sweep);
 * the code deps are each stage's import closure (:mod:`retainrl.orchestration.imports`): every
-  project file the command runs, package markers left out, the shared layers ``core``,
-  ``retention`` and ``pipeline`` as whole directories (a new module there is covered at once).
+  project file the command runs, package markers left out. Exact files, so editing a module
+  reruns just the stages that run it.
 
 DVC still templates what it can: the fine-tuning matrix expands ``${<family>.finetune.methods}``
 from params.yaml and every params key names ``profiles.${profile}.<family>``, so changing the
@@ -42,8 +42,6 @@ from retainrl.orchestration.imports import ROOT, closure, is_marker, stage_roots
 log = logging.getLogger(__name__)
 
 FRAGMENT = "pipeline.yaml"
-#: Layers shared by every family: a stage that imports any of their files depends on the whole directory.
-SHARED_DIRS = ("retainrl/core", "retainrl/retention", "retainrl/pipeline")
 #: What a family's pipeline.yaml may say of one stage.
 KEYS = {"params", "deps", "outs", "metrics", "plots", "matrix", "args"}
 HEADER = """\
@@ -78,16 +76,10 @@ def _shared(family: str, kind: str) -> dict:
 
 
 def code_deps(cmd: str, root: Path = ROOT) -> list[str]:
-    """The project code ``cmd`` runs, as dvc.yaml deps (see the module docstring for the rule)."""
-    out: list[str] = []
-    for f in sorted(closure(stage_roots(cmd), root)):
-        if is_marker(f):
-            continue
-        rel = f.relative_to(root).as_posix()
-        dep = next((d for d in SHARED_DIRS if rel.startswith(d + "/")), rel)
-        if dep not in out:
-            out.append(dep)
-    return out
+    """The project code ``cmd`` runs, as dvc.yaml deps: every file of its import closure except
+    package markers (an ``__init__`` with only a docstring cannot change a result). Files, not
+    directories: a module that no stage imports (the summary page, the flows) reruns nothing."""
+    return sorted(f.relative_to(root).as_posix() for f in closure(stage_roots(cmd), root) if not is_marker(f))
 
 
 def _out_path(o) -> str:
