@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from retainrl.learners.checkpoint import Checkpoint
 from retainrl.retention.methods import RetentionMethod
 from retainrl.retention.policy import RetainablePolicy
 
@@ -89,8 +90,17 @@ def train(
     on_eval: Callable[[int, dict[str, torch.Tensor]], None] | None = None,
     progress: bool = True,
     desc: str = "reinforce",
+    checkpoint: Checkpoint | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Fine-tune ``policy`` in place; return curves {"iteration": (K,), "close"/"far"/"full": (models, K)}."""
+    """Fine-tune ``policy`` in place; return curves {"iteration": (K,), "close"/"far"/"full": (models, K)}.
+
+    With ``checkpoint``, the whole state (weights, optimiser, both RNG streams, the iteration and
+    the curves so far) is saved after an iteration when it is due, and a run that finds one
+    resumes from it: the same result, bit for bit, as without the interruption. ``generator``
+    must be the only torch stream the retention method draws from (the families build its
+    context with it), so saving it covers the method too; ``on_eval`` is called again for the
+    evaluations before the checkpoint, so a logger sees the whole run.
+    """
     opt_cls = torch.optim.SGD if cfg.optimizer == "sgd" else torch.optim.Adam
     opt = opt_cls(policy.parameters(), lr=cfg.lr)
     curves: dict[str, list] = {"iteration": [], "close": [], "far": [], "full": []}
@@ -103,8 +113,27 @@ def train(
         if on_eval:
             on_eval(it, scores)
 
-    evaluate(0)
-    for it in tqdm(range(1, cfg.iterations + 1), desc=desc, disable=not progress, mininterval=1.0):
+    def state(it: int) -> dict:
+        return {"progress": f"iteration {it}/{cfg.iterations}", "iteration": it, "policy": policy.state_dict(),
+                "optimizer": opt.state_dict(), "rng": rng.bit_generator.state, "generator": generator.get_state(),
+                "curves": curves}
+
+    start = 1
+    saved = checkpoint.load() if checkpoint is not None else None
+    if saved is None:
+        evaluate(0)
+    else:
+        policy.load_state_dict(saved["policy"])
+        opt.load_state_dict(saved["optimizer"])
+        rng.bit_generator.state = saved["rng"]
+        generator.set_state(saved["generator"])
+        curves = saved["curves"]
+        start = saved["iteration"] + 1
+        if on_eval:
+            for i, it in enumerate(curves["iteration"]):
+                on_eval(it, {k: curves[k][i] for k in ("close", "far", "full")})
+    for it in tqdm(range(start, cfg.iterations + 1), desc=desc, disable=not progress, mininterval=1.0,
+                   initial=start - 1, total=cfg.iterations):
         ro = play(policy, cfg.episodes_per_iteration, rng)
         loss = policy_gradient_loss(policy, ro, cfg.baseline)
         online = visited_states(ro, cfg.ks_states, generator) if retention.uses_online_states else None
@@ -116,6 +145,8 @@ def train(
         opt.step()
         if it % cfg.eval_every == 0 or it == cfg.iterations:
             evaluate(it)
+        if checkpoint is not None and it < cfg.iterations:
+            checkpoint.maybe_save(lambda: state(it))
     return {
         "iteration": torch.tensor(curves["iteration"]),
         **{k: torch.stack(curves[k], 1) for k in ("close", "far", "full")},

@@ -26,6 +26,7 @@ from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from retainrl.core.config import Strict
+from retainrl.learners.checkpoint import Checkpoint, CheckpointParams
 from retainrl.retention.params import FisherParams
 from retainrl.retention.methods import RetentionParams
 from retainrl.retention.methods import method_list
@@ -113,6 +114,7 @@ class Params(Strict):
     finetune: FinetuneParams = FinetuneParams()
     retention: RetentionParams = RetentionParams()
     sweep: SweepParams = SweepParams()
+    checkpoint: CheckpointParams = CheckpointParams()
 
     @model_validator(mode="after")
     def _cross_checks(self):
@@ -324,8 +326,10 @@ def finetune_seeds(
     seed_offset: int = 0,
     progress: bool = True,
     on_eval=None,
+    checkpoint=None,
 ) -> tuple[dict[str, torch.Tensor], LogisticPolicy]:
-    """Fine-tune ``seeds`` independent copies with one retention method, batched in one model."""
+    """Fine-tune ``seeds`` independent copies with one retention method, batched in one model
+    (``checkpoint``: a :class:`retainrl.learners.checkpoint.Checkpoint` to save to and resume from)."""
     from retainrl.learners import reinforce
     from retainrl.retention.methods import REGISTRY, build_retention
 
@@ -347,7 +351,7 @@ def finetune_seeds(
         policy,
         lambda pol, episodes, r: rollout(pol, env, episodes, r),
         lambda pol, r: evaluate_policy(pol, env, p.finetune.eval_episodes, r),
-        p.finetune, retention, rng, gen, on_eval=on_eval, progress=progress, desc=f"apple {method}",
+        p.finetune, retention, rng, gen, on_eval=on_eval, progress=progress, desc=f"apple {method}", checkpoint=checkpoint,
     )
     return curves, policy
 
@@ -426,6 +430,7 @@ def finetune(p: Params, paths, device, method: str) -> None:
     pretrained = _load_pretrained(paths)
     far = _load_far(paths)
     f = load_tensors(paths.fisher / "fisher.safetensors", "Fisher (fisher stage)")
+    ckpt = Checkpoint.for_stage(f"apple_finetune@{method}", p.checkpoint.every_s, family="apple", method=method, params=p)
     with atomic_path(paths.finetune(method), directory=True) as out:
         with Live(str(out / "live"), save_dvc_exp=False, dvcyaml=None, report=None) as live:
 
@@ -436,6 +441,7 @@ def finetune(p: Params, paths, device, method: str) -> None:
                     for s, x in enumerate(v.tolist()):
                         live.log_metric(f"seeds/{k}_success_{s}", x, plot=False)
 
-            curves, policy = finetune_seeds(method, p, pretrained, far, f, on_eval=on_eval)
+            curves, policy = finetune_seeds(method, p, pretrained, far, f, on_eval=on_eval, checkpoint=ckpt)
         save_npz(out / "curves.npz", **{k: v.numpy() for k, v in curves.items()})
         save_tensors(out / "policy.safetensors", {"weight": policy.weight})
+    ckpt.clear()  # the outputs are in place: nothing left to resume
