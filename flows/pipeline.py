@@ -29,6 +29,14 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import dvcops
 from flows.remote import StageError, merge_results, run_remote, work_order
+from flows.workspace import (
+    BRANCH_PREFIX,
+    WorkspaceBusy,
+    WorkspaceError,
+    default_run_name,
+    isolated_workspace,
+    workspace_lock,
+)
 from retainrl.orchestration.dag import DagError, StageInfo, load_dag
 
 log = logging.getLogger("retainrl.flows")
@@ -41,7 +49,7 @@ class FlowConfig:
     root: str = "."
     targets: list[str] = field(default_factory=list)  # stage names / matrix groups; empty = all
     envs: list[str] = field(default_factory=list)  # environment families; empty = all
-    profile: str | None = None  # writes `profile:` in params.yaml (like `dvc exp run -S profile=…`)
+    profile: str | None = None  # sets `profile:` in the run's own params.yaml (like `dvc exp run -S profile=…`)
     methods: list[str] | None = None  # writes <env>.finetune.methods
     seeds: int | None = None  # writes profiles.<profile>.<env>.finetune.seeds (<env>.finetune.seeds for default)
     concurrency: int = 2
@@ -52,6 +60,12 @@ class FlowConfig:
     dask: str | None = None  # None: threads here; "local": a LocalCluster; "tcp://host:port": that scheduler
     dask_workers: int = 2
     git_url: str | None = None  # where dask workers clone the project (default: root)
+    name: str | None = None  # with overrides: the run's name, its results land on branch runs/<name>
+
+    @property
+    def overrides(self) -> bool:
+        """Whether the run changes params (then it runs in its own worktree, flows/workspace.py)."""
+        return self.profile is not None or self.methods is not None or self.seeds is not None
 
     def validate(self) -> None:
         if self.concurrency < 1:
@@ -142,13 +156,37 @@ def run_stage(root: str, stage: dict, changed_at_start: bool, upstream: dict[str
 def pipeline(root: str = ".", targets: list[str] | None = None, envs: list[str] | None = None, profile: str | None = None,
              methods: list[str] | None = None, seeds: int | None = None, concurrency: int = 2, retries: int = 0,
              retry_delay: float = 5.0, push: bool = False, remote: str | None = None, distributed: bool = False,
-             git_url: str | None = None) -> dict:
-    """Run the DVC pipeline at ``root`` (targets + upstream, like ``dvc repro TARGETS``)."""
+             git_url: str | None = None, name: str | None = None) -> dict:
+    """Run the DVC pipeline at ``root`` (targets + upstream, like ``dvc repro TARGETS``).
+
+    With overrides (profile, methods, seeds) it runs in an isolated git worktree and leaves its
+    results on branch ``runs/<name>``; without, in ``root`` under the workspace's flow lock
+    (flows/workspace.py).
+    """
     logger = get_run_logger()
     cfg = FlowConfig(str(root), list(targets or []), list(envs or []), profile, methods, seeds, concurrency, retries,
-                     retry_delay, push, remote, None, 2, git_url)
+                     retry_delay, push, remote, None, 2, git_url, name)
     cfg.validate()
     rootp = Path(root).resolve()
+    load_dag(rootp).select(cfg.targets or None, cfg.envs or None)  # validate names before any workspace is made
+    if cfg.overrides:  # never rewrite the user's params.yaml: a worktree of its own, results on runs/<name>
+        run_name = cfg.name or default_run_name(cfg.profile)
+        with isolated_workspace(rootp, run_name) as work:
+            logger.info("overrides given: running in the isolated workspace %s; results on branch %s%s",
+                        work, BRANCH_PREFIX, run_name)
+            out = _run_dag(work, cfg, distributed)
+        create_markdown_artifact(f"Results of this run: branch `{BRANCH_PREFIX}{run_name}` "
+                                 f"(`git show {BRANCH_PREFIX}{run_name}:reports/index.md`).", key="retainrl-run-branch",
+                                 description="where this flow run's dvc.lock and reports are")
+        return out
+    with workspace_lock(rootp):
+        return _run_dag(rootp, cfg, distributed)
+
+
+def _run_dag(rootp: Path, cfg: FlowConfig, distributed: bool) -> dict:
+    """The flow's body in one workspace: params overrides, then every selected stage in DAG order."""
+    logger = get_run_logger()
+    push, remote = cfg.push, cfg.remote
     dag = load_dag(rootp)
     env_list = cfg.envs or dag.envs()
     dag.select(cfg.targets or None, cfg.envs or None)  # validate names before touching params.yaml
@@ -156,7 +194,7 @@ def pipeline(root: str = ".", targets: list[str] | None = None, envs: list[str] 
     dag = load_dag(rootp).select(cfg.targets or None, cfg.envs or None)  # matrices may have changed
     if push:
         dvcops.check_remote(rootp, remote)
-    order = work_order(rootp, remote, git_url) if distributed else None
+    order = work_order(rootp, remote, cfg.git_url) if distributed else None
     names = dag.topological()
     changed = dvcops.changed(rootp, names)
     logger.info("%d stages selected, %d changed according to `dvc status`: %s", len(names), len(changed), sorted(changed))
@@ -258,7 +296,7 @@ def run(cfg: FlowConfig) -> dict:
     fl = make_flow(cfg)
     return fl(root=cfg.root, targets=cfg.targets, envs=cfg.envs, profile=cfg.profile, methods=cfg.methods, seeds=cfg.seeds,
               concurrency=cfg.concurrency, retries=cfg.retries, retry_delay=cfg.retry_delay, push=cfg.push, remote=cfg.remote,
-              distributed=cfg.dask is not None, git_url=cfg.git_url)
+              distributed=cfg.dask is not None, git_url=cfg.git_url, name=cfg.name)
 
 
 def check_server() -> None:
@@ -294,9 +332,11 @@ def parse_args(argv: list[str] | None = None) -> FlowConfig:
     p.add_argument("--dask", nargs="?", const="local", help="run stages on dask: 'local' (LocalCluster) or tcp://HOST:PORT")
     p.add_argument("--dask-workers", type=int, default=2, help="LocalCluster workers (default 2)")
     p.add_argument("--git-url", help="where dask workers clone the project (default: --root; push HEAD there first)")
+    p.add_argument("--name", help="with --profile/--methods/--seeds: the run's name; its results land on branch runs/NAME "
+                                  "(default: PROFILE-UTCTIME)")
     a = p.parse_args(argv)
     return FlowConfig(a.root, a.targets, a.envs, a.profile, a.methods.split(",") if a.methods else None, a.seeds,
-                      a.concurrency, a.retries, a.retry_delay, a.push, a.remote, a.dask, a.dask_workers, a.git_url)
+                      a.concurrency, a.retries, a.retry_delay, a.push, a.remote, a.dask, a.dask_workers, a.git_url, a.name)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -308,8 +348,11 @@ def main(argv: list[str] | None = None) -> int:
         load_dag(cfg.root).select(cfg.targets or None, cfg.envs or None)  # bad names fail before any flow run
         if cfg.push or cfg.dask:
             (dvcops.check_remote(cfg.root, cfg.remote))
+        if not cfg.overrides:
+            with workspace_lock(Path(cfg.root)):  # refuse before a flow run is even created; the flow takes it again
+                pass
         run(cfg)
-    except (DagError, ValueError, ConnectionError, dvcops.DvcError, StageError) as err:
+    except (DagError, ValueError, ConnectionError, dvcops.DvcError, StageError, WorkspaceBusy, WorkspaceError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2 if not isinstance(err, StageError) else 1
     return 0

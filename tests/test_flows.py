@@ -170,11 +170,84 @@ def test_failing_stage_fails_the_flow_keeps_upstream_and_retries(ref, harness, t
     assert marker.exists() and result["apple_fisher"]["ran"]
 
 
+# ----------------------------------------------------------------------------- (1b) workspaces
+def branch_file(repo: Path, branch: str, rel: str) -> str:
+    return sh(["git", "show", f"{branch}:{rel}"], repo).stdout
+
+
+def test_flow_with_overrides_runs_in_its_own_worktree_and_leaves_the_workspace_as_it_was(ref, harness, tmp_path):
+    """--seeds (like a scheduled run's overrides) must not touch params.yaml: the run happens in a
+    worktree that shares the DVC cache and ends on branch runs/<name>, retrievable by revision;
+    the user's uncommitted edits travel into the run; a failing run leaves its partial results there too."""
+    from flows.pipeline import FlowConfig, run
+    from flows.workspace import WorkspaceError
+    from retainrl.orchestration.retrieve import dvc_md5, fetch
+
+    repo = clone_dir(ref, tmp_path / "repo")
+    with open(repo / "params.yaml", "a") as f:
+        f.write("# an uncommitted edit of the user's\n")
+    before = snapshot(repo)
+    result = run(FlowConfig(root=str(repo), targets=["apple_finetune@bc"], seeds=3, name="seeds3"))
+    assert result["apple_finetune@bc"]["ran"]  # seeds is in the smoke overlay, which every apple stage reads
+    assert snapshot(repo) == before  # params.yaml, dvc.lock and git status byte for byte
+    assert sh(["git", "worktree", "list", "--porcelain"], repo).stdout.count("worktree ") == 1
+    run_params = yaml.safe_load(branch_file(repo, "runs/seeds3", "params.yaml"))
+    assert run_params["profiles"]["smoke"]["apple"]["finetune"]["seeds"] == 3
+    assert "# an uncommitted edit of the user's" in branch_file(repo, "runs/seeds3", "params.yaml")
+
+    def out_md5(lock: dict) -> str:
+        return {o["path"]: o["md5"] for o in lock["apple_finetune@bc"]["outs"]}["models/apple/finetune/bc"]
+
+    md5 = out_md5(yaml.safe_load(branch_file(repo, "runs/seeds3", "dvc.lock"))["stages"])
+    assert md5 != out_md5(lock_stages(repo))
+    (got,) = fetch(repo, "models/apple/finetune/bc", rev="runs/seeds3", out=tmp_path / "bc-seeds3")
+    assert dvc_md5(got) == md5
+    # The same overrides again: DVC's run cache, in the shared cache, gives back the very same bytes
+    # (a real rerun would not: the dvclive logs inside the out carry timestamps).
+    run(FlowConfig(root=str(repo), targets=["apple_finetune@bc"], seeds=3, name="again"))
+    assert out_md5(yaml.safe_load(branch_file(repo, "runs/again", "dvc.lock"))["stages"]) == md5
+    assert snapshot(repo) == before
+    with pytest.raises(WorkspaceError, match="runs/seeds3 exists already"):
+        run(FlowConfig(root=str(repo), targets=["apple_finetune@bc"], seeds=3, name="seeds3"))
+
+    stage_py = repo / "stages/finetune.py"  # an uncommitted, failing stage: the run fails in its worktree
+    stage_py.write_text("import sys\nsys.exit('error: finetune exploded (injected)')\n" + stage_py.read_text())
+    before = snapshot(repo)
+    with pytest.raises(Exception, match="finetune exploded"):
+        run(FlowConfig(root=str(repo), targets=["apple_finetune@bc"], seeds=4, name="bad"))
+    assert snapshot(repo) == before
+    assert "failed" in sh(["git", "log", "-1", "--format=%s", "runs/bad"], repo).stdout
+    assert sh(["git", "worktree", "list", "--porcelain"], repo).stdout.count("worktree ") == 1
+
+
+def test_a_second_flow_on_the_same_workspace_refuses_until_the_first_is_gone(ref, harness, tmp_path, capsys):
+    from flows.pipeline import main
+
+    repo = clone_dir(ref, tmp_path / "repo")
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
+                               "from flows.workspace import workspace_lock\n"
+                               "with workspace_lock(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(600)", str(repo)],
+                              env=ENV, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = snapshot(repo)
+        assert main(["--root", str(repo), "apple_pretrain"]) == 2
+        err = capsys.readouterr().err
+        assert "another retainrl flow is running" in err and f"pid {holder.pid}" in err, err
+        assert snapshot(repo) == before
+    finally:
+        holder.kill()  # SIGKILL: the kernel drops the flock, no stale lock is left behind
+        holder.wait()
+    assert main(["--root", str(repo), "apple_pretrain"]) == 0
+    assert_status_clean(repo)
+
+
 # ----------------------------------------------------------------------------- (2) real server + deployment
 def test_served_deployment_runs_from_the_api(ref, tmp_path):
     import httpx
 
-    ref = clone_dir(ref, tmp_path / "repo")  # the served run writes its parameters into params.yaml
+    ref = clone_dir(ref, tmp_path / "repo")
+    before = snapshot(ref)  # the served run has overrides: it must run in a worktree of its own
 
     port = free_port()
     home = tmp_path / "prefect-home"
@@ -205,6 +278,10 @@ def test_served_deployment_runs_from_the_api(ref, tmp_path):
         arts = httpx.post(f"{api}/artifacts/filter", json={"flow_runs": {"id": {"any_": [run["id"]]}}}, timeout=10).json()
         assert any(a["key"] == "retainrl-stages" and a["type"] == "table" for a in arts)
         assert any(a["key"] == "retainrl-results" and a["type"] == "markdown" for a in arts)  # reports/index.md
+        assert any(a["key"] == "retainrl-run-branch" for a in arts)
+        assert snapshot(ref) == before
+        branches = sh(["git", "branch", "--list", "runs/*"], ref).stdout.split()
+        assert len(branches) == 1 and branches[0].startswith("runs/smoke-"), branches
     except BaseException as err:  # say why: the served processes' own output
         for f in logs.values():
             f.flush()
