@@ -64,3 +64,27 @@ def test_every_method_carries_every_metric_name():
         per_seed(c, bounded=True)
     solved = {"finetune": c["finetune"], "scratch": curves([[0.0, 0.0, 0.0]], [[1.0, 1.0, 1.0]])}
     assert per_seed(solved, bounded=True)["finetune"]["forward_transfer"] is None  # scratch AUC 1: ratio undefined
+
+
+def test_intervals_are_reproducible_in_and_across_processes():
+    """rliable 1.2 resamples with numpy's global generator whatever random_state it is given:
+    the study seeds it per call, so the same stage gives the same metrics.json every time, and the
+    caller's global numpy state is left as it was."""
+    import json
+    import subprocess
+    import sys
+
+    code = ("import json, numpy as np\nfrom retainrl.pipeline.study import Curves, study_metrics\n"
+            "r = np.random.default_rng(7)\n"
+            "c = {m: Curves(step=np.arange(6.0), close=r.random((5, 6)), far=r.random((5, 6)), full=r.random((5, 6))) "
+            "for m in ('scratch', 'finetune', 'bc')}\n"
+            "print(json.dumps([study_metrics(c, bounded=True, reps=500) for _ in range(2)]))")
+    runs = [json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+            for _ in range(2)]
+    assert runs[0][0] == runs[0][1] == runs[1][0] == runs[1][1]
+    np.random.seed(5)
+    expected = np.random.random()
+    np.random.seed(5)
+    study_metrics({"finetune": Curves(step=np.arange(3.0), close=np.ones((3, 3)), far=np.ones((3, 3)), full=np.ones((3, 3)))},
+                  bounded=True, reps=50)
+    assert np.random.random() == expected

@@ -23,6 +23,7 @@ that already solves the task when scores are success rates).
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,16 +81,31 @@ def per_seed(curves: dict[str, Curves], *, bounded: bool) -> dict[str, dict[str,
     return out
 
 
+@contextmanager
+def _seeded_numpy(seed: int):
+    """rliable 1.2's stratified bootstraps draw their resamples from numpy's *global* generator
+    (``np.random.choice`` in ``update_indices``) and ignore the ``random_state`` they are given, so
+    without this every run of a stage gave other intervals. Seed it for the call, then put the
+    caller's global state back."""
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+
+
 def _interval(x: np.ndarray, reps: int, seed: int) -> dict:
     from rliable import library as rly
     from rliable import metrics as rmetrics
 
     x = np.asarray(x, dtype=float).reshape(-1, 1)  # (runs, tasks = 1)
     funcs = [rmetrics.aggregate_mean, rmetrics.aggregate_iqm]  # IQM = the mean for < 4 runs (nothing to trim)
-    point, ci = rly.get_interval_estimates(
-        {"m": x}, lambda s: np.array([f(s) for f in funcs]), reps=reps, confidence_interval_size=LEVEL,
-        random_state=np.random.RandomState(seed),
-    )
+    with _seeded_numpy(seed):
+        point, ci = rly.get_interval_estimates(
+            {"m": x}, lambda s: np.array([f(s) for f in funcs]), reps=reps, confidence_interval_size=LEVEL,
+            random_state=np.random.RandomState(seed),
+        )
     return {"mean": float(point["m"][0]), "ci_low": float(ci["m"][0, 0]), "ci_high": float(ci["m"][1, 0]),
             "iqm": float(point["m"][1]), "seeds": int(len(x))}
 
@@ -100,8 +116,9 @@ def probability_of_improvement(a: np.ndarray, b: np.ndarray, reps: int, seed: in
     from rliable import metrics as rmetrics
 
     pair = {"a,b": (np.asarray(a, float).reshape(-1, 1), np.asarray(b, float).reshape(-1, 1))}
-    point, ci = rly.get_interval_estimates(pair, rmetrics.probability_of_improvement, reps=reps,
-                                           confidence_interval_size=LEVEL, random_state=np.random.RandomState(seed))
+    with _seeded_numpy(seed):
+        point, ci = rly.get_interval_estimates(pair, rmetrics.probability_of_improvement, reps=reps,
+                                               confidence_interval_size=LEVEL, random_state=np.random.RandomState(seed))
     point, ci = np.ravel(point["a,b"]), np.ravel(ci["a,b"])
     return {"mean": float(point[0]), "ci_low": float(ci[0]), "ci_high": float(ci[-1])}
 
