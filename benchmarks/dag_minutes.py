@@ -6,6 +6,9 @@ family gives the compute each family's DAG took, whatever ran in parallel. Run o
 
     dvc repro 2>&1 | tee /tmp/repro.log
     python benchmarks/dag_minutes.py /tmp/repro.log --note "idle 2-core box"   # → benchmarks/results/dag_default.json
+
+``--merge`` keeps the families the logs do not cover from the existing file (each family carries
+the note and date of its own measurement), so families rerun in different sessions add up.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import json
 import platform
 import re
 from collections import defaultdict
+from datetime import date
 from pathlib import Path
 
 DONE = re.compile(r"retainrl\.core\.stage: (\w+)\[(\w+)[^\]]*\] done in ([0-9.]+)s")
@@ -39,11 +43,18 @@ def main() -> None:
     ap.add_argument("logs", nargs="+", type=Path)
     ap.add_argument("--note", default="", help="the conditions of the run (load, parallel jobs)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/dag_default.json"))
+    ap.add_argument("--merge", action="store_true", help="keep the other families of the existing --out file")
     args = ap.parse_args()
     fams = minutes(args.logs)
+    for f in fams.values():
+        f["note"] = args.note
+        f["measured"] = date.today().isoformat()
+    if args.merge and args.out.exists():
+        old = json.loads(args.out.read_text())["families"]
+        fams = {**old, **fams}
     out = {"what": "compute minutes per family's default-profile DAG, summed from each stage's own timing",
-           "note": args.note, "machine": {"platform": platform.platform(), "python": platform.python_version()},
-           "families": fams, "total_minutes": round(sum(f["minutes"] for f in fams.values()), 1)}
+           "machine": {"platform": platform.platform(), "python": platform.python_version()},
+           "families": dict(sorted(fams.items())), "total_minutes": round(sum(f["minutes"] for f in fams.values()), 1)}
     args.out.write_text(json.dumps(out, indent=2) + "\n")
     print(args.out)
 

@@ -1,8 +1,8 @@
 """Killed fine-tuning resumes where it stopped (issue #21): the checkpoint store, each learner's
 resume bit for bit in process, and a real SIGKILL of a `dvc repro` stage rerun to the same bytes.
 
-Learners wired so far: REINFORCE (AppleRetrieval). SAC, PPO+RND and sample-factory's APPO are not
-yet (tracked in issue #21).
+Learners wired so far: REINFORCE (AppleRetrieval) and PPO+RND (Montezuma). SAC and
+sample-factory's APPO are not yet (tracked in issue #21).
 """
 
 from __future__ import annotations
@@ -91,57 +91,110 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+#: family → (stage, its smoke finetune overrides making it long enough to kill, the checkpoint file
+#: to wait for, the progress key and value at which to kill, the outputs compared byte for byte)
+KILLABLE = {
+    "apple": ("apple_finetune@ewc", {"iterations": 600, "eval_every": 50}, "state.pt", "iteration", 100,
+              ("curves.npz", "policy.safetensors")),
+    # two seeds: killed in the second, so the first one's result must come back from its checkpoint
+    "montezuma": ("montezuma_finetune@ks", {"seeds": 2, "updates": 12, "eval_every": 4}, "seed1.pt", "update", 4,
+                  ("policy_seed0.safetensors", "policy_seed1.safetensors")),
+}
+
+
 @pytest.mark.slow
-def test_sigkilled_dvc_stage_resumes_to_the_uninterrupted_bytes(tmp_path):
-    """`dvc repro apple_finetune@ewc` SIGKILLed mid-run (process group, as a preempted job), then
-    rerun: it resumes from the checkpoint, finishes, removes the checkpoint, and its curves and
-    policy are byte for byte those of an uninterrupted run."""
-    stage = "apple_finetune@ewc"
+@pytest.mark.parametrize("family", sorted(KILLABLE))
+def test_sigkilled_dvc_stage_resumes_to_the_uninterrupted_bytes(family, tmp_path):
+    """A smoke `dvc repro` of the family's finetune stage is SIGKILLed mid-run (its whole process
+    group, as a preempted job), then rerun: it resumes from the checkpoint, finishes and removes
+    it, and its results are byte for byte those of an uninterrupted run of the same stage (made
+    afterwards with --force --no-run-cache, so nothing is restored from a cache)."""
+    stage, overrides, part, key, kill_at, compared = KILLABLE[family]
+    repo = copy_repo(ROOT, tmp_path / "repo")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["profile"] = "smoke"
+    params["profiles"]["smoke"][family]["finetune"].update(overrides)
+    params[family]["checkpoint"]["every_s"] = 0
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(repo),
+           "RETAINRL_LOG": "INFO"}
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"]):  # dvclive wants a commit
+        subprocess.run(cmd, cwd=repo, check=True, capture_output=True)
     dvc = [sys.executable, "-m", "dvc"]
-
-    def project(name: str) -> tuple[Path, dict]:
-        repo = copy_repo(ROOT, tmp_path / name)
-        params = yaml.safe_load((repo / "params.yaml").read_text())
-        params["profile"] = "smoke"
-        params["profiles"]["smoke"]["apple"]["finetune"].update({"iterations": 600, "eval_every": 50})
-        params["apple"]["checkpoint"]["every_s"] = 0
-        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-               "PYTHONPATH": str(repo), "RETAINRL_LOG": "INFO"}
-        for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                    ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"]):  # dvclive wants a commit
-            subprocess.run(cmd, cwd=repo, check=True, capture_output=True)
-        return repo, env
-
-    ref_repo, env = project("reference")  # uninterrupted, in its own copy (no run cache shared with the other)
-    subprocess.run([*dvc, "repro", stage], cwd=ref_repo, env=env, check=True, capture_output=True)
-    reference = {f: _sha(ref_repo / "models/apple/finetune/ewc" / f) for f in ("curves.npz", "policy.safetensors")}
-
-    repo, env = project("killed")
-    out = repo / "models/apple/finetune/ewc"
-    subprocess.run([*dvc, "repro", "apple_fisher"], cwd=repo, env=env, check=True, capture_output=True)
+    upstream = stage.replace("finetune@" + stage.split("@")[1], "fisher")
+    subprocess.run([*dvc, "repro", upstream], cwd=repo, env=env, check=True, capture_output=True)
+    out = repo / "models" / family / "finetune" / stage.split("@")[1]
     ckroot = repo / ".checkpoints" / stage
+
     proc = subprocess.Popen([*dvc, "repro", stage], cwd=repo, env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    progress = 0
-    while time.monotonic() < deadline and proc.poll() is None:
-        files = list(ckroot.glob("*/state.pt"))
-        if files:
+    progress = -1
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and proc.poll() is None and progress < kill_at:
+        for f in ckroot.glob(f"*/{part}"):
             try:
-                progress = torch.load(files[0], weights_only=False)["iteration"]
-            except Exception:  # noqa: BLE001 — caught between os.replace and the read: try again
-                progress = 0
-            if progress >= 100:
-                break
+                progress = torch.load(f, weights_only=False).get(key, -1)
+            except Exception:  # noqa: BLE001 — read between os.replace and the next save: try again
+                pass
         time.sleep(0.2)
-    assert proc.poll() is None, "the stage finished before it could be killed: raise its iterations"
+    assert proc.poll() is None, f"{stage} ended before it could be killed (progress {progress}): make it longer"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert 100 <= progress < 600 and not out.exists()  # DVC removed the out; only the checkpoint is left
+    assert progress >= kill_at and not out.exists()  # DVC had removed the out; only the checkpoint is left
 
     res = subprocess.run([*dvc, "repro", stage], cwd=repo, env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
-    assert "resuming apple_finetune@ewc from its checkpoint (iteration" in res.stdout + res.stderr
-    assert {f: _sha(out / f) for f in reference} == reference
+    assert f"resuming {stage} from its checkpoint" in res.stdout + res.stderr
     assert not ckroot.exists()  # removed on success
+    resumed = {f: _sha(out / f) for f in compared}
+    subprocess.run([*dvc, "repro", "--force", "--no-run-cache", "-s", stage], cwd=repo, env=env, check=True, capture_output=True)
+    assert {f: _sha(out / f) for f in compared} == resumed
+
+
+@pytest.mark.parametrize("method", ["finetune", "ks"])
+def test_ppo_rnd_resumes_bit_for_bit(method, tmp_path):
+    """PPO+RND on real Montezuma envs (sticky actions: the emulator's RNG is part of the state),
+    interrupted at update 4 of 6 and resumed: the weights, RND statistics and every curve equal
+    the uninterrupted run's exactly."""
+    import copy
+
+    from retainrl.families.montezuma import stages as M
+    from retainrl.families.montezuma.nets import ActorCritic
+    from retainrl.learners import ppo_rnd
+    from retainrl.learners.rnd import RND
+    from retainrl.retention.methods import RetentionContext, build_retention
+
+    p = M.Params.model_validate({"finetune": {"updates": 6, "envs": 2, "steps": 8, "epochs": 1, "minibatches": 2,
+                                              "eval_every": 2}, "pretrain": {"hidden": 32}})
+    torch.manual_seed(0)
+    pretrained = ActorCritic(n_actions=18, frame_stack=p.env.frame_stack, hidden=32)
+
+    def run(checkpoint=None, stop_at=None):
+        gen = torch.Generator().manual_seed(11)
+        ctx = RetentionContext(pretrained=pretrained, generator=gen)
+        retention = build_retention(method, ctx, p.retention, learner=ppo_rnd.LEARNER, off_policy=False)
+        torch.manual_seed(1)
+        model, rnd = copy.deepcopy(pretrained), RND(out=32)
+        envs = [M.MontezumaEnv(p.env, seed=100 + i) for i in range(2)]
+
+        def on_eval(update, m):
+            if update == stop_at:
+                raise Killed
+            return {"logit": float(m.dist_params(torch.zeros(1, p.env.frame_stack, 84, 84, dtype=torch.uint8)).sum())}
+
+        curves = ppo_rnd.train(model, rnd, envs, p.finetune, retention, gen, device=torch.device("cpu"), on_eval=on_eval,
+                               progress=False, checkpoint=checkpoint)
+        return curves, model, rnd
+
+    ref_curves, ref_model, ref_rnd = run()
+    ck = Checkpoint(tmp_path / "ck", every_s=0)
+    with pytest.raises(Killed):
+        run(ck, stop_at=4)
+    assert torch.load(ck.file, weights_only=False)["update"] == 3
+    curves, model, rnd = run(ck)
+    for key in ("update", "frames", "episode_return", "rooms_visited", "intrinsic", "eval", "rooms_seen", "actor_updates"):
+        assert curves[key] == ref_curves[key], key
+    for a, b in ((model, ref_model), (rnd, ref_rnd)):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)

@@ -57,20 +57,28 @@ class CheckpointParams(Strict):
 class Checkpoint:
     """One run's checkpoint file; ``every_s`` ≤ 0 saves at every opportunity the learner offers."""
 
-    def __init__(self, directory: Path, every_s: float, *, meta: dict | None = None):
+    def __init__(self, directory: Path, every_s: float, *, meta: dict | None = None, part: str = "state"):
         self.directory = Path(directory)
-        self.file = self.directory / "state.pt"
+        self.file = self.directory / f"{part}.pt"
         self.every_s = float(every_s)
         self.meta = meta or {}
         self._last = time.monotonic()
         self.saves = 0
+        self._extras: dict[str, tuple] = {}
+
+    def attach(self, name: str, get, set_) -> None:
+        """Also save ``get()`` under ``name`` and hand it to ``set_`` on load: state the family
+        owns and the learner does not know (an evaluator's env RNGs, say)."""
+        self._extras[name] = (get, set_)
 
     @classmethod
     def for_stage(cls, stage: str, every_s: float, *, family: str, method: str, params, root: Path = ROOT_DIR,
-                  code: str | None = None) -> Checkpoint:
+                  code: str | None = None, part: str = "state") -> Checkpoint:
         """The checkpoint of stage ``stage`` (e.g. ``apple_finetune@ewc``) for these params and this code.
 
-        ``params``: the family's validated params (a pydantic model) or a plain dict.
+        ``params``: the family's validated params (a pydantic model) or a plain dict. ``part``
+        names one of several checkpoints of the stage (a stage that runs its seeds one after
+        another keeps one per seed).
         """
         dumped = params.model_dump(mode="json") if hasattr(params, "model_dump") else dict(params)
         dumped.pop("checkpoint", None)  # the interval cannot change the result
@@ -82,13 +90,15 @@ class Checkpoint:
                 if other.name != key:
                     shutil.rmtree(other, ignore_errors=True)
                     log.info("removed the stale checkpoint %s (other params or code)", other)
-        return cls(stage_dir / key, every_s, meta={"stage": stage, "key": key})
+        return cls(stage_dir / key, every_s, meta={"stage": stage, "key": key}, part=part)
 
     def load(self) -> dict | None:
         """The saved state, or None when there is none (a fresh run)."""
         if not self.file.is_file():
             return None
         state = torch.load(self.file, map_location="cpu", weights_only=False)
+        for name, (_, set_) in self._extras.items():
+            set_(state["extras"][name])
         log.info("resuming %s from its checkpoint (%s)", self.meta.get("stage", self.directory), state.get("progress", "?"))
         return state
 
@@ -98,6 +108,8 @@ class Checkpoint:
     def save(self, state: dict) -> None:
         """Write ``state`` atomically (a kill mid-write leaves the previous checkpoint intact)."""
         self.directory.mkdir(parents=True, exist_ok=True)
+        if self._extras:
+            state = {**state, "extras": {name: get() for name, (get, _) in self._extras.items()}}
         tmp = self.file.with_name(f".{self.file.name}.{os.getpid()}.tmp")
         torch.save(state, tmp)
         os.replace(tmp, self.file)
@@ -113,7 +125,12 @@ class Checkpoint:
 
     def clear(self) -> None:
         """Remove the checkpoint (the stage succeeded: its outputs are the result now)."""
-        shutil.rmtree(self.directory, ignore_errors=True)
-        parent = self.directory.parent
-        if parent.is_dir() and not any(parent.iterdir()):
-            parent.rmdir()
+        self.file.unlink(missing_ok=True)
+        for d in (self.directory, self.directory.parent):
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
+
+    @staticmethod
+    def clear_stage(stage: str, root: Path = ROOT_DIR) -> None:
+        """Remove every checkpoint of ``stage`` (all its parts)."""
+        shutil.rmtree(Path(root) / stage, ignore_errors=True)

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from retainrl.learners.checkpoint import Checkpoint
+
 log = logging.getLogger(__name__)
 
 OFF_POLICY = False
@@ -66,8 +68,16 @@ def train(
     on_eval: Callable[[int, nn.Module], dict] | None = None,
     progress: bool = True,
     desc: str = "ppo+rnd",
+    checkpoint: Checkpoint | None = None,
 ) -> dict[str, list]:
-    """Train ``model`` (ActorCritic) with PPO+RND on ``envs`` for ``cfg.updates`` updates."""
+    """Train ``model`` (ActorCritic) with PPO+RND on ``envs`` for ``cfg.updates`` updates.
+
+    With ``checkpoint``, the whole state is saved after an update when it is due: both networks,
+    the optimiser, RND's observation and intrinsic-return statistics, the current observations
+    and episode returns, the envs (each must offer ``get_state``/``set_state``: the emulator with
+    its RNG), the torch streams, the counters and the curves so far; a run that finds one resumes
+    from it, bit for bit the same as without the interruption (on CPU).
+    """
     from tqdm import tqdm
 
     N, T = len(envs), cfg.steps
@@ -84,7 +94,32 @@ def train(
     frames = 0
     t0 = time.perf_counter()
     actor_updates = 0  # optimiser steps so far: the retention methods' step (KS's decay)
-    for update in tqdm(range(cfg.updates), desc=desc, disable=not progress, mininterval=5.0):
+    start, elapsed_before = 0, 0.0
+    saved = checkpoint.load() if checkpoint is not None else None
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        rnd.load_state_dict(saved["rnd"])
+        opt.load_state_dict(saved["optimizer"])
+        int_std.mean, int_std.var, int_std.count = saved["int_std"]
+        int_running, obs, ep_return = saved["int_running"], saved["obs"], saved["ep_return"]
+        for env, st in zip(envs, saved["envs"]):
+            env.set_state(st)
+        gen.set_state(saved["generator"])
+        torch.set_rng_state(saved["torch_rng"])
+        curves, finished, rooms_seen = saved["curves"], saved["finished"], set(saved["rooms_seen"])
+        frames, actor_updates, elapsed_before = saved["frames"], saved["actor_updates"], saved["seconds"]
+        start = saved["update"] + 1
+
+    def state(update: int) -> dict:
+        return {"progress": f"update {update + 1}/{cfg.updates}", "update": update, "model": model.state_dict(),
+                "rnd": rnd.state_dict(), "optimizer": opt.state_dict(), "int_std": (int_std.mean, int_std.var, int_std.count),
+                "int_running": int_running.copy(), "obs": obs.copy(), "ep_return": ep_return.copy(),
+                "envs": [env.get_state() for env in envs], "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+                "curves": curves, "finished": finished, "rooms_seen": sorted(rooms_seen), "frames": frames,
+                "actor_updates": actor_updates, "seconds": elapsed_before + time.perf_counter() - t0}
+
+    for update in tqdm(range(start, cfg.updates), desc=desc, disable=not progress, mininterval=5.0,
+                       initial=start, total=cfg.updates):
         if on_eval is not None and update % cfg.eval_every == 0:
             curves["eval"].append({"update": update, "frames": frames, **on_eval(update, model)})
         b_obs = np.zeros((T, N, *obs.shape[1:]), dtype=np.uint8)
@@ -167,10 +202,12 @@ def train(
         curves["episode_return"].append(float(np.mean(finished[-20:])) if finished else 0.0)
         curves["rooms_visited"].append(len(rooms_seen))
         curves["intrinsic"].append(float(r_int.mean()))
+        if checkpoint is not None and update < cfg.updates - 1:
+            checkpoint.maybe_save(lambda: state(update))
     if on_eval is not None:
         curves["eval"].append({"update": cfg.updates, "frames": frames, **on_eval(cfg.updates, model)})
     curves["rooms_seen"] = sorted(rooms_seen)
-    curves["seconds"] = time.perf_counter() - t0
+    curves["seconds"] = elapsed_before + time.perf_counter() - t0
     curves["actor_updates"] = actor_updates
     curves["frames_per_s"] = frames / curves["seconds"]  # env frames, updates and evaluation included
     log.info("%s: %d frames in %.0fs, rooms seen %s", desc, frames, curves["seconds"], sorted(rooms_seen))

@@ -53,8 +53,9 @@ def _cell(s: dict | None, digits: int = 2) -> str:
 
 
 def family_table(family: str, study: dict) -> list[str]:
-    digits = 2 if UNITS[family] in ("success", "share of the sequence") else 1
-    head = ["method", "forgetting (FAR)", "FAR final", f"full task final ({UNITS[family]})", "forward transfer",
+    unit = UNITS.get(family, "score")  # a family not listed here reads as a score
+    digits = 2 if unit in ("success", "share of the sequence") else 1
+    head = ["method", "forgetting (FAR)", "FAR final", f"full task final ({unit})", "forward transfer",
             f"P(> {BASELINE}) on the full task", "verdict"]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for method, m in study.items():
@@ -118,9 +119,10 @@ def performance_block(root: Path) -> str:
     lines = ["| what | ratio | measured in |", "|---|---|---|"]
     lines += [f"| {what} | {ratio} | `benchmarks/results/{src}` |" for what, ratio, src in performance_rows(root)]
     if (d := _read(root, "benchmarks/results/dag_default.json")):
-        fams = ", ".join(f"{TITLES.get(f, f)} {v['minutes']:g}" for f, v in d["families"].items())
-        lines += ["", f"The default-profile DAG: {d['total_minutes']:g} compute minutes in all ({fams}; "
-                  f"`benchmarks/results/dag_default.json`: {d['note']})."]
+        fams = "; ".join(f"{TITLES.get(f, f)} {v['minutes']:g} (measured {v['measured']}: {v['note']})"
+                         for f, v in d["families"].items())
+        lines += ["", f"The default-profile DAG: {d['total_minutes']:g} compute minutes in all, from "
+                  f"`benchmarks/results/dag_default.json`: {fams}."]
     return "\n".join(lines) + "\n"
 
 

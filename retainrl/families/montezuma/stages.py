@@ -21,11 +21,8 @@ What this module gives:
 * :func:`far_buffer`, :func:`fisher` – π*'s FAR states with its outputs (for the BC retention
   method) and the diagonal Fisher on them (for EWC);
 * :func:`finetune` – PPO+RND (:mod:`retainrl.learners.ppo_rnd`) from the start of the game with one
-  retention method, FAR/CLOSE room success evaluated along the way; :func:`evaluate`,
-  :func:`report` – FAR vs CLOSE per method.
-
-The whole stage API exists, but the family is not registered in ``retainrl.envs.FAMILIES``:
-that needs its params.yaml section and dvc.yaml block, which live in the lead's tree.
+  retention method, FAR/CLOSE room success evaluated along the way; ``results.evaluate`` and
+  ``results.report`` – FAR vs CLOSE per method.
 
 One ale-py 0.11.2 quirk shapes the code: after ``restoreState`` the RAM and screen that
 ``getRAM``/``getScreenGrayscale`` return are still those of the last *emulated* frame. The search
@@ -49,6 +46,7 @@ from retainrl.core.config import ConfigError, Strict
 from retainrl.retention.params import FisherParams
 from retainrl.retention.methods import RetentionParams
 from retainrl.retention.methods import method_list
+from retainrl.learners.checkpoint import CheckpointParams
 from retainrl.families.montezuma.ale import GAMES, RamInfo, array_to_state, decode_ram, make_ale, state_to_array
 
 log = logging.getLogger(__name__)
@@ -189,6 +187,7 @@ class Params(Strict):
     fisher: FisherParams = FisherParams(estimator="sampled", states=256)
     finetune: FinetuneParams = FinetuneParams()
     retention: RetentionParams = RetentionParams()
+    checkpoint: CheckpointParams = CheckpointParams()
 
     @model_validator(mode="after")
     def _cross_checks(self):
@@ -297,6 +296,19 @@ class MontezumaEnv:
     def clone(self) -> np.ndarray:
         return state_to_array(self.ale.cloneState())
 
+    def get_state(self) -> dict:
+        """Everything a resumed run needs to continue this env bit for bit: the emulator with its
+        RNG (sticky actions draw from it) and the frame buffers, step count and RAM cache."""
+        return {"ale": state_to_array(self.ale.cloneState(include_rng=True)), "raw": self._raw.copy(),
+                "stack": self._stack.copy(), "steps": self.steps, "ram": None if self._ram is None else self._ram.copy()}
+
+    def set_state(self, state: dict) -> None:
+        self.ale.restoreState(array_to_state(state["ale"]))
+        self._raw[:] = state["raw"]
+        self._stack[:] = state["stack"]
+        self.steps = int(state["steps"])
+        self._ram = None if state["ram"] is None else np.asarray(state["ram"]).copy()
+
 
 # --------------------------------------------------------------------------- room success
 
@@ -367,6 +379,14 @@ class RoomEvaluator:
         while len(self.envs) < n:
             self.envs.append(MontezumaEnv(self.p, seed=self.seed * 10_000 + len(self.envs)))
         return self.envs[:n]
+
+    def get_state(self) -> list[dict]:
+        """The pool's envs (their sticky-action RNGs carry over from one evaluation to the next)."""
+        return [env.get_state() for env in self.envs]
+
+    def set_state(self, states: list[dict]) -> None:
+        for env, st in zip(self._pool(len(states)), states):
+            env.set_state(st)
 
     def rates(self, model, starts: list[dict], *, episodes: int, max_steps: int, seed: int = 0, device=None) -> dict[int, float]:
         """Success rate per room of ``starts`` (from :func:`room_start_states`); actions are
@@ -783,7 +803,8 @@ def fisher(p: Params, paths, device=None) -> Path:
 
 def _rooms_evaluator(p: Params, paths, device):
     """Room success on the FAR and CLOSE start rooms (sticky actions): what fine-tuning curves,
-    π*'s scores and the evaluation all report. Returns ``on_eval(tag, model) -> dict``."""
+    π*'s scores and the evaluation all report. Returns ``on_eval(tag, model) -> dict``; its
+    ``evaluator`` attribute is the :class:`RoomEvaluator` (whose env RNGs a checkpoint keeps)."""
     far, close = room_start_states(paths, p, "far"), room_start_states(paths, p, "close")
     boundary = int(far[0]["room"])
     cfg = p.finetune
@@ -801,6 +822,7 @@ def _rooms_evaluator(p: Params, paths, device):
             "close_rooms": {str(k): v for k, v in c.items()},
         }
 
+    on_eval.evaluator = evaluator
     return on_eval
 
 
@@ -814,6 +836,7 @@ def finetune(p: Params, paths, device, method: str) -> Path:
     from safetensors.torch import load_file, save_file
 
     from retainrl.learners import ppo_rnd
+    from retainrl.learners.checkpoint import Checkpoint
     from retainrl.core.artifacts import atomic_path, load_npz, require
     from retainrl.families.montezuma.nets import ActorCritic
     from retainrl.learners.rnd import RND
@@ -827,8 +850,20 @@ def finetune(p: Params, paths, device, method: str) -> Path:
     fim = load_file(str(require(Path(paths.fisher) / "fisher.safetensors", "Montezuma Fisher (fisher stage)")))
     on_eval = _rooms_evaluator(p, paths, dev)
     runs, weights = [], {}
+    stage = f"montezuma_finetune@{method}"
     for k in range(cfg.seeds):
         seed = cfg.seed + k
+        # one checkpoint per seed; a finished seed keeps its result there until the stage succeeds
+        ckpt = Checkpoint.for_stage(stage, p.checkpoint.every_s, family="montezuma", method=method, params=p,
+                                    part=f"seed{seed}")
+        done = ckpt.load()
+        if done is not None and "result" in done:
+            on_eval.evaluator.set_state(done["evaluator"])  # as the evaluations after this seed found them
+            runs.append(done["result"]["run"])
+            weights[seed] = done["result"]["weights"]
+            log.info("%s seed %d: finished before the interruption, taken from its checkpoint", method, seed)
+            continue
+        ckpt.attach("evaluator", on_eval.evaluator.get_state, on_eval.evaluator.set_state)
         gen = torch.Generator().manual_seed(seed * 1000 + sum(map(ord, method)))
         ctx = RetentionContext(
             pretrained=pretrained,
@@ -850,14 +885,18 @@ def finetune(p: Params, paths, device, method: str) -> Path:
         curves = ppo_rnd.train(
             model, rnd, envs, cfg, retention, gen, device=dev,
             on_eval=lambda update, m, seed=seed: on_eval(seed * 10_000 + update, m), desc=f"montezuma {method} seed {seed}",
+            checkpoint=ckpt,
         )
         log.info(
             "%s seed %d: boundary-room success %s", method, seed, [round(e["boundary_success"], 2) for e in curves["eval"]]
         )
         runs.append({"seed": seed, **curves})
         weights[seed] = {name: v.detach().cpu().contiguous() for name, v in model.state_dict().items()}
+        ckpt.save({"progress": "finished", "result": {"run": runs[-1], "weights": weights[seed]},
+                   "evaluator": on_eval.evaluator.get_state()})
     with atomic_path(paths.finetune(method), directory=True) as tmp:
         for seed, state in weights.items():
             save_file(state, str(tmp / f"policy_seed{seed}.safetensors"))
         (tmp / "curves.json").write_text(json.dumps({"method": method, "runs": runs}, indent=2) + "\n")
+    Checkpoint.clear_stage(stage)  # the outputs are in place: nothing left to resume
     return paths.finetune(method)

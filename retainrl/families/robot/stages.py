@@ -52,13 +52,12 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Literal
 
 import numpy as np
 import torch
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from retainrl.core.config import ConfigError, Strict
+from retainrl.core.config import Strict
 from retainrl.retention.methods import RetentionParams
 from retainrl.retention.params import BCParams, EMParams, EWCParams, FisherParams, KSParams, L2Params
 from retainrl.retention.methods import method_list
