@@ -174,11 +174,11 @@ def pipeline(root: str = ".", targets: list[str] | None = None, envs: list[str] 
         with isolated_workspace(rootp, run_name) as work:
             logger.info("overrides given: running in the isolated workspace %s; results on branch %s%s",
                         work, BRANCH_PREFIX, run_name)
-            out = _run_dag(work, cfg, distributed)
-        create_markdown_artifact(f"Results of this run: branch `{BRANCH_PREFIX}{run_name}` "
-                                 f"(`git show {BRANCH_PREFIX}{run_name}:reports/index.md`).", key="retainrl-run-branch",
-                                 description="where this flow run's dvc.lock and reports are")
-        return out
+            # named before the stages run, so a failed run says where its partial results are too
+            create_markdown_artifact(f"Results of this run: branch `{BRANCH_PREFIX}{run_name}` "
+                                     f"(`git show {BRANCH_PREFIX}{run_name}:reports/index.md`).", key="retainrl-run-branch",
+                                     description="where this flow run's dvc.lock and reports are")
+            return _run_dag(work, cfg, distributed)
     with workspace_lock(rootp):
         return _run_dag(rootp, cfg, distributed)
 

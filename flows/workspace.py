@@ -102,19 +102,23 @@ def _identity(root: Path) -> dict[str, str]:
 
 
 def _share_dvc(root: Path, work: Path) -> None:
-    """Point the worktree's DVC at the project's cache and (resolved) default remote."""
+    """Give the worktree the project's DVC set-up: its local config (remotes, credentials), its
+    cache, and every local remote at the path the project resolves it to (a relative URL would
+    otherwise point inside the temporary worktree)."""
     from dvc.repo import Repo
 
-    from flows.dvcops import default_remote, dvc
+    from flows.dvcops import dvc
 
+    local = root / ".dvc" / "config.local"
+    if local.is_file():
+        shutil.copy2(local, work / ".dvc" / "config.local")
     with Repo(str(root)) as repo:
         cache = Path(repo.cache.local.path).parents[1]  # …/cache/files/md5 → …/cache
+        remotes = {name: str(conf.get("url", "")) for name, conf in repo.config["remote"].items()}
     dvc(work, "cache", "dir", "--local", str(cache))
-    remote = default_remote(root)
-    if remote is not None and "://" not in remote[1].get("url", "://"):
-        name, conf = remote
-        url = Path(conf["url"])
-        dvc(work, "remote", "modify", "--local", name, "url", str(url if url.is_absolute() else (root / ".dvc" / url).resolve()))
+    for name, url in remotes.items():
+        if url and "://" not in url:  # DVC hands back local URLs resolved against the file that set them
+            dvc(work, "remote", "modify", "--local", name, "url", str(Path(url).resolve()))
 
 
 @contextlib.contextmanager
@@ -136,16 +140,31 @@ def isolated_workspace(root: Path, name: str) -> Iterator[Path]:
     if subprocess.run(["git", "rev-parse", "--verify", "-q", f"refs/heads/{branch}"], cwd=root,
                       capture_output=True).returncode == 0:
         raise WorkspaceError(f"branch {branch} exists already: choose another run name (--name)")
-    work = Path(tempfile.mkdtemp(prefix=f"retainrl-run-{name}-")) / "repo"
-    _git(root, "worktree", "add", "-q", "-b", branch, str(work), "HEAD")
+    tmp = Path(tempfile.mkdtemp(prefix=f"retainrl-run-{name}-"))
+    work = tmp / "repo"
     try:
-        diff = _git(root, "diff", "--binary", "HEAD")
-        if diff:
-            _git(work, "apply", "--binary", "-", input=diff)
-        for rel in filter(None, _git(root, "ls-files", "-z", "--others", "--exclude-standard").split("\0")):
-            (work / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(root / rel, work / rel)
-        _share_dvc(root, work)
+        _git(root, "worktree", "add", "-q", "-b", branch, str(work), "HEAD")
+    except WorkspaceError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    keep = False  # the worktree stays when its results could not be committed: they are only there
+    try:
+        try:
+            # plumbing options: the user's diff settings (colour, external tools, prefixes) must not shape the patch
+            diff = _git(root, "diff", "--binary", "--no-color", "--no-ext-diff", "--no-textconv",
+                        "--src-prefix=a/", "--dst-prefix=b/", "HEAD")
+            if diff:
+                _git(work, "apply", "--binary", "-", input=diff)
+            for rel in filter(None, _git(root, "ls-files", "-z", "--others", "--exclude-standard").split("\0")):
+                src = root / rel
+                if src.is_file() and not src.is_symlink():
+                    (work / rel).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(src, work / rel)
+            _share_dvc(root, work)
+        except BaseException:
+            subprocess.run(["git", "worktree", "remove", "--force", str(work)], cwd=root, capture_output=True)
+            subprocess.run(["git", "branch", "-D", branch], cwd=root, capture_output=True)  # nothing ran: no branch
+            raise
         from flows.dvcops import dvc
 
         dvc(work, "checkout", "--allow-missing", "-q", check=False)  # what the cache holds of HEAD's dvc.lock
@@ -155,14 +174,21 @@ def isolated_workspace(root: Path, name: str) -> Iterator[Path]:
             yield work
             ok = True
         finally:
-            _git(work, "add", "-A")
             status = "" if ok else " (failed: partial results)"
-            _git(work, "commit", "-q", "--allow-empty", "-m", f"flow run {name}{status}", env=_identity(root))
-            log.info("flow run %s%s committed on branch %s", name, status, branch)
+            try:
+                _git(work, "add", "-A")
+                # the user's hooks and signing set-up are for their own commits, not a run's bookkeeping
+                _git(work, "-c", "commit.gpgsign=false", "commit", "-q", "--no-verify", "--allow-empty", "-m",
+                     f"flow run {name}{status}", env=_identity(root))
+                log.info("flow run %s%s committed on branch %s", name, status, branch)
+            except WorkspaceError as err:  # keep the results and say where, without hiding the run's own error
+                keep = True
+                log.error("could not commit the run's results on %s (%s); they are left in %s", branch, err, work)
     finally:
-        subprocess.run(["git", "worktree", "remove", "--force", str(work)], cwd=root, capture_output=True)
-        shutil.rmtree(work.parent, ignore_errors=True)
-        subprocess.run(["git", "worktree", "prune"], cwd=root, capture_output=True)
+        if not keep:
+            subprocess.run(["git", "worktree", "remove", "--force", str(work)], cwd=root, capture_output=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+            subprocess.run(["git", "worktree", "prune"], cwd=root, capture_output=True)
 
 
 __all__ = ["workspace_lock", "isolated_workspace", "default_run_name", "WorkspaceBusy", "WorkspaceError", "BRANCH_PREFIX"]

@@ -47,6 +47,28 @@ def test_checkpoint_keys_on_params_and_code_and_drops_stale_ones(tmp_path):
     assert not (tmp_path / "apple_finetune@ewc").exists()
 
 
+def test_checkpoint_keys_on_the_inputs_bytes_and_survives_a_damaged_file(tmp_path):
+    art = tmp_path / "pretrained"
+    art.mkdir()
+    (art / "policy.safetensors").write_bytes(b"pi-star v1")
+
+    def ck():
+        return Checkpoint.for_stage("s@m", 0, family="f", method="m", params={}, inputs=(art,), root=tmp_path / "ck", code="c")
+
+    ck().save({"n": 1})
+    assert ck().load() == {"n": 1}
+    (art / "policy.safetensors").write_bytes(b"pi-star v2")  # a re-made π*: the old state must not be resumed
+    assert ck().load() is None
+    c = ck()
+    c.file.parent.mkdir(parents=True, exist_ok=True)
+    c.file.write_bytes(b"half a pickle")  # e.g. a disk that filled up
+    assert c.load() is None and not c.file.exists()
+    (c.directory / f".{c.file.name}.123.tmp").write_bytes(b"cut short by a kill")
+    c.save({"n": 2})
+    c.clear()
+    assert not (tmp_path / "ck" / "s@m").exists()
+
+
 def test_checkpoint_interval_is_wall_clock(tmp_path):
     ck = Checkpoint(tmp_path / "k", every_s=3600)
     assert not ck.maybe_save(lambda: {"n": 1}) and not ck.file.exists()

@@ -46,6 +46,17 @@ def code_hash(root: Path = _PROJECT) -> str:
     return h.hexdigest()
 
 
+def inputs_hash(paths) -> str:
+    """sha256 over the files under ``paths`` (names and bytes, in a fixed order)."""
+    h = hashlib.sha256()
+    for root in map(Path, paths):
+        files = sorted(f for f in root.rglob("*") if f.is_file()) if root.is_dir() else [root]
+        for f in files:
+            h.update(f.as_posix().encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
 class CheckpointParams(Strict):
     """A family's ``checkpoint:`` section. No stage depends on it in dvc.yaml (it cannot change a
     result), and it is left out of the checkpoint key, so changing it reruns and discards nothing."""
@@ -72,17 +83,20 @@ class Checkpoint:
         self._extras[name] = (get, set_)
 
     @classmethod
-    def for_stage(cls, stage: str, every_s: float, *, family: str, method: str, params, root: Path = ROOT_DIR,
-                  code: str | None = None, part: str = "state") -> Checkpoint:
-        """The checkpoint of stage ``stage`` (e.g. ``apple_finetune@ewc``) for these params and this code.
+    def for_stage(cls, stage: str, every_s: float, *, family: str, method: str, params, inputs: tuple = (),
+                  root: Path = ROOT_DIR, code: str | None = None, part: str = "state") -> Checkpoint:
+        """The checkpoint of stage ``stage`` (e.g. ``apple_finetune@ewc``) for these params, inputs and code.
 
-        ``params``: the family's validated params (a pydantic model) or a plain dict. ``part``
-        names one of several checkpoints of the stage (a stage that runs its seeds one after
-        another keeps one per seed).
+        ``params``: the family's validated params (a pydantic model) or a plain dict. ``inputs``:
+        the upstream artifacts the run reads (files or directories; their bytes are hashed, so a
+        re-made π* or FAR buffer never resumes a run begun on the old one). ``part`` names one of
+        several checkpoints of the stage (a stage that runs its seeds one after another keeps one
+        per seed).
         """
         dumped = params.model_dump(mode="json") if hasattr(params, "model_dump") else dict(params)
         dumped.pop("checkpoint", None)  # the interval cannot change the result
-        ident = {"family": family, "method": method, "params": dumped, "code": code or code_hash()}
+        ident = {"family": family, "method": method, "params": dumped, "code": code or code_hash(),
+                 "inputs": inputs_hash(inputs)}
         key = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
         stage_dir = Path(root) / stage
         if stage_dir.is_dir():  # checkpoints of other params or code can never be resumed: drop them
@@ -96,7 +110,12 @@ class Checkpoint:
         """The saved state, or None when there is none (a fresh run)."""
         if not self.file.is_file():
             return None
-        state = torch.load(self.file, map_location="cpu", weights_only=False)
+        try:
+            state = torch.load(self.file, map_location="cpu", weights_only=False)
+        except Exception as err:  # noqa: BLE001 — a damaged file must not block every rerun: start over
+            log.warning("checkpoint %s is unreadable (%s): starting over", self.file, err)
+            self.file.unlink(missing_ok=True)
+            return None
         for name, (_, set_) in self._extras.items():
             set_(state["extras"][name])
         log.info("resuming %s from its checkpoint (%s)", self.meta.get("stage", self.directory), state.get("progress", "?"))
@@ -111,7 +130,10 @@ class Checkpoint:
         if self._extras:
             state = {**state, "extras": {name: get() for name, (get, _) in self._extras.items()}}
         tmp = self.file.with_name(f".{self.file.name}.{os.getpid()}.tmp")
-        torch.save(state, tmp)
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, self.file)
         self._last = time.monotonic()
         self.saves += 1
@@ -126,6 +148,8 @@ class Checkpoint:
     def clear(self) -> None:
         """Remove the checkpoint (the stage succeeded: its outputs are the result now)."""
         self.file.unlink(missing_ok=True)
+        for tmp in self.directory.glob(f".{self.file.name}.*.tmp"):  # a save cut short by a kill
+            tmp.unlink(missing_ok=True)
         for d in (self.directory, self.directory.parent):
             if d.is_dir() and not any(d.iterdir()):
                 d.rmdir()

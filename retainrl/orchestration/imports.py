@@ -66,9 +66,10 @@ def import_graph(root: Path = ROOT) -> dict[str, set[str]]:
 
 
 def closure(roots: list[str], root: Path = ROOT) -> set[Path]:
-    """The files of ``roots`` and of everything they import, transitively."""
+    """The files of ``roots`` and of everything they import, transitively (running ``a.b.c``
+    also runs the ``__init__`` of ``a`` and ``a.b``, so those count too)."""
     seen: set[str] = set()
-    todo = list(roots)
+    todo = [".".join(r.split(".")[:i]) for r in roots for i in range(1, r.count(".") + 2)]
     while todo:
         mod = todo.pop()
         if mod in seen or module_file(mod, root) is None:

@@ -430,7 +430,8 @@ def finetune(p: Params, paths, device, method: str) -> None:
     pretrained = _load_pretrained(paths)
     far = _load_far(paths)
     f = load_tensors(paths.fisher / "fisher.safetensors", "Fisher (fisher stage)")
-    ckpt = Checkpoint.for_stage(f"apple_finetune@{method}", p.checkpoint.every_s, family="apple", method=method, params=p)
+    ckpt = Checkpoint.for_stage(f"apple_finetune@{method}", p.checkpoint.every_s, family="apple", method=method, params=p,
+                                inputs=(paths.pretrained, paths.far_buffer, paths.fisher))
     with atomic_path(paths.finetune(method), directory=True) as out:
         with Live(str(out / "live"), save_dvc_exp=False, dvcyaml=None, report=None) as live:
 

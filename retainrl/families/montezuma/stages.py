@@ -70,7 +70,7 @@ def search_report_dir(paths) -> Path:
 
 class EnvParams(Strict):
     game: str = Field("montezuma_revenge", description="ale-py ROM id")
-    sticky: float = Field(0.25, ge=0, lt=1, description="repeat_action_probability for training/evaluation")
+    sticky: float = Field(0.25, ge=0, lt=1, description="sticky actions (ALE's repeat_action_probability, done per frame by the env) for training/evaluation")
     frame_skip: int = Field(4, gt=0)
     frame_size: int = Field(84, gt=0)
     frame_stack: int = Field(4, gt=0)
@@ -232,8 +232,14 @@ class MontezumaEnv:
     def __init__(self, p: EnvParams | None = None, *, seed: int = 0, sticky: float | None = None):
         p = p or EnvParams()
         self.p = p
-        self.ale = make_ale(p.game, sticky=p.sticky if sticky is None else sticky, frame_skip=1, seed=seed)
+        # Sticky actions are done here, per emulated frame exactly as ALE does them (with probability
+        # ``sticky`` the previous frame's action is repeated), not by ALE: ALE keeps the repeated
+        # action outside its saveable state, so a run restored from a checkpoint would diverge.
+        self.sticky = float(p.sticky if sticky is None else sticky)
+        self._sticky_rng = np.random.default_rng(seed)
+        self.ale = make_ale(p.game, sticky=0.0, frame_skip=1, seed=seed)
         self.actions = list(self.ale.getMinimalActionSet())
+        self._last_action = self.actions[0]
         self.n_actions = len(self.actions)
         h, w = self.ale.getScreenDims()
         self._raw = np.zeros((2, h, w), dtype=np.uint8)
@@ -255,6 +261,7 @@ class MontezumaEnv:
         """Start a new episode at the game's start, or at ``state`` (an array from demos)."""
         self.ale.reset_game()
         self._ram = None
+        self._last_action = self.actions[0]  # ALE's reset does the same: the repeated action is NOOP
         if state is not None:
             # getRAM/getScreen are stale after a restore: emulate one NOOP frame to read them,
             # then restore again so the episode starts exactly at the stored state (demos replay).
@@ -278,7 +285,12 @@ class MontezumaEnv:
         a = self.actions[int(action)]
         skip = self.p.frame_skip
         for i in range(skip):
-            reward += self.ale.act(a)
+            if self.sticky > 0 and self._sticky_rng.random() < self.sticky:
+                frame_action = self._last_action
+            else:
+                frame_action = a
+            self._last_action = frame_action
+            reward += self.ale.act(frame_action)
             if i >= skip - 2:
                 self.ale.getScreenGrayscale(self._raw[i - (skip - 2)])
             if self.ale.game_over():
@@ -297,13 +309,17 @@ class MontezumaEnv:
         return state_to_array(self.ale.cloneState())
 
     def get_state(self) -> dict:
-        """Everything a resumed run needs to continue this env bit for bit: the emulator with its
-        RNG (sticky actions draw from it) and the frame buffers, step count and RAM cache."""
+        """Everything a resumed run needs to continue this env bit for bit: the emulator (with its
+        RNG), the sticky-action stream and the action it would repeat, the frame buffers, the step
+        count and the RAM cache."""
         return {"ale": state_to_array(self.ale.cloneState(include_rng=True)), "raw": self._raw.copy(),
-                "stack": self._stack.copy(), "steps": self.steps, "ram": None if self._ram is None else self._ram.copy()}
+                "stack": self._stack.copy(), "steps": self.steps, "ram": None if self._ram is None else self._ram.copy(),
+                "sticky_rng": self._sticky_rng.bit_generator.state, "last_action": int(self._last_action)}
 
     def set_state(self, state: dict) -> None:
         self.ale.restoreState(array_to_state(state["ale"]))
+        self._sticky_rng.bit_generator.state = state["sticky_rng"]
+        self._last_action = type(self.actions[0])(state["last_action"])
         self._raw[:] = state["raw"]
         self._stack[:] = state["stack"]
         self.steps = int(state["steps"])
@@ -855,7 +871,7 @@ def finetune(p: Params, paths, device, method: str) -> Path:
         seed = cfg.seed + k
         # one checkpoint per seed; a finished seed keeps its result there until the stage succeeds
         ckpt = Checkpoint.for_stage(stage, p.checkpoint.every_s, family="montezuma", method=method, params=p,
-                                    part=f"seed{seed}")
+                                    inputs=(paths.pretrained, paths.far_buffer, paths.fisher, paths.demos), part=f"seed{seed}")
         done = ckpt.load()
         if done is not None and "result" in done:
             on_eval.evaluator.set_state(done["evaluator"])  # as the evaluations after this seed found them
