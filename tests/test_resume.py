@@ -1,8 +1,8 @@
 """Killed fine-tuning resumes where it stopped (issue #21): the checkpoint store, each learner's
 resume bit for bit in process, and a real SIGKILL of a `dvc repro` stage rerun to the same bytes.
 
-Learners wired so far: REINFORCE (AppleRetrieval) and PPO+RND (Montezuma). SAC and
-sample-factory's APPO are not yet (tracked in issue #21).
+Learners wired so far: REINFORCE (AppleRetrieval), PPO+RND (Montezuma) and SAC
+(RoboticSequence). Sample-factory's APPO is not yet (tracked in issue #21).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -109,6 +110,72 @@ def test_reinforce_resumes_bit_for_bit(method, tmp_path):
     assert torch.equal(pol.weight, ref_pol.weight)
 
 
+@pytest.mark.parametrize("method", ["ks", "em"])
+def test_sac_resumes_bit_for_bit_mid_episode(method, tmp_path):
+    """SAC on real Meta-World sequences (2 stacked seeds), interrupted at the evaluation of step
+    80 of 120, i.e. mid-episode (episodes are up to 2×30 steps) with the replay, both Adam states
+    and the temperature in use, and resumed: every curve and weight equals the uninterrupted
+    run's exactly. KS draws from the online states, EM from a protected replay share."""
+    from retainrl.families.robot import stages as R
+    from retainrl.learners.sac import SACAgent
+    from retainrl.retention.fisher import fisher_diagonal
+
+    p = R.Params.model_validate({
+        "env": {"tasks": ["push", "push-wall"], "far": ["push-wall"], "T": 30}, "net": {"hidden": 32, "layers": 2},
+        "finetune": {"seeds": 2, "steps": 120, "batch_size": 16, "replay_size": 100, "update_every": 10,
+                     "random_steps": 20, "eval_every": 40, "eval_episodes": 1}})
+    pi = SACAgent(R.agent_spec(p), 1, generator=torch.Generator().manual_seed(3))
+    obs = torch.rand(64, p.env.obs_dim, generator=torch.Generator().manual_seed(4))
+    obs[:, -2:] = torch.tensor([0.0, 1.0])  # the FAR stage's id
+    far = {"obs": obs, "targets": pi.dist_params(obs).detach()}
+    fisher = fisher_diagonal(pi, far["obs"])
+    n = 40
+    memory = {"obs": obs[:n].numpy(), "act": np.zeros((n, R.ACT_DIM), np.float32), "rew": np.ones(n, np.float32),
+              "next_obs": obs[1 : n + 1].numpy(), "terminal": np.zeros(n, np.float32)}
+
+    def run(**kw):
+        return R.finetune_seeds(method, p, pi, far, fisher, memory, "cpu", progress=False, **kw)
+
+    ref_curves, ref_agent = run()
+    ck = Checkpoint(tmp_path / "ck", every_s=0)
+
+    def stop_at_80(step, scores, agent):
+        if step == 80:
+            raise Killed
+
+    with pytest.raises(Killed):
+        run(on_eval=stop_at_80, checkpoint=ck)
+    saved = torch.load(ck.file, weights_only=False)
+    assert saved["step"] == 79 and saved["learner"]["updates"] > 0
+    assert any(len(e["actions"]) for e in saved["envs"]["envs"])  # really mid-episode
+    seen: list[tuple[int, bool]] = []
+    curves, agent = run(checkpoint=ck, on_eval=lambda step, s, a: seen.append((step, a is None)))
+    assert seen == [(0, True), (40, True), (80, False), (120, False)]  # earlier evaluations replayed to the logger
+    for k in ref_curves:
+        np.testing.assert_array_equal(curves[k], ref_curves[k], err_msg=k)
+    ref_state = ref_agent.state_dict()
+    for k, v in agent.state_dict().items():
+        assert torch.equal(v, ref_state[k]), k
+
+
+def test_a_sequence_that_does_not_replay_to_its_saved_observation_refuses_to_resume():
+    from retainrl.learners.sac import VecEnv
+
+    class Env:
+        def reset(self):
+            return np.zeros(3)
+
+        def get_state(self):
+            return {}
+
+        def set_state(self, state):
+            return np.ones(3)  # not where it was saved
+
+    venv = VecEnv([Env()])
+    with pytest.raises(RuntimeError, match="did not return to its saved state"):
+        venv.set_state(venv.get_state())
+
+
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -119,6 +186,10 @@ KILLABLE = {
     "apple": ("apple_finetune@ewc", {"iterations": 600, "eval_every": 50}, "state.pt", "iteration", 100,
               ("curves.npz", "policy.safetensors")),
     # two seeds: killed in the second, so the first one's result must come back from its checkpoint
+    # killed after step 300 of 600 (the first actor snapshot is written at 300): mid-episode, snapshots kept
+    "robot": ("robot_finetune@em", {"steps": 600, "eval_every": 100}, "state.pt", "step", 320,
+              ("curves.npz", "agent.safetensors", "checkpoints/actor_00000300.safetensors",
+               "checkpoints/actor_00000600.safetensors", "live/metrics.json")),
     "montezuma": ("montezuma_finetune@ks", {"seeds": 2, "updates": 12, "eval_every": 4}, "seed1.pt", "update", 4,
                   ("policy_seed0.safetensors", "policy_seed1.safetensors")),
 }

@@ -34,6 +34,9 @@ class FakeTask:
         self.succeed_at, self.r, self.tag = succeed_at, r, tag
         self.resets = 0
 
+    def seed(self, seed):  # Meta-World's: the stream the next reset draws positions from
+        self.seeded = seed
+
     def reset(self, seed=None):
         self.n = 0
         self.resets += 1
@@ -517,3 +520,20 @@ def test_ks_decays_once_per_actor_update(pi_star):
         learner.update(b)
     assert steps == [0, 1, 2, 3]
     assert [m.coef(s) for s in steps] == pytest.approx([1.0, 0.5, 0.25, 0.2])
+
+
+def test_an_episode_depends_on_the_sequence_seed_alone_not_on_the_pooled_envs_history():
+    """Meta-World ignores ``reset(seed=...)``; positions come from the env's own stream. A
+    sequence must re-seed the env it is handed, or an evaluation's start states would depend on
+    what the pooled env did before (and a resumed run could not rebuild them)."""
+    env = robot.EnvParams(tasks=["push", "push-wall"], far=["push-wall"], T=20)
+    first = robot.RoboticSequence(env, 7)
+    start = first.reset(stage=1, single=True)
+    first.close()
+    used = robot.RoboticSequence(env, 8)  # takes the pooled envs and moves their streams on
+    for _ in range(3):
+        used.reset(stage=1, single=True)
+    used.close()
+    again = robot.RoboticSequence(env, 7)  # gets the same, now-used env objects back
+    np.testing.assert_array_equal(again.reset(stage=1, single=True), start)
+    assert not np.array_equal(robot.RoboticSequence(env, 9).reset(stage=1, single=True), start)

@@ -22,6 +22,12 @@ Q and terminal masks, actor with the retention method's auxiliary loss, temperat
 target entropy, Polyak averaging), evaluating on a schedule. No method-specific branches: the
 method object supplies its loss and replay set-up and says whether it wants online states or
 starts from π*.
+
+Resume (``train(checkpoint=...)``): after a whole env step (its update burst and evaluation
+included) the learner's state (weights, targets, temperature, the three Adam states, the update
+counter, the torch stream), the filled part of the replay buffer and every environment's state
+(``env.get_state()``; ``env.set_state(s)`` returns the observation it restored, which must be the
+saved one) go into the checkpoint, so a resumed run is the uninterrupted one bit for bit on CPU.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from retainrl.learners.checkpoint import Checkpoint
 from retainrl.retention.methods import RetentionMethod
 from retainrl.retention.policy import RetainablePolicy
 from retainrl.retention.replay import ProtectedReplay
@@ -248,6 +255,23 @@ class SACLearner:
         self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=cfg.lr)
         self.updates = 0
 
+    def get_state(self) -> dict:
+        """Everything an update changes or draws from (for a checkpoint)."""
+        return {"agent": self.agent.state_dict(), "target": self.target.state_dict(), "log_alpha": self.log_alpha.detach().clone(),
+                "actor_opt": self.actor_opt.state_dict(), "critic_opt": self.critic_opt.state_dict(),
+                "alpha_opt": self.alpha_opt.state_dict(), "updates": self.updates, "generator": self.gen.get_state()}
+
+    def set_state(self, state: dict) -> None:
+        self.agent.load_state_dict(state["agent"])
+        self.target.load_state_dict(state["target"])
+        with torch.no_grad():
+            self.log_alpha.copy_(state["log_alpha"])
+        self.actor_opt.load_state_dict(state["actor_opt"])
+        self.critic_opt.load_state_dict(state["critic_opt"])
+        self.alpha_opt.load_state_dict(state["alpha_opt"])
+        self.updates = state["updates"]
+        self.gen.set_state(state["generator"])
+
     def critic_loss(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
         """Clipped double-Q TD error; terminal transitions (success or timeout) do not bootstrap."""
         with torch.no_grad():
@@ -329,6 +353,33 @@ class VecEnv:
         self.obs = np.stack([e.reset() if d else o for e, d, o in zip(self.envs, done, next_obs)]).astype(np.float32)
         return obs, next_obs, np.asarray(rew, np.float32), np.asarray(term, np.float32), np.asarray(done), infos
 
+    def get_state(self) -> dict:
+        return {"envs": [e.get_state() for e in self.envs], "obs": self.obs.copy()}
+
+    def set_state(self, state: dict) -> None:
+        """Put every environment back where it was; fail loudly if one does not come back to the
+        observation it was saved at (a resumed run would silently differ)."""
+        for i, (env, s) in enumerate(zip(self.envs, state["envs"])):
+            obs = np.asarray(env.set_state(s), np.float32)
+            if not np.array_equal(obs, state["obs"][i]):
+                raise RuntimeError(f"environment {i} did not return to its saved state: this checkpoint cannot be resumed "
+                                   f"exactly (remove it to start over)")
+        self.obs = state["obs"].copy()
+
+
+def replay_state(replay: ProtectedReplay) -> dict:
+    """The filled slots of ``replay`` and its cursors (slots beyond ``len`` are still zeros)."""
+    n = len(replay)
+    return {"data": {k: v[:n].cpu().clone() for k, v in replay.data.items()}, "n_protected": replay.n_protected,
+            "cursor": replay.cursor, "n_online": replay.n_online}
+
+
+def load_replay_state(replay: ProtectedReplay, state: dict) -> None:
+    for k, v in replay.data.items():
+        v.zero_()
+        v[: len(state["data"][k])] = state["data"][k].to(v.device)
+    replay.n_protected, replay.cursor, replay.n_online = state["n_protected"], state["cursor"], state["n_online"]
+
 
 def train(
     learner: SACLearner,
@@ -340,18 +391,37 @@ def train(
     on_eval: Callable[[int], None] | None = None,
     progress: bool = True,
     desc: str = "sac",
+    checkpoint: Checkpoint | None = None,
 ) -> dict[str, float]:
-    """Run ``steps`` env steps per model with updates in bursts; call ``on_eval(step)`` at 0 and on schedule."""
+    """Run ``steps`` env steps per model with updates in bursts; call ``on_eval(step)`` at 0 and on schedule.
+
+    With ``checkpoint``, the run's state is saved after a step when it is due and a run that finds
+    one resumes after that step (the module docstring says what is saved). ``on_eval`` is not
+    called again for the evaluations before the checkpoint: what the caller keeps of them (curves,
+    the evaluation envs) it attaches to the checkpoint itself (:meth:`Checkpoint.attach`).
+    """
     cfg, agent = learner.cfg, learner.agent
     learner.retention.setup_replay(replay)
     random_steps = 0 if learner.retention.starts_from_pretrained else cfg.random_steps
     n_updates = max(1, round(cfg.update_every * cfg.updates_per_step))
     m = agent.n_models
     stats: dict[str, float] = {}
-    episode_returns = np.zeros(m)
-    if on_eval:
+
+    def state(step: int) -> dict:
+        return {"progress": f"step {step}/{steps}", "step": step, "learner": learner.get_state(),
+                "replay": replay_state(replay), "envs": venv.get_state(), "stats": stats}
+
+    start = 1
+    saved = checkpoint.load() if checkpoint is not None else None
+    if saved is not None:
+        learner.set_state(saved["learner"])
+        load_replay_state(replay, saved["replay"])
+        venv.set_state(saved["envs"])
+        stats = saved["stats"]
+        start = saved["step"] + 1
+    elif on_eval:
         on_eval(0)
-    for step in tqdm(range(1, steps + 1), desc=desc, disable=not progress, mininterval=2.0):
+    for step in tqdm(range(start, steps + 1), desc=desc, disable=not progress, mininterval=2.0, initial=start - 1, total=steps):
         if step <= random_steps:
             actions = torch.rand(m, agent.spec.act_dim, generator=learner.gen) * 2 - 1
         else:
@@ -359,7 +429,6 @@ def train(
                 obs_t = torch.as_tensor(venv.obs, device=learner.device).unsqueeze(1)
                 actions = agent.sample(obs_t, generator=learner.gen)[0].squeeze(1).cpu()
         obs, next_obs, rew, term, done, _ = venv.step(actions.numpy())
-        episode_returns += rew
         replay.add(
             {
                 "obs": torch.as_tensor(obs).unsqueeze(0),
@@ -374,4 +443,6 @@ def train(
                 stats = learner.update(to_models_first(replay.sample(cfg.batch_size, learner.gen)))
         if on_eval and (step % eval_every == 0 or step == steps):
             on_eval(step)
+        if checkpoint is not None and step < steps:
+            checkpoint.maybe_save(lambda: state(step))
     return stats

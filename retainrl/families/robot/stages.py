@@ -58,6 +58,7 @@ import torch
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from retainrl.core.config import Strict
+from retainrl.learners.checkpoint import CheckpointParams
 from retainrl.retention.methods import RetentionParams
 from retainrl.retention.params import BCParams, EMParams, EWCParams, FisherParams, KSParams, L2Params
 from retainrl.retention.methods import method_list
@@ -204,6 +205,7 @@ class Params(Strict):
     fisher: FisherParams = FisherParams()
     finetune: FinetuneParams = FinetuneParams()
     retention: RetentionParams = Field(default_factory=_robot_retention)
+    checkpoint: CheckpointParams = CheckpointParams()
 
     @model_validator(mode="after")
     def _cross_checks(self):
@@ -221,7 +223,7 @@ def _camel(task: str) -> str:
 
 def make_task_env(task: str, seed: int):
     """A goal-observable Meta-World v3 env whose object and goal positions are re-drawn at each
-    ``reset(seed=...)`` (Meta-World freezes them by default)."""
+    ``reset()`` from the stream ``seed()`` sets (Meta-World freezes them by default)."""
     from metaworld.env_dict import ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE
 
     env = ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE[f"{task}-v3-goal-observable"](seed=seed)
@@ -232,8 +234,9 @@ def make_task_env(task: str, seed: int):
 
 
 #: Idle Meta-World envs by task. Building one costs ~0.4 s (XML parsing, MuJoCo compile), more
-#: than a whole evaluation episode; an env is fully re-initialised by ``reset(seed=...)``, so
-#: sequences hand theirs back on ``close()`` and the next sequence reuses them.
+#: than a whole evaluation episode; an env is fully re-initialised by ``seed()`` + ``reset()``
+#: (``RoboticSequence._enter``), so sequences hand theirs back on ``close()`` and the next
+#: sequence reuses them.
 _POOL: dict[str, list] = {}
 
 
@@ -258,6 +261,13 @@ class RoboticSequence:
 
     ``reset(stage=k)`` starts at stage k; with ``single=True`` the episode ends with that stage
     (how one stage is evaluated alone). ``task_envs`` may inject stand-ins for tests.
+
+    ``get_state``/``set_state`` (resume): a MuJoCo scene mid-episode is more than qpos/qvel
+    (Meta-World keeps targets, initial object positions and counters in Python), so the state is
+    where the episode began (the sequence's RNG before ``reset``, which task envs were built by
+    then, the start stage) plus the actions taken since; ``set_state`` replays them. Entering a
+    stage re-initialises its task env completely (``seed()`` + ``reset()``, as the env pool relies
+    on), so the replay lands on the same observation, which the learner checks.
     """
 
     def __init__(self, env: EnvParams, seed: int, task_envs: list | None = None):
@@ -269,6 +279,24 @@ class RoboticSequence:
         self.single = False
         self.reset()
 
+    def get_state(self) -> dict:
+        return {**self._episode, "actions": np.asarray(self._episode["actions"], np.float64).reshape(-1, ACT_DIM)}
+
+    def set_state(self, state: dict) -> np.ndarray:
+        """Replay the saved episode from its start; returns the observation it ends on."""
+        for k, built in enumerate(state["built"]):
+            if built and self.envs[k] is None:
+                self.envs[k] = acquire_task_env(self.p.tasks[k], 0)  # re-seeded whenever its stage is entered
+            elif not built and self.envs[k] is not None:
+                if self._pooled:
+                    _POOL.setdefault(self.p.tasks[k], []).append(self.envs[k])
+                self.envs[k] = None
+        self.rng.bit_generator.state = state["rng"]
+        self.reset(stage=state["start_stage"], single=state["single"])
+        for a in state["actions"]:
+            self.step(a)
+        return self._obs(self.raw)
+
     def _obs(self, raw: np.ndarray) -> np.ndarray:
         onehot = np.zeros(self.p.n_stages, np.float32)
         onehot[self.stage] = 1.0
@@ -279,7 +307,11 @@ class RoboticSequence:
         self.t = 0
         if self.envs[stage] is None:
             self.envs[stage] = acquire_task_env(self.p.tasks[stage], int(self.rng.integers(2**31)))
-        raw, _ = self.envs[stage].reset(seed=int(self.rng.integers(2**31)))
+        # Meta-World ignores reset(seed=...): positions come from the env's own np_random, which
+        # seed() re-makes. Seeding it here makes every episode a function of this sequence's RNG
+        # alone, whatever env object the pool hands out and whatever it did before.
+        self.envs[stage].seed(int(self.rng.integers(2**31)))
+        raw, _ = self.envs[stage].reset()
         self.raw = raw
         return self._obs(raw)
 
@@ -291,11 +323,15 @@ class RoboticSequence:
         if single is not None:
             self.single = single
         self.completed = 0
+        self._episode = {"rng": self.rng.bit_generator.state, "built": [e is not None for e in self.envs],
+                         "start_stage": self.start_stage, "single": self.single, "actions": []}
         return self._enter(self.start_stage)
 
     def step(self, action: np.ndarray):
         stage = self.stage
-        raw, r, _, _, info = self.envs[stage].step(np.clip(np.asarray(action, np.float64), -1, 1))
+        action = np.asarray(action, np.float64)
+        self._episode["actions"].append(action.copy())
+        raw, r, _, _, info = self.envs[stage].step(np.clip(action, -1, 1))
         self.t += 1
         success = bool(info.get("success", 0.0))
         timeout = self.t >= self.p.T
@@ -793,9 +829,13 @@ def em_transitions(memory: dict[str, np.ndarray], n_models: int) -> dict[str, to
     return out
 
 
-def finetune_seeds(method: str, p: Params, pretrained, far, fisher_diag, memory, device, *, seeds: int | None = None, steps: int | None = None, progress=True, on_eval=None, seed_offset: int = 0):
+def finetune_seeds(method: str, p: Params, pretrained, far, fisher_diag, memory, device, *, seeds: int | None = None, steps: int | None = None, progress=True, on_eval=None, seed_offset: int = 0, checkpoint=None):
     """Fine-tune ``seeds`` stacked models with one method on the full sequence; returns (curves, agent).
-    ``memory``: the pre-training transitions EM keeps."""
+    ``memory``: the pre-training transitions EM keeps. ``checkpoint``: a
+    :class:`retainrl.learners.checkpoint.Checkpoint` to save to and resume from; the curves so far
+    and the evaluation sequences go into it beside the learner's state, and a resumed run calls
+    ``on_eval(step, scores, None)`` again for the evaluations before the checkpoint (no agent: it
+    is gone), so a logger sees the whole run."""
     from retainrl.learners import sac
     from retainrl.retention.methods import RetentionContext, build_retention
     from retainrl.retention.replay import ProtectedReplay
@@ -830,6 +870,17 @@ def finetune_seeds(method: str, p: Params, pretrained, far, fisher_diag, memory,
     venv = sac.VecEnv([RoboticSequence(p.env, base * 100 + i) for i in range(m)])
     eval_seqs = [RoboticSequence(p.env, base * 100 + 50 + i) for i in range(m)]
     curves: dict[str, list] = {"step": [], "success": [], "completed": []}
+    if checkpoint is not None:
+
+        def restore(saved: dict) -> None:
+            curves.update(saved["curves"])
+            for seq, st in zip(eval_seqs, saved["seqs"]):
+                seq.set_state(st)
+            for i, step in enumerate(curves["step"]):
+                if on_eval:
+                    on_eval(step, {"success": curves["success"][i], "completed": curves["completed"][i]}, None)
+
+        checkpoint.attach("evaluation", lambda: {"curves": curves, "seqs": [q.get_state() for q in eval_seqs]}, restore)
 
     def evaluate(step: int) -> None:
         scores = evaluate_agent(agent, eval_seqs, p.env, cfg.eval_episodes)
@@ -840,7 +891,8 @@ def finetune_seeds(method: str, p: Params, pretrained, far, fisher_diag, memory,
         if on_eval:
             on_eval(step, scores, agent)
 
-    sac.train(learner, venv, replay, steps, eval_every=cfg.eval_every, on_eval=evaluate, progress=progress, desc=f"robot {method}")
+    sac.train(learner, venv, replay, steps, eval_every=cfg.eval_every, on_eval=evaluate, progress=progress, desc=f"robot {method}",
+              checkpoint=checkpoint)
     for seq in venv.envs + eval_seqs:
         seq.close()
     out = {
@@ -852,10 +904,15 @@ def finetune_seeds(method: str, p: Params, pretrained, far, fisher_diag, memory,
 
 
 def finetune(p: Params, paths, device, method: str) -> None:
-    """All seeds of one method in one stacked learner; curves, dvclive metrics and actor checkpoints."""
+    """All seeds of one method in one stacked learner; curves, dvclive metrics and actor snapshots.
+
+    Resumable (``.checkpoints/robot_finetune@<method>/``): the actor snapshots written so far and
+    the curves go into the checkpoint too, and a resumed run writes them and logs them to dvclive
+    again before it goes on, so its outputs are those of an uninterrupted run."""
     from dvclive import Live
 
     from retainrl.core.artifacts import atomic_path, load_tensors, save_npz, save_tensors
+    from retainrl.learners.checkpoint import Checkpoint
     from retainrl.retention.methods import check_method
 
     check_method(method, learner=LEARNER, off_policy=True)
@@ -865,24 +922,36 @@ def finetune(p: Params, paths, device, method: str) -> None:
     memory = _load_memory(paths)
     cfg = p.finetune
     marks = set(np.linspace(0, cfg.steps, cfg.checkpoints + 1).round().astype(int)[1:].tolist()) if cfg.checkpoints else set()
+    ckpt = Checkpoint.for_stage(f"robot_finetune@{method}", p.checkpoint.every_s, family="robot", method=method, params=p,
+                                inputs=(paths.pretrained, paths.far_buffer, paths.fisher))
     with atomic_path(paths.finetune(method), directory=True) as out:
         (out / "checkpoints").mkdir()
         with Live(str(out / "live"), save_dvc_exp=False, dvcyaml=None, report=None) as live:
+            snapshots: dict[int, dict] = {}  # step → actor tensors (kept in the checkpoint as well)
+
+            def save_snapshot(step, actor):
+                snapshots[step] = actor
+                save_tensors(out / "checkpoints" / f"actor_{step:08d}.safetensors", actor, {"step": step})
+
+            def restore(saved):
+                for step, actor in saved.items():
+                    save_snapshot(step, actor)
+
+            ckpt.attach("snapshots", lambda: snapshots, restore)
 
             def on_eval(step, scores, agent):
                 live.step = step
                 for k, task in enumerate(p.env.tasks):
                     live.log_metric(f"success/{task}", float(scores["success"][:, k].mean()))
                 live.log_metric("completed", float(scores["completed"].mean()))
-                if any(step >= mk and mk > on_eval.last for mk in marks):
-                    actor = {k: v for k, v in agent.state_dict().items() if k.startswith("actor")}
-                    save_tensors(out / "checkpoints" / f"actor_{step:08d}.safetensors", actor, {"step": step})
-                    on_eval.last = step
+                last = max(snapshots, default=0)
+                if agent is not None and any(step >= mk and mk > last for mk in marks):
+                    save_snapshot(step, {k: v.detach().clone() for k, v in agent.state_dict().items() if k.startswith("actor")})
 
-            on_eval.last = 0
-            curves, agent = finetune_seeds(method, p, pretrained, far, f, memory, device, on_eval=on_eval)
+            curves, agent = finetune_seeds(method, p, pretrained, far, f, memory, device, on_eval=on_eval, checkpoint=ckpt)
         save_npz(out / "curves.npz", **curves)
         _save_agent(out / "agent.safetensors", agent, method=method)
+    ckpt.clear()  # the outputs are in place: nothing left to resume
 
 
 # --------------------------------------------------------------------------- evaluate / report
