@@ -8,6 +8,7 @@ Learners wired so far: REINFORCE (AppleRetrieval), PPO+RND (Montezuma) and SAC
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -291,3 +292,90 @@ def test_ppo_rnd_resumes_bit_for_bit(method, tmp_path):
     for a, b in ((model, ref_model), (rnd, ref_rnd)):
         sa, sb = a.state_dict(), b.state_dict()
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_appo_resume_point_and_episode_log_cut(tmp_path):
+    """sample-factory's checkpoint names say where a killed run stopped (π*'s copy at 0 env steps
+    is not a resume point); the episode log loses the episodes that ended after it; our additions
+    to the checkpoint survive sample-factory's weights_only loader."""
+    from retainrl.families.nethack.sf import cut_episode_log, resume_point
+    from retainrl.learners.appo import _numpy_rng_state, _set_numpy_rng_state
+
+    ck = tmp_path / "checkpoint_p0"
+    ck.mkdir()
+    assert resume_point(tmp_path) is None
+    (ck / "checkpoint_000000000_0.pth").write_bytes(b"")
+    assert resume_point(tmp_path) is None
+    (ck / "checkpoint_000000012_384.pth").write_bytes(b"")
+    (ck / "checkpoint_000000031_992.pth").write_bytes(b"")
+    assert resume_point(tmp_path) == 992
+    logs = tmp_path / "episode_log"
+    logs.mkdir()
+    (logs / "env_0000.jsonl").write_text("".join(f'{{"env_local_steps": {s}, "score": 1}}\n' for s in (100, 300, 500)))
+    cut_episode_log(logs, 300)
+    assert [json.loads(x)["env_local_steps"] for x in (logs / "env_0000.jsonl").read_text().splitlines()] == [100, 300]
+
+    np.random.seed(5)
+    torch.save({"retainrl": {"numpy_rng": _numpy_rng_state(), "torch_rng": torch.get_rng_state()}}, tmp_path / "c.pth")
+    want = np.random.rand(3)
+    _set_numpy_rng_state(torch.load(tmp_path / "c.pth", weights_only=True)["retainrl"]["numpy_rng"])
+    np.testing.assert_array_equal(np.random.rand(3), want)
+
+
+@pytest.mark.slow
+def test_sigkilled_appo_stage_resumes_from_sample_factorys_checkpoint(tmp_path):
+    """A smoke `nethack_finetune@ks` (2 seeds, one after another) is SIGKILLed during its second
+    seed, after sample-factory wrote a checkpoint; the rerun keeps the first seed's finished run,
+    resumes the second from that checkpoint (counters, KS's schedule and the snapshot schedule go
+    on from there) and ends with the uninterrupted run's env steps, actor updates, KS coefficient
+    and snapshot files; the first seed's results are byte for byte the uninterrupted ones."""
+    repo = copy_repo(ROOT, tmp_path / "repo")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["profile"] = "smoke"
+    params["profiles"]["smoke"]["nethack"]["finetune"].update({"seeds": 2, "processes": 1, "env_steps": 1024, "snapshots": 4})
+    params["nethack"]["checkpoint"]["every_s"] = 1
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(repo),
+           "RETAINRL_LOG": "INFO"}
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"]):
+        subprocess.run(cmd, cwd=repo, check=True, capture_output=True)
+    dvc = [sys.executable, "-m", "dvc"]
+    stage = "nethack_finetune@ks"
+    subprocess.run([*dvc, "repro", "nethack_fisher"], cwd=repo, env=env, check=True, capture_output=True)
+    ckroot = repo / ".checkpoints" / stage
+    out = repo / "models" / "nethack" / "finetune" / "ks"
+
+    proc = subprocess.Popen([*dvc, "repro", stage], cwd=repo, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 900
+    resumable = []
+    while time.monotonic() < deadline and proc.poll() is None and not resumable:
+        resumable = [f for f in ckroot.glob("*/seed_1/checkpoint_p0/checkpoint_*_*.pth") if int(f.stem.split("_")[-1]) >= 256]
+        time.sleep(0.2)
+    assert proc.poll() is None, f"{stage} ended before it could be killed: make it longer"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not out.exists() and list(ckroot.glob("*/seed_0/retention.json"))
+
+    res = subprocess.run([*dvc, "repro", stage], cwd=repo, env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    logged = res.stdout + res.stderr
+    assert "seed 1/2: finished before the stage was stopped, kept" in logged and "resuming the APPO run" in logged
+    assert not ckroot.exists()  # removed on success
+
+    def summary():
+        runs = [json.loads((out / f"seed_{k}" / "retention.json").read_text()) for k in range(2)]
+        snaps = [sorted(p.name for p in (out / f"seed_{k}" / "snapshots").iterdir()) for k in range(2)]
+        return runs, snaps, _sha(out / "seed_0" / "snapshots" / snaps[0][-1])
+
+    runs, snaps, seed0 = summary()
+    subprocess.run([*dvc, "repro", "--force", "--no-run-cache", "-s", stage], cwd=repo, env=env, check=True, capture_output=True)
+    ref_runs, ref_snaps, ref_seed0 = summary()
+    assert snaps == ref_snaps and len(snaps[1]) == 5  # step 0 + the 4 scheduled, none twice, none missing
+    assert seed0 == ref_seed0  # the kept seed is the uninterrupted run's, bit for bit
+    for got, want in zip(runs, ref_runs):
+        for key in ("env_steps", "actor_updates", "coef", "seed"):
+            assert got[key] == want[key], key
+    last = torch.load(out / "seed_1" / "snapshots" / snaps[1][-1], weights_only=False)
+    assert last["actor_updates"] == ref_runs[1]["actor_updates"] > 0

@@ -22,7 +22,15 @@ What the subclass adds:
 * the model is saved to ``snapshot_dir/step_<n>.pth`` at the initial weights (n = 0) and when
   the learner's env-step count first reaches each of ``snapshot_steps``; every snapshot also
   records how many actor updates were taken and the retention loss's last value (the learner
-  may live in another process: snapshots are how that reaches the caller).
+  may live in another process: snapshots are how that reaches the caller);
+* resume: sample-factory's own checkpoints (``<exp>/checkpoint_p0/``, written every
+  ``--save_every_sec`` and loaded at start under ``--restart_behavior=resume``) carry weights,
+  optimiser, ``train_step`` and ``env_steps``; this subclass adds what it owns (the actor-update
+  count, so KS's schedule goes on where it stopped, the last retention loss, the retention
+  method's torch stream) and the process's global torch/numpy RNG streams. A resumed learner
+  takes no step-0 snapshot and only the snapshots still ahead. What cannot come back is the
+  envs' state: the games restart, so a resumed run is statistically, not bitwise, the
+  uninterrupted one (measured: docs/orchestration.md).
 
 :class:`SFPolicy` is how a retention method sees sample-factory's recurrent actor-critic.
 """
@@ -31,6 +39,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from sample_factory.algo.learning.learner import Learner
 
@@ -87,6 +96,18 @@ class SFTeacher(RetainablePolicy):
         return obs["teacher_logits"].float()
 
 
+def _numpy_rng_state() -> dict:
+    """numpy's global stream as tensors and plain numbers: sample-factory loads its checkpoints with
+    torch's ``weights_only`` loader, which refuses numpy arrays (it would then silently start over)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+            "gauss": float(gauss)}
+
+
+def _set_numpy_rng_state(st: dict) -> None:
+    np.random.set_state((st["name"], st["keys"].numpy().astype(np.uint32), st["pos"], st["has_gauss"], st["gauss"]))
+
+
 class RetentionLearner(Learner):
     """``Learner`` + retention loss + encoder freezing + snapshots (see the module docstring)."""
 
@@ -98,6 +119,7 @@ class RetentionLearner(Learner):
     train_only: tuple[str, ...] = ()
     snapshot_dir: Path | None = None
     pending: list[int] = []
+    resumed: bool = False
 
     def snapshot(self, step: int) -> None:
         if self.snapshot_dir is None:
@@ -116,8 +138,36 @@ class RetentionLearner(Learner):
             for name, prm in self.actor_critic.named_parameters():
                 if not name.startswith(self.train_only):
                     prm.requires_grad_(False)
-        self.snapshot(0)
+        if self.resumed:  # snapshots up to the checkpoint exist already; only those ahead are due
+            self.pending = [s for s in self.pending if s > self.env_steps]
+        else:
+            self.snapshot(0)
         return out
+
+    def _generator(self) -> torch.Generator | None:
+        return getattr(getattr(self.retention, "ctx", None), "generator", None)
+
+    def _get_checkpoint_dict(self):
+        out = super()._get_checkpoint_dict()
+        gen = self._generator()
+        out["retainrl"] = {"actor_updates": self.actor_updates, "retention_last": self.retention_last,
+                           "torch_rng": torch.get_rng_state(), "numpy_rng": _numpy_rng_state(),
+                           "generator": None if gen is None else gen.get_state()}
+        return out
+
+    def _load_state(self, checkpoint_dict, load_progress=True):
+        super()._load_state(checkpoint_dict, load_progress)
+        mine = checkpoint_dict.get("retainrl")
+        if mine is None or not load_progress:  # π*'s checkpoint (a fresh run): nothing of ours in it
+            return
+        self.actor_updates = int(mine["actor_updates"])
+        self.retention_last = float(mine["retention_last"])
+        torch.set_rng_state(mine["torch_rng"])
+        _set_numpy_rng_state(mine["numpy_rng"])
+        gen = self._generator()
+        if gen is not None and mine["generator"] is not None:
+            gen.set_state(mine["generator"])
+        self.resumed = True
 
     def _calculate_losses(self, mb, num_invalids):
         res = list(super()._calculate_losses(mb, num_invalids))
@@ -161,4 +211,5 @@ def attach(learner: Learner, retention: RetentionMethod, freeze_encoder: bool = 
     learner.snapshot_dir = None if snapshot_dir is None else Path(snapshot_dir)
     learner.pending = sorted(int(s) for s in snapshot_steps)
     learner.train_only = tuple(train_only)
+    learner.resumed = False
     return learner

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from retainrl.core.config import ConfigError, Strict
+from retainrl.learners.checkpoint import CheckpointParams
 from retainrl.retention.methods import method_list
 from retainrl.retention.methods import RetentionParams
 
@@ -166,6 +167,7 @@ class Params(Strict):
     finetune: FinetuneParams = FinetuneParams()
     retention: RetentionParams = RetentionParams()
     evaluate: EvalParams = EvalParams()
+    checkpoint: CheckpointParams = CheckpointParams()
 
     @model_validator(mode="after")
     def _start_in_far(self):

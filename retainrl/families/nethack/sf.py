@@ -75,7 +75,7 @@ class NetHackSF(gym.Env):
     """
 
     def __init__(self, character: str = "mon-hum-neu-mal", max_steps: int = 30_000, seeds=None, far=None, offset: int = 0,
-                 teacher: str | Path | None = None, episode_log: str | Path | None = None):
+                 teacher: str | Path | None = None, episode_log: str | Path | None = None, steps: int = 0):
         from nle import nethack as nh
 
         from retainrl.families.nethack.games import make_env
@@ -95,7 +95,7 @@ class NetHackSF(gym.Env):
         self.episode = offset
         self.render_mode = None
         self.episode_log = Path(episode_log) if episode_log else None
-        self.steps = 0
+        self.steps = steps  # env steps so far (a resumed run starts at the checkpoint's share)
         self.progress = None
 
     def reset(self, seed=None, options=None):
@@ -160,7 +160,8 @@ def make_sf_env(full_env_name, cfg=None, env_config=None, render_mode=None):
     log_dir = getattr(cfg, "nethack_episode_log", "")
     return NetHackSF(character=character, max_steps=int(getattr(cfg, "nethack_max_steps", 30_000)), seeds=seeds,
                      teacher=getattr(cfg, "nethack_teacher", "") or None,
-                     episode_log=Path(log_dir) / f"env_{idx:04d}.jsonl" if log_dir else None)
+                     episode_log=Path(log_dir) / f"env_{idx:04d}.jsonl" if log_dir else None,
+                     steps=int(getattr(cfg, "nethack_steps_offset", 0)))
 
 
 # --------------------------------------------------------------------------- encoder
@@ -262,6 +263,7 @@ def sf_config(train_dir: Path, experiment: str, extra: list[str] | None = None):
     parser.add_argument("--nethack_seed", default=0, type=int)
     parser.add_argument("--nethack_max_steps", default=30_000, type=int, help="env steps per training episode")
     parser.add_argument("--nethack_episode_log", default="", type=str, help="dir for one JSONL episode log per env")
+    parser.add_argument("--nethack_steps_offset", default=0, type=int, help="each env's step count at a resumed checkpoint")
     return parse_full_cfg(parser, argv)
 
 
@@ -420,7 +422,7 @@ def load_snapshot(exp_dir: Path, path: Path):
 def run_appo(pretrained: Path | None, exp_dir: Path, retention, *, env_steps: int, num_envs: int, rollout: int,
              batch_size: int, lr: float, entropy: float, epochs: int = 1, freeze_encoder: bool = True, seed: int = 0,
              device: str = "cpu", max_episode_steps: int = 30_000, snapshots: int = 1, workers: int = 1,
-             batched_sampling: bool = True, train_only: tuple[str, ...] = ()) -> dict:
+             batched_sampling: bool = True, train_only: tuple[str, ...] = (), save_every_s: float | None = None) -> dict:
     """Fine-tune π* with APPO (sample-factory) plus a retention method; writes into ``exp_dir``.
 
     ``workers`` 1 runs sample-factory's serial mode (synchronous APPO, everything in this process:
@@ -432,6 +434,12 @@ def run_appo(pretrained: Path | None, exp_dir: Path, retention, *, env_steps: in
     each batch. For a method that uses π*'s outputs on the online states (KS) the envs step π*
     alongside the game (``--nethack_teacher``): only they hold π*'s recurrent state. ``train_only`` (parameter-name prefixes) freezes everything else:
     ``("critic_linear",)`` is the critic warm-up (the policy plays and stays π*).
+
+    Resume: with ``save_every_s``, sample-factory checkpoints the learner that often (wall clock),
+    and a call on an ``exp_dir`` that holds such a checkpoint (a killed run) goes on from it
+    (``retainrl.learners.appo`` says what comes back). The episode log is cut back to the
+    episodes that ended before that checkpoint, and each env's step count starts at its share of
+    the checkpoint's env steps, so ``train_episodes.json`` reads as one run.
 
     Besides sample-factory's checkpoints, ``exp_dir`` gets ``snapshots/step_<n>.pth`` (see
     ``retainrl.learners.appo``) and ``train_episodes.json``: every training episode that ended, from the
@@ -446,21 +454,30 @@ def run_appo(pretrained: Path | None, exp_dir: Path, retention, *, env_steps: in
 
     from retainrl.learners.appo import attach
 
-    if pretrained is not None:
+    n_envs = workers * num_envs
+    resumed_at = resume_point(exp_dir)
+    if pretrained is not None and resumed_at is None:
         shutil.copytree(pretrained, exp_dir, dirs_exist_ok=True)
-    else:
-        exp_dir.mkdir(parents=True, exist_ok=True)
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    if pretrained is None:
         freeze_encoder = False
+    (exp_dir / "checkpoint_p0" / "checkpoint_temp").unlink(missing_ok=True)  # a save cut short by a kill
     episode_log = exp_dir / "episode_log"
-    shutil.rmtree(episode_log, ignore_errors=True)
-    episode_log.mkdir()
+    if resumed_at is None:
+        shutil.rmtree(episode_log, ignore_errors=True)
+        episode_log.mkdir()
+    else:
+        log.info("resuming the APPO run in %s from its checkpoint at %d env steps", exp_dir, resumed_at)
+        cut_episode_log(episode_log, resumed_at // n_envs)
     teacher = [f"--nethack_teacher={pretrained}"] if retention.uses_online_states and pretrained is not None else []
     mode = (["--num_workers=1", "--serial_mode=True", "--async_rl=False"] if workers == 1
             else [f"--num_workers={workers}", "--serial_mode=False", "--async_rl=True"])
     cfg = sf_config(exp_dir.parent, exp_dir.name, mode + [
         f"--num_envs_per_worker={num_envs}", "--worker_num_splits=1", f"--batched_sampling={batched_sampling}",
         f"--batch_size={batch_size}", f"--rollout={rollout}", "--num_batches_per_epoch=1",
-        f"--num_epochs={epochs}", f"--train_for_env_steps={env_steps}", "--save_every_sec=100000",
+        f"--num_epochs={epochs}", f"--train_for_env_steps={env_steps}",
+        f"--save_every_sec={100000 if save_every_s is None else max(1, round(save_every_s))}",
+        f"--nethack_steps_offset={0 if resumed_at is None else resumed_at // n_envs}",
         "--experiment_summaries_interval=100000", "--with_wandb=False", "--restart_behavior=resume",
         "--decorrelate_envs_on_one_worker=False", f"--learning_rate={lr}", f"--exploration_loss_coeff={entropy}",
         f"--nethack_seed={seed}", f"--seed={seed}", f"--device={device}", f"--nethack_max_steps={max_episode_steps}",
@@ -479,10 +496,11 @@ def run_appo(pretrained: Path | None, exp_dir: Path, retention, *, env_steps: in
     # uncommitted work, unrelated to the run (DVC already pins the code a stage depends on), would
     # otherwise ship inside the cached, pushed artifact.
     (exp_dir / "git.diff").unlink(missing_ok=True)
-    ckpts = sorted((exp_dir / "checkpoint_p0").glob("checkpoint_*.pth"))
-    if pretrained is not None and len(ckpts) > 1:
-        ckpts[0].unlink()  # the copy of π* it started from (snapshots/step_000000000.pth holds the same weights)
-    episodes = collect_episode_log(episode_log, workers * num_envs)
+    # Only the final checkpoint stays: π*'s copy the run started from (snapshots/step_000000000.pth
+    # holds the same weights) and the periodic ones are gone, however many were written.
+    for old in sorted((exp_dir / "checkpoint_p0").glob("checkpoint_*.pth"))[:-1]:
+        old.unlink()
+    episodes = collect_episode_log(episode_log, n_envs)
     shutil.rmtree(episode_log)
     (exp_dir / "train_episodes.json").write_text(json.dumps(episodes) + "\n")
     snaps = sorted((exp_dir / "snapshots").glob("step_*.pth"))
@@ -495,6 +513,25 @@ def run_appo(pretrained: Path | None, exp_dir: Path, retention, *, env_steps: in
             "retention_loss_last": float(last["retention_loss_last"]), "env_steps": done, "wall_s": wall,
             "env_steps_per_s": done / max(wall, 1e-9), "train_episodes": len(episodes),
             "workers": workers, "batched_sampling": bool(batched_sampling)}
+
+
+def resume_point(exp_dir: Path) -> int | None:
+    """The env steps of the newest sample-factory checkpoint in ``exp_dir`` written by a run
+    (π*'s copy, at 0 steps, does not count), or None: a fresh run."""
+    best = None
+    for f in (Path(exp_dir) / "checkpoint_p0").glob("checkpoint_*_*.pth"):
+        _, train_step, env_steps = f.stem.split("_")
+        if int(env_steps) > 0 and (best is None or int(train_step) > best[0]):
+            best = (int(train_step), int(env_steps))
+    return None if best is None else best[1]
+
+
+def cut_episode_log(log_dir: Path, env_local_steps: int) -> None:
+    """Drop the episodes that ended after a resumed checkpoint (their training was lost with the kill)."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    for f in log_dir.glob("env_*.jsonl"):
+        kept = [line for line in f.read_text().splitlines() if json.loads(line)["env_local_steps"] <= env_local_steps]
+        f.write_text("".join(line + "\n" for line in kept))
 
 
 def collect_episode_log(log_dir: Path, n_envs: int) -> list[dict]:

@@ -506,10 +506,16 @@ def finetune_seed(p: Params, paths, device, method: str, k: int, run_dir: Path, 
     """One APPO run of ``method`` (seed ``finetune.seed + k``) into ``run_dir``; its ``retention.json``.
 
     A module-level function so that ``finetune`` can run seeds in spawned processes; ``threads``
-    pins torch's thread count there (one per process, as the stage's own default).
+    pins torch's thread count there (one per process, as the stage's own default). A ``run_dir``
+    with ``retention.json`` is a finished run (kept from a killed stage): it is returned as it is;
+    one with a sample-factory checkpoint resumes from it.
     """
     from retainrl.families.nethack import sf
 
+    done = run_dir / "retention.json"
+    if done.is_file():
+        log.info("finetune[%s] seed %d/%d: finished before the stage was stopped, kept", method, k + 1, p.finetune.seeds)
+        return json.loads(done.read_text())
     if threads is not None:
         import torch
 
@@ -521,11 +527,13 @@ def finetune_seed(p: Params, paths, device, method: str, k: int, run_dir: Path, 
     res = sf.run_appo(Path(paths.pretrained).resolve() if retention.starts_from_pretrained else None, run_dir, retention,
                       env_steps=ft.env_steps, lr=ft.lr, epochs=ft.epochs, entropy=0.0 if retention.retains else ft.entropy,
                       freeze_encoder=ft.freeze_encoder, seed=seed, snapshots=ft.snapshots,
-                      **appo_settings(ft, device))
+                      save_every_s=p.checkpoint.every_s, **appo_settings(ft, device))
     if res["status"] != 0:
         raise RuntimeError(f"sample-factory APPO exited with status {res['status']} ({method}, seed {seed})")
     res = {"method": method, "seed": seed, "coef": retention.coef(0), **res}
-    (run_dir / "retention.json").write_text(json.dumps(res) + "\n")
+    tmp = run_dir / ".retention.json.tmp"  # written last and atomically: it marks the run finished
+    tmp.write_text(json.dumps(res) + "\n")
+    tmp.replace(done)
     log.info("finetune[%s] seed %d: %.0f env steps/s, %d training episodes", method, seed, res["env_steps_per_s"], res["train_episodes"])
     return res
 
@@ -544,27 +552,41 @@ def finetune(p: Params, paths, device=None, method: str = "finetune") -> dict:
     that is ~2× the throughput of one run at a time, and each run is exactly what it is alone
     (its own seed, its own process; tested). Parallel mode already uses every core, so its seeds
     run one after another.
+
+    Resumable: the runs live in ``.checkpoints/nethack_finetune@<method>/<key>/seed_<k>/`` (outside
+    DVC's outs, which DVC deletes before a rerun) and move into the out when all are done. A rerun
+    after a kill keeps the finished seeds and resumes the others from sample-factory's last
+    checkpoint (every ``checkpoint.every_s``).
     """
+    import shutil
+
     from retainrl.core.artifacts import atomic_path, require
+    from retainrl.learners.checkpoint import Checkpoint
     from retainrl.retention.methods import check_method
 
     if check_method(method, learner="appo", off_policy=False, key="nethack.finetune.methods").starts_from_pretrained:
         require(paths.pretrained, "pretrained NetHack policy (π*)")
     ft = p.finetune
     processes = 1 if ft.workers > 1 else min(ft.seeds, ft.processes or cpu_cores())
+    stage = f"nethack_finetune@{method}"
+    ckpt = Checkpoint.for_stage(stage, p.checkpoint.every_s, family="nethack", method=method, params=p,
+                                inputs=(paths.pretrained, paths.far_buffer, paths.fisher))
+    dirs = [(ckpt.directory / f"seed_{k}").resolve() for k in range(ft.seeds)]
+    if processes == 1:
+        runs = [finetune_seed(p, paths, device, method, k, d) for k, d in enumerate(dirs)]
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        from retainrl.core.log import setup_logging
+
+        log.info("finetune[%s]: %d seeds in %d processes", method, ft.seeds, processes)
+        ctx = multiprocessing.get_context("spawn")  # no fork of a process holding NLE and torch threads
+        with ProcessPoolExecutor(processes, mp_context=ctx, initializer=setup_logging) as pool:
+            futures = [pool.submit(finetune_seed, p, paths, device, method, k, d, 1) for k, d in enumerate(dirs)]
+            runs = [f.result() for f in futures]
     with atomic_path(paths.finetune(method), directory=True) as tmp:
-        dirs = [tmp / f"seed_{k}" for k in range(ft.seeds)]
-        if processes == 1:
-            runs = [finetune_seed(p, paths, device, method, k, d) for k, d in enumerate(dirs)]
-        else:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
-
-            from retainrl.core.log import setup_logging
-
-            log.info("finetune[%s]: %d seeds in %d processes", method, ft.seeds, processes)
-            ctx = multiprocessing.get_context("spawn")  # no fork of a process holding NLE and torch threads
-            with ProcessPoolExecutor(processes, mp_context=ctx, initializer=setup_logging) as pool:
-                futures = [pool.submit(finetune_seed, p, paths, device, method, k, d, 1) for k, d in enumerate(dirs)]
-                runs = [f.result() for f in futures]
+        for k, d in enumerate(dirs):
+            shutil.copytree(d, tmp / f"seed_{k}")
+    Checkpoint.clear_stage(stage)  # the outputs are in place: nothing left to resume
     return {"method": method, "runs": runs}
