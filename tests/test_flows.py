@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from test_pipeline_e2e import copy_repo  # tests/ is on sys.path (pytest rootdir import mode)
+from conftest import copy_repo  # tests/ is on sys.path (pytest rootdir import mode)
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]

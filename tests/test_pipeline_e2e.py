@@ -10,41 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import run  # tests/ is on sys.path (pytest rootdir import mode)
+
 pytestmark = pytest.mark.slow
-
-
-def copy_repo(root: Path, dest: Path) -> Path:
-    """Copy what git would ship (tracked + untracked-not-ignored files), then make it a fresh repo."""
-    files = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=root, capture_output=True, check=True
-    ).stdout.decode().split("\0")
-    for rel in filter(None, files):
-        src = root / rel
-        if src.is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / rel)
-    for rel in ("dvc.lock",):  # start from nothing: no cached results
-        (dest / rel).unlink(missing_ok=True)
-    return dest
-
-
-def run(cmd, cwd, env):
-    res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    assert res.returncode == 0, f"{cmd} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
-    return res.stdout + res.stderr
-
-
-@pytest.fixture(scope="module")
-def smoke_repo(tmp_path_factory, root):
-    repo = copy_repo(root, tmp_path_factory.mktemp("repo"))
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["profile"] = "smoke"
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "RETAINRL_LOG": "WARNING"}
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"]):
-        run(cmd, repo, env)
-    out = run([sys.executable, "-m", "retainrl.orchestration.run"], repo, env)  # what `make run` runs
-    return repo, env, out
 
 
 def test_make_run_says_where_it_is_and_where_the_results_are(smoke_repo):

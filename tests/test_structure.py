@@ -24,7 +24,7 @@ from retainrl.orchestration.imports import (
     project_files,
     stage_roots,
 )
-from test_pipeline_e2e import copy_repo  # tests/ is on sys.path (pytest rootdir import mode)
+from conftest import copy_repo  # tests/ is on sys.path (pytest rootdir import mode)
 
 
 def test_no_import_cycles():
@@ -94,6 +94,16 @@ def test_families_import_no_other_family():
             if wrong:
                 bad[mod] = wrong
     assert not bad, bad
+
+
+def test_reports_are_rendered_by_the_one_generator_only():
+    """Families describe their reports (``pipeline.report.Report``); only ``pipeline/report.py``
+    draws figures or writes Markdown, so every family's report looks and reads the same."""
+    drawing = sorted(str(f.relative_to(ROOT)) for f in (ROOT / "retainrl").rglob("*.py")
+                     if "matplotlib" in f.read_text() and f.relative_to(ROOT).as_posix() != "retainrl/pipeline/report.py")
+    assert not drawing, f"plotting outside the report generator: {drawing}"
+    for fam in sorted((ROOT / "retainrl" / "families").glob("*/results.py")):
+        assert "write(Report(" in fam.read_text(), f"{fam} does not hand its report to pipeline.report.write"
 
 
 def dvc_stages() -> dict[str, dict]:

@@ -69,54 +69,52 @@ def sweep(p: Params, paths, device, axis: str) -> None:
         save_json(out / "sweep.json", rows)
 
 
+def _curve_lines(rows: list[dict]) -> list:
+    """Wide {step, <method>, <method>_std} rows → one line per method with a ±1 std band."""
+    from retainrl.pipeline.report import Line
+
+    methods = [k for k in rows[0] if k != "step" and not k.endswith("_std")]
+    x = [r["step"] for r in rows]
+    return [Line(m, x, [r[m] for r in rows], [r[m] - r[f"{m}_std"] for r in rows], [r[m] + r[f"{m}_std"] for r in rows])
+            for m in methods]
+
+
 def report(p: Params, paths) -> None:
     """AppleRetrieval: FAR success over training, forgetting against M and c, and the final table."""
-    from retainrl.core.artifacts import atomic_path, load_json
-    from retainrl.pipeline.report import fmt, plot_curves, plot_sweep
+    from retainrl.core.artifacts import load_json
+    from retainrl.pipeline.report import Figure, Line, Panel, Report, Section, Table, fmt, study_section, write
 
     metrics = load_json(paths.evaluation / "summary.json", "evaluation summary (evaluate stage)")
     far_rows = load_json(paths.evaluation / "far_success.json", "FAR curves (evaluate stage)")
     full_rows = load_json(paths.evaluation / "full_success.json", "full-task curves (evaluate stage)")
     sweeps = {axis: load_json(paths.sweep(axis) / "sweep.json", f"sweep over {axis} (sweep stage)") for axis in ("M", "c")}
-    env = p.env
-    with atomic_path(paths.report, directory=True) as out:
-        plot_curves(far_rows, f"FAR success (phase 2 from the apple), c={env.c}, M={env.M}", "success", out / "far_success.png")
-        plot_curves(full_rows, "Full-task success", "success", out / "full_success.png")
-        plot_sweep(sweeps["M"], "M", f"c={env.c}", out / "forgetting_vs_M.png")
-        plot_sweep(sweeps["c"], "c", f"M={env.M}", out / "forgetting_vs_c.png")
-
-        from retainrl.pipeline.study import table
-
-        pre = metrics["pretrained"]
-        lines = [
-            f"# AppleRetrieval(c={env.c}, M={env.M}, T={env.T}), {p.finetune.seeds} seeds per method",
-            "",
+    env, pre = p.env, metrics["pretrained"]
+    table = Table(["method", "forgetting", "FAR min", "FAR final", "CLOSE final", "full final", "full-task AUC"],
+                  [[method, fmt(m["forgetting"]), fmt(m["far_min"]), fmt(m["far_final"]), fmt(m["close_final"]),
+                    fmt(m["full_final"]), fmt(m["auc_full"])] for method, m in metrics["methods"].items()])
+    sections = [
+        Section(None, [
             f"π* (cloned from phase-2 demonstrations): CLOSE success {pre['close']:.2f}, FAR success {pre['far']:.2f}, "
             f"full task {pre['full']:.2f}.",
-            "",
             "CLOSE = reach the apple from home within T steps; FAR = reach home from the apple within T steps; "
             "forgetting = FAR success before fine-tuning minus its minimum during fine-tuning (per seed; mean ± std over seeds).",
-            "",
-            "| method | forgetting | FAR min | FAR final | CLOSE final | full final | full-task AUC |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for method, m in metrics["methods"].items():
-            lines.append(
-                f"| {method} | {fmt(m['forgetting'])} | {fmt(m['far_min'])} | {fmt(m['far_final'])} | "
-                f"{fmt(m['close_final'])} | {fmt(m['full_final'])} | {fmt(m['auc_full'])} |"
-            )
-        lines += ["", "## The study's metrics (mean over seeds [95% stratified-bootstrap interval, rliable])", "",
-                  *table(metrics["study"], "success"), ""]
-        lines += ["", "![FAR success](far_success.png)", "", "![Full-task success](full_success.png)", ""]
-        for axis, fixed in (("M", f"c = {env.c}"), ("c", f"M = {env.M}")):
-            lines += [f"## Forgetting against {axis} ({fixed})", "", f"![forgetting against {axis}](forgetting_vs_{axis}.png)", ""]
-            lines += [f"| {axis} | " + " | ".join(sorted({r['method'] for r in sweeps[axis]})) + " |"]
-            methods = sorted({r["method"] for r in sweeps[axis]})
-            lines += ["|---" * (len(methods) + 1) + "|"]
-            for value in sorted({r["value"] for r in sweeps[axis]}):
-                cells = {r["method"]: fmt(r["forgetting"]) for r in sweeps[axis] if r["value"] == value}
-                lines.append(f"| {value} | " + " | ".join(cells.get(m, "–") for m in methods) + " |")
-            lines.append("")
-        (out / "report.md").write_text("\n".join(lines))
-    log.info("report written to %s", paths.report / "report.md")
-
+            table]),
+        study_section(metrics["study"], "success"),
+        Section(None, [
+            Figure("far_success.png", "FAR success", [Panel(f"FAR success (phase 2 from the apple), c={env.c}, M={env.M}",
+                                                           "fine-tuning iteration", "success", _curve_lines(far_rows), pre["far"], (-0.02, 1.02))]),
+            Figure("full_success.png", "Full-task success", [Panel("Full-task success", "fine-tuning iteration", "success",
+                                                                  _curve_lines(full_rows), pre["full"], (-0.02, 1.02))])]),
+    ]
+    for axis, fixed in (("M", f"c = {env.c}"), ("c", f"M = {env.M}")):
+        rows = sweeps[axis]
+        methods = sorted({r["method"] for r in rows})
+        values = sorted({r["value"] for r in rows})
+        by = {(r["method"], r["value"]): r["forgetting"] for r in rows}
+        lines = [Line(m, [v for v in values if (m, v) in by], [by[m, v]["mean"] for v in values if (m, v) in by],
+                      yerr=[by[m, v]["std"] for v in values if (m, v) in by]) for m in methods]
+        sections.append(Section(f"Forgetting against {axis} ({fixed})", [
+            Figure(f"forgetting_vs_{axis}.png", f"forgetting against {axis}",
+                   [Panel(f"Forgetting against {axis} ({fixed})", axis, "FAR forgetting", lines, ylim=(-0.05, 1.05))]),
+            Table([axis, *methods], [[str(v), *(fmt(by[m, v]) if (m, v) in by else "–" for m in methods)] for v in values])]))
+    write(Report(f"AppleRetrieval(c={env.c}, M={env.M}, T={env.T}), {p.finetune.seeds} seeds per method", sections), paths.report)

@@ -115,15 +115,11 @@ def evaluate(p: Params, paths, device=None) -> Path:
 
 
 def report(p: Params, paths) -> Path:
-    """Stage ``report``: report.md (table per method) and figures: success in the FAR boundary
-    room over fine-tuning (the study's Figure 6), FAR/CLOSE success, return and rooms visited."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from retainrl.core.artifacts import atomic_path, load_json
-    from retainrl.pipeline.report import colour
+    """Stage ``report``: the table per method and figures: success in the FAR boundary room over
+    fine-tuning (the study's Figure 6), FAR/CLOSE success, return and rooms visited (rendered by
+    ``pipeline.report``)."""
+    from retainrl.core.artifacts import load_json
+    from retainrl.pipeline.report import Figure, Line, Panel, Report, Section, Table, fmt, study_section, write
 
     summary = load_json(Path(paths.evaluation) / "summary.json", "Montezuma evaluation summary (evaluate stage)")
     with np.load(Path(paths.evaluation) / "curves.npz") as z:
@@ -131,66 +127,43 @@ def report(p: Params, paths) -> Path:
     route, pi, methods = summary["route"], summary["pretrained"], summary["methods"]
     cfg = p.finetune
     boundary_room = route["far"][0]
-    fmt = lambda d: f"{d['mean']:.2f} ± {d['std']:.2f}"  # noqa: E731
-    lines = [
-        "# Montezuma's Revenge: forgetting of FAR rooms during PPO+RND fine-tuning",
-        "",
-        f"Route {route['rooms']} (score {route['score']:g}); CLOSE {route['close']}, FAR {route['far']} "
-        f"(boundary: route room #{route['far_boundary']} = room {boundary_room}).",
-        f"{cfg.seeds} seeds per method; {cfg.updates} PPO updates × {cfg.envs} envs × {cfg.steps} steps "
-        f"= {cfg.updates * cfg.envs * cfg.steps * p.env.frame_skip} emulator frames per seed; "
-        f"room success from {cfg.eval_episodes} sticky-action episodes per room (≤ {cfg.eval_max_steps} steps).",
-        "",
-        f"π* (BC on the FAR segments): boundary room {pi['boundary_success']:.2f}, FAR rooms {pi['far_success']:.2f} "
-        f"({', '.join(f'{r}: {v:.2f}' for r, v in pi['far_rooms'].items())}), CLOSE rooms {pi['close_success']:.2f}.",
-        "",
-        f"| method | room {boundary_room} success: start | min | end | FAR success: start | min | end | CLOSE end | return (end) | rooms visited |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    rows = []
     for m in cfg.methods:
         r = methods[m]
         b, f = r["boundary"], r["far"]
-        lines.append(
-            f"| {m} | {fmt(b['start'])} | {fmt(b['min'])} | {fmt(b['final'])} | {fmt(f['start'])} | {fmt(f['min'])} | "
-            f"{fmt(f['final'])} | {fmt(r['close']['final'])} | {fmt(r['episode_return_final'])} | {fmt(r['rooms_visited_final'])} |"
-        )
-    lines += ["", "Per seed, boundary-room minimum: " + "; ".join(
-        f"{m} {[round(x, 2) for x in methods[m]['boundary']['min']['per_seed']]}" for m in cfg.methods
-    ), ""]
-    from retainrl.pipeline.study import table
+        rows.append([m, fmt(b["start"]), fmt(b["min"]), fmt(b["final"]), fmt(f["start"]), fmt(f["min"]), fmt(f["final"]),
+                     fmt(r["close"]["final"]), fmt(r["episode_return_final"]), fmt(r["rooms_visited_final"])])
+    table = Table(["method", f"room {boundary_room} success: start", "min", "end", "FAR success: start", "min", "end", "CLOSE end",
+                   "return (end)", "rooms visited"], rows)
 
-    lines += ["## The study's metrics (mean over seeds [95% stratified-bootstrap interval, rliable])", "",
-              f"FAR: the boundary room {boundary_room}; CLOSE: the rooms before it; full task: the return of training "
-              "episodes from the game start (forward transfer is then AUC − AUC_scratch, unnormalised).", "",
-              *table(summary["study"], "return"), ""]
+    def figure(file, key, step_key, title, ylabel, ref=None, ylim=None):
+        lines = [Line(m, arrays[f"{m}__{step_key}"], arrays[f"{m}__{key}"].mean(0), arrays[f"{m}__{key}"].min(0),
+                      arrays[f"{m}__{key}"].max(0)) for m in cfg.methods]
+        return Figure(file, title, [Panel(title, "emulator frames per seed", ylabel, lines, ref, ylim)])
 
-    def panel(ax, key, step_key, title, ref=None, ylim=None):
-        for m in cfg.methods:
-            steps, arr = arrays[f"{m}__{step_key}"], arrays[f"{m}__{key}"]
-            ax.plot(steps, arr.mean(0), label=m, color=colour(m))
-            ax.fill_between(steps, arr.min(0), arr.max(0), alpha=0.15, color=colour(m))
-        if ref is not None:
-            ax.axhline(ref, color="k", ls=":", lw=1, label="π*")
-        if ylim:
-            ax.set_ylim(*ylim)
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel("emulator frames per seed")
-
-    with atomic_path(paths.report, directory=True) as out:
-        figs = [
-            ("boundary_success.png", "boundary", "eval_step", f"success in room {boundary_room} (route room #{route['far_boundary']}, FAR boundary)", pi["boundary_success"], (-0.05, 1.05)),
-            ("far_success.png", "far", "eval_step", f"success in FAR rooms {route['far']}", pi["far_success"], (-0.05, 1.05)),
-            ("close_success.png", "close", "eval_step", f"success in CLOSE rooms {route['close']}", pi["close_success"], (-0.05, 1.05)),
-            ("episode_return.png", "episode_return", "train_step", "return from the game start (training episodes)", None, None),
-            ("rooms_visited.png", "rooms_visited", "train_step", "distinct rooms visited in training", None, None),
-        ]
-        for name, key, step_key, title, ref, ylim in figs:
-            fig, ax = plt.subplots(figsize=(5.5, 3.6))
-            panel(ax, key, step_key, title, ref, ylim)
-            ax.legend(fontsize=7)
-            fig.tight_layout()
-            fig.savefig(out / name, dpi=100)
-            plt.close(fig)
-            lines.append(f"![{title}]({name})")
-        (out / "report.md").write_text("\n".join(lines) + "\n")
+    unit = (-0.05, 1.05)
+    write(Report("Montezuma's Revenge: forgetting of FAR rooms during PPO+RND fine-tuning", [
+        Section(None, [
+            f"Route {route['rooms']} (score {route['score']:g}); CLOSE {route['close']}, FAR {route['far']} "
+            f"(boundary: route room #{route['far_boundary']} = room {boundary_room}). "
+            f"{cfg.seeds} seeds per method; {cfg.updates} PPO updates × {cfg.envs} envs × {cfg.steps} steps "
+            f"= {cfg.updates * cfg.envs * cfg.steps * p.env.frame_skip} emulator frames per seed; "
+            f"room success from {cfg.eval_episodes} sticky-action episodes per room (≤ {cfg.eval_max_steps} steps).",
+            f"π* (BC on the FAR segments): boundary room {pi['boundary_success']:.2f}, FAR rooms {pi['far_success']:.2f} "
+            f"({', '.join(f'{r}: {v:.2f}' for r, v in pi['far_rooms'].items())}), CLOSE rooms {pi['close_success']:.2f}.",
+            table,
+            "Per seed, boundary-room minimum: " + "; ".join(
+                f"{m} {[round(x, 2) for x in methods[m]['boundary']['min']['per_seed']]}" for m in cfg.methods)]),
+        study_section(summary["study"], "return",
+                      f"FAR: the boundary room {boundary_room}; CLOSE: the rooms before it; full task: the return of training "
+                      "episodes from the game start (forward transfer is then AUC − AUC_scratch, unnormalised)."),
+        Section(None, [
+            figure("boundary_success.png", "boundary", "eval_step",
+                   f"success in room {boundary_room} (route room #{route['far_boundary']}, FAR boundary)", "success", pi["boundary_success"], unit),
+            figure("far_success.png", "far", "eval_step", f"success in FAR rooms {route['far']}", "success", pi["far_success"], unit),
+            figure("close_success.png", "close", "eval_step", f"success in CLOSE rooms {route['close']}", "success", pi["close_success"], unit),
+            figure("episode_return.png", "episode_return", "train_step", "return from the game start (training episodes)", "return"),
+            figure("rooms_visited.png", "rooms_visited", "train_step", "distinct rooms visited in training", "rooms"),
+        ]),
+    ]), paths.report)
     return Path(paths.report)

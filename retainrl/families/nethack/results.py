@@ -377,18 +377,15 @@ def compare_policies(rows: list[dict], methods: list[str], far_starts: int | Non
 
 
 def report(p: Params, paths) -> None:
-    """Stage: report.md (expert, π*, each method's final CLOSE/FAR over seeds) and the two figures.
+    """Stage: report.md (expert, π*, each method's final CLOSE/FAR over seeds, the paired
+    comparisons) and two figures (rendered by ``pipeline.report``).
 
     ``close_score.png``: CLOSE score over fine-tuning (the study's Figure 3a);
     ``far_score.png``: score gained from the FAR start states over fine-tuning (its Figure 5).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from retainrl.core.artifacts import atomic_path, load_json, require
-    from retainrl.pipeline.report import colour
+    from retainrl.core.artifacts import load_json, require
+    from retainrl.pipeline.report import Figure, Line, Panel, Report, Section, Table, fmt, study_section, write
+    from retainrl.pipeline.stats import verdict
 
     ev_dir = Path(paths.evaluation)
     summary = load_json(ev_dir / "summary.json", "NetHack evaluation summary")
@@ -396,88 +393,64 @@ def report(p: Params, paths) -> None:
     meta = json.loads(require(Path(paths.demos) / META_FILE, "NetHack demo metadata").read_text())
     ft = p.finetune
     depth = meta["far_start_depth"]
-    lines = ["# NetHack (Human Monk): forgetting of pre-trained capabilities", ""]
+    intro = []
     s = meta.get("summary", {})
     if s:
-        lines += [
-            f"Expert over {s['games']} seeded games: reached Dlvl {depth} in "
-            f"{100 * s.get('reached_dlvl%d' % depth, 0):.0f}%, median score {s['score_median']:.0f} "
-            f"(mean {s['score_mean']:.0f}), median max depth {s['depth_median']:.0f} (mean {s['depth_mean']:.2f}).",
-            "",
-        ]
-    lines += [
+        intro.append(f"Expert over {s['games']} seeded games: reached Dlvl {depth} in "
+                     f"{100 * s.get('reached_dlvl%d' % depth, 0):.0f}%, median score {s['score_median']:.0f} "
+                     f"(mean {s['score_mean']:.0f}), median max depth {s['depth_median']:.0f} (mean {s['depth_mean']:.2f}).")
+    intro.append(
         f"Fine-tuning: APPO (sample-factory), {ft.env_steps:,} env steps per run, {ft.seeds} seeds per method, "
-        f"lr {ft.lr:g}, batch {ft.batch_size} × {ft.epochs} SGD epoch{'s' if ft.epochs > 1 else ''}, {ft.num_envs} envs × rollout {ft.rollout}, training episodes cut at "
-        f"{ft.max_episode_steps:,} steps. Evaluation: {p.evaluate.episodes} episodes per part and policy, at most "
-        f"{p.evaluate.max_steps:,} env steps each ({'greedy' if p.evaluate.greedy else 'sampled'} actions). "
+        f"lr {ft.lr:g}, batch {ft.batch_size} × {ft.epochs} SGD epoch{'s' if ft.epochs > 1 else ''}, {ft.num_envs} envs × rollout "
+        f"{ft.rollout}, training episodes cut at {ft.max_episode_steps:,} steps. Evaluation: {p.evaluate.episodes} episodes per "
+        f"part and policy, at most {p.evaluate.max_steps:,} env steps each ({'greedy' if p.evaluate.greedy else 'sampled'} actions). "
         f"CLOSE = from the start of a game; FAR = from the state where the expert first reached Dlvl {depth}, "
         "scored as the score gained on top of that state's. Mean ± std over seeds of the final policy "
-        f"(π*: over {len(summary['pretrained']['close_score_gain'].get('per_seed', [0]))} sampling seeds, one per training seed).",
-        "",
-        "| policy | CLOSE score | CLOSE turns | CLOSE dlvl | CLOSE xplvl | FAR score gained | FAR levels descended | CLOSE KL(π*‖π) | FAR KL(π*‖π) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"(π*: over {len(summary['pretrained']['close_score_gain'].get('per_seed', [0]))} sampling seeds, one per training seed).")
+    policies = [("π* (pretrained)", summary["pretrained"])] + list(summary["methods"].items())
+    finals = Table(["policy", "CLOSE score", "CLOSE turns", "CLOSE dlvl", "CLOSE xplvl", "FAR score gained", "FAR levels descended",
+                    "CLOSE KL(π*‖π)", "FAR KL(π*‖π)"],
+                   [[name, fmt(m["close_score_gain"], ".1f"), fmt(m["close_turns"], ".0f"), fmt(m["close_max_depth"]),
+                     fmt(m["close_xplvl"]), fmt(m["far_score_gain"], ".1f"), fmt(m["far_levels"]), fmt(m["close_kl_pi_star"], ".3f"),
+                     fmt(m["far_kl_pi_star"], ".3f")] for name, m in policies])
+    per_seed = "Per seed (final CLOSE score / FAR score gained): " + "; ".join(
+        f"{name}: " + ", ".join(f"{a:.1f} / {b:.1f}" for a, b in zip(m["close_score_gain"]["per_seed"], m["far_score_gain"]["per_seed"]))
+        for name, m in [("π* (per sampling seed)", summary["pretrained"])] + list(summary["methods"].items()))
+    sections = [
+        Section(None, [*intro, finals]),
+        study_section(summary["study"], "score",
+                      "CLOSE and the full task: the score from the game start; FAR: the score gained from the Dlvl-4 starts. "
+                      "Scores are unbounded, so forward transfer is AUC − AUC_scratch. Seeds are the only resampled unit here; "
+                      "the paired comparisons below also resample the games."),
+        Section(None, [per_seed]),
     ]
-
-    def cell(st: dict, fmt: str = ".1f") -> str:
-        return f"{st['mean']:{fmt}} ± {st['std']:{fmt}}" if st.get("std") else f"{st['mean']:{fmt}}"
-
-    rows = [("π* (pretrained)", summary["pretrained"])] + list(summary["methods"].items())
-    for name, m in rows:
-        lines.append(f"| {name} | {cell(m['close_score_gain'])} | {cell(m['close_turns'], '.0f')} | {cell(m['close_max_depth'], '.2f')} | "
-                     f"{cell(m['close_xplvl'], '.2f')} | {cell(m['far_score_gain'])} | {cell(m['far_levels'], '.2f')} | "
-                     f"{cell(m['close_kl_pi_star'], '.3f')} | {cell(m['far_kl_pi_star'], '.3f')} |")
-    from retainrl.pipeline.study import table
-
-    lines += ["", "## The study's metrics (mean over seeds [95% stratified-bootstrap interval, rliable])", "",
-              "CLOSE and the full task: the score from the game start; FAR: the score gained from the Dlvl-4 starts. "
-              "Scores are unbounded, so forward transfer is AUC − AUC_scratch. Seeds are the only resampled unit here; "
-              "the paired comparisons above also resample the games.", "",
-              *table(summary["study"], "score"), ""]
-    lines += ["", "Per seed (final CLOSE score / FAR score gained):", ""]
-    for name, m in [("π* (per sampling seed)", summary["pretrained"])] + list(summary["methods"].items()):
-        lines.append(f"- {name}: " + ", ".join(f"{a:.1f} / {b:.1f}" for a, b in zip(m["close_score_gain"]["per_seed"], m["far_score_gain"]["per_seed"])))
     if summary.get("comparisons"):
-        from retainrl.pipeline.stats import verdict
-
         c0 = summary["comparisons"][0]
-        lines += [
-            "",
-            f"Paired differences of the final policies (every policy plays the same {c0['episodes']} games / FAR starts; "
-            f"episode e of seed k of every policy, π*'s included, draws its actions from the same random stream; "
-            f"{100 * c0['level']:.0f}% bootstrap interval over games and seeds, FAR clustered by start state "
-            f"({summary.get('far_starts', '?')} distinct FAR starts, in-sample: they come from the demo games); "
-            "`retainrl/pipeline/stats.py`). Score: CLOSE score, FAR score gained; KL: mean KL(π*‖π) on the states the policy visits "
-            "(lower = closer to π*).",
-            "",
-            "| part | metric | policy | vs | difference | interval | P(policy > vs) | verdict |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
+        rows = []
         for c in summary["comparisons"]:
-            vs = "π*" if c["b"] == "pretrained" else c["b"]
-            fmt = "+.3f" if c["metric"] == "kl_pi_star" else "+.1f"
-            lines.append(f"| {c['part'].upper()} | {'KL' if c['metric'] == 'kl_pi_star' else 'score'} | {c['a']} | {vs} | "
-                         f"{c['diff']:{fmt}} | [{c['ci_low']:{fmt}}, {c['ci_high']:{fmt}}] | {c['p_above']:.2f} | {verdict(c)} |")
-    with atomic_path(paths.report, directory=True) as tmp:
-        for part, fname, title, ylabel in (
-            ("close", "close_score.png", "CLOSE: score from the start of a game", "score"),
-            ("far", "far_score.png", f"FAR: score gained from the expert's first arrival on Dlvl {depth}", "score gained"),
-        ):
-            rows_ = curves[part]
-            fig, ax = plt.subplots(figsize=(6.4, 4.0))
-            methods = [k for k in summary["methods"]]
-            for m in methods:
-                pts = [(r["step"], r[m], r[f"{m}_std"]) for r in rows_ if m in r]
-                if not pts:
-                    continue
+            f = "+.3f" if c["metric"] == "kl_pi_star" else "+.1f"
+            rows.append([c["part"].upper(), "KL" if c["metric"] == "kl_pi_star" else "score", c["a"],
+                         "π*" if c["b"] == "pretrained" else c["b"], f"{c['diff']:{f}}", f"[{c['ci_low']:{f}}, {c['ci_high']:{f}}]",
+                         f"{c['p_above']:.2f}", verdict(c)])
+        sections.append(Section("Paired differences of the final policies", [
+            f"Every policy plays the same {c0['episodes']} games / FAR starts; episode e of seed k of every policy, π*'s included, "
+            f"draws its actions from the same random stream; {100 * c0['level']:.0f}% bootstrap interval over games and seeds, FAR "
+            f"clustered by start state ({summary.get('far_starts', '?')} distinct FAR starts, in-sample: they come from the demo "
+            "games; `retainrl/pipeline/stats.py`). Score: CLOSE score, FAR score gained; KL: mean KL(π*‖π) on the states the "
+            "policy visits (lower = closer to π*).",
+            Table(["part", "metric", "policy", "vs", "difference", "interval", "P(policy > vs)", "verdict"], rows)]))
+
+    def figure(part, file, title, ylabel):
+        lines = []
+        for m in summary["methods"]:
+            pts = [(r["step"], r[m], r[f"{m}_std"]) for r in curves[part] if m in r]
+            if pts:
                 x, y, e = (np.array(v, float) for v in zip(*pts))
-                (line,) = ax.plot(x, y, marker="o", label=m, color=colour(m))
-                ax.fill_between(x, y - e, y + e, color=line.get_color(), alpha=0.15)
-            ax.axhline(summary["pretrained"][f"{part}_score_gain"]["mean"], color="k", ls="--", lw=1, label="π*")
-            ax.set(title=title, xlabel="fine-tuning env steps", ylabel=ylabel)
-            ax.legend(fontsize=8)
-            ax.grid(alpha=0.3)
-            fig.tight_layout()
-            fig.savefig(tmp / fname, dpi=100)
-            plt.close(fig)
-        lines += ["", "![CLOSE score over fine-tuning](close_score.png)", "", "![FAR score over fine-tuning](far_score.png)", ""]
-        (tmp / "report.md").write_text("\n".join(lines))
+                lines.append(Line(m, x, y, y - e, y + e))
+        ref = summary["pretrained"][f"{part}_score_gain"]["mean"]
+        return Figure(file, title, [Panel(title, "fine-tuning env steps", ylabel, lines, ref)])
+
+    sections.append(Section(None, [
+        figure("close", "close_score.png", "CLOSE: score from the start of a game", "score"),
+        figure("far", "far_score.png", f"FAR: score gained from the expert's first arrival on Dlvl {depth}", "score gained")]))
+    write(Report("NetHack (Human Monk): forgetting of pre-trained capabilities", sections), paths.report)

@@ -102,68 +102,43 @@ def evaluate(p: Params, paths, device) -> None:
 
 
 def report(p: Params, paths) -> None:
-    """Per-stage success curves per method (PNG) and the final table (Markdown)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from retainrl.core.artifacts import atomic_path, load_json
-    from retainrl.pipeline.report import colour
+    """Per-stage success curves per method and the final table (rendered by ``pipeline.report``)."""
+    from retainrl.core.artifacts import load_json
+    from retainrl.pipeline.report import Figure, Line, Panel, Report, Section, Table, fmt, study_section, write
 
     metrics = load_json(paths.evaluation / "summary.json", "RoboticSequence summary (evaluate stage)")
     with np.load(paths.evaluation / "curves.npz") as z:
         arrays = {k: z[k] for k in z.files}
-    methods = p.finetune.methods
-    tasks = p.env.tasks
-    with atomic_path(paths.report, directory=True) as out:
-        fig, axes = plt.subplots(1, len(tasks) + 1, figsize=(4 * (len(tasks) + 1), 3.4), sharex=True)
-        for m in methods:
-            steps = arrays[f"{m}__step"]
-            for k, task in enumerate(tasks):
-                s = arrays[f"{m}__success"][:, k]
-                axes[k].plot(steps, s.mean(0), label=m, color=colour(m))
-                axes[k].fill_between(steps, s.min(0), s.max(0), alpha=0.15, color=colour(m))
-            axes[-1].plot(steps, arrays[f"{m}__completed"].mean(0), label=m, color=colour(m))
-        for k, task in enumerate(tasks):
-            tag = "FAR" if k in p.env.far_stages else "CLOSE"
-            axes[k].set_title(f"{task} ({tag}) alone")
-            axes[k].set_ylim(-0.05, 1.05)
-            axes[k].axhline(metrics["pretrained"]["success"][task], color="k", ls=":", lw=1)
-        axes[-1].set_title("stages completed (full episode)")
-        axes[-1].set_ylim(-0.05, len(tasks) + 0.05)
-        axes[0].set_ylabel("success rate")
-        for ax in axes:
-            ax.set_xlabel("env steps per seed")
-        axes[-1].legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / "success_curves.png", dpi=110)
-        plt.close(fig)
+    methods, tasks, cfg = p.finetune.methods, p.env.tasks, p.finetune
 
-        far = [tasks[k] for k in p.env.far_stages]
-        lines = [
-            "# RoboticSequence: forgetting of pre-trained capabilities",
-            "",
-            f"Profile sequence {' → '.join(tasks)}; FAR = {', '.join(far)}; {p.finetune.seeds} seeds, "
-            f"{p.finetune.steps} env steps per seed, {p.finetune.eval_episodes} evaluation episodes per stage per checkpoint.",
-            "",
+    def lines(pick) -> list:
+        out = []
+        for m in methods:
+            a = pick(m)
+            out.append(Line(m, arrays[f"{m}__step"], a.mean(0), a.min(0), a.max(0)))
+        return out
+
+    panels = [Panel(f"{task} ({'FAR' if k in p.env.far_stages else 'CLOSE'}) alone", "env steps per seed", "success rate",
+                    lines(lambda m, k=k: arrays[f"{m}__success"][:, k]), metrics["pretrained"]["success"][task], (-0.05, 1.05))
+              for k, task in enumerate(tasks)]
+    panels.append(Panel("stages completed (full episode)", "env steps per seed", "stages", lines(lambda m: arrays[f"{m}__completed"]),
+                        ylim=(-0.05, len(tasks) + 0.05)))
+    far = [tasks[k] for k in p.env.far_stages]
+    rows = []
+    for m in methods:
+        r = metrics["methods"][m]
+        rows.append([m, *(fmt(r[t]["final"]) for t in tasks), *(fmt(r[t]["forgetting"]) for t in far),
+                     *(fmt(r[t]["forward_transfer"]) if "forward_transfer" in r[t] else "–" for t in tasks),
+                     fmt(r["stages_completed_final"])])
+    table = Table(["method", *(f"{t} final" for t in tasks), *(f"{t} forgetting" for t in far),
+                   *(f"{t} fwd transfer" for t in tasks), "stages completed"], rows)
+    write(Report("RoboticSequence: forgetting of pre-trained capabilities", [
+        Section(None, [
+            f"Profile sequence {' → '.join(tasks)}; FAR = {', '.join(far)}; {cfg.seeds} seeds, {cfg.steps} env steps per seed, "
+            f"{cfg.eval_episodes} evaluation episodes per stage per checkpoint.",
             "π* success on each stage alone: " + ", ".join(f"{t} {v:.2f}" for t, v in metrics["pretrained"]["success"].items()),
-            "",
-            "| method | " + " | ".join(f"{t} final" for t in tasks) + " | " + " | ".join(f"{t} forgetting" for t in far) + " | "
-            + " | ".join(f"{t} fwd transfer" for t in tasks) + " | stages completed |",
-            "|---" * (1 + 2 * len(tasks) + len(far) + 1) + "|",
-        ]
-        for m in methods:
-            r = metrics["methods"][m]
-            fmt = lambda d: f"{d['mean']:.2f} ± {d['std']:.2f}"  # noqa: E731
-            cells = [fmt(r[t]["final"]) for t in tasks] + [fmt(r[t]["forgetting"]) for t in far]
-            cells += [fmt(r[t]["forward_transfer"]) if "forward_transfer" in r[t] else "–" for t in tasks]
-            cells.append(fmt(r["stages_completed_final"]))
-            lines.append(f"| {m} | " + " | ".join(cells) + " |")
-        from retainrl.pipeline.study import table
-
-        lines += ["", "## The study's metrics (mean over seeds [95% stratified-bootstrap interval, rliable])", "",
-                  "CLOSE / FAR: mean success of their stages run alone; full task: share of the sequence completed.", "",
-                  *table(metrics["study"], "share completed"), ""]
-        lines += ["", "![success curves](success_curves.png)", ""]
-        (out / "report.md").write_text("\n".join(lines))
+            table]),
+        study_section(metrics["study"], "share completed",
+                      "CLOSE / FAR: mean success of their stages run alone; full task: share of the sequence completed."),
+        Section(None, [Figure("success_curves.png", "success curves", panels)]),
+    ]), paths.report)
