@@ -1,11 +1,7 @@
 """End to end: `dvc repro` on the smoke profile in a temporary copy of the repository."""
 
 import json
-import os
-import shutil
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
