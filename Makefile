@@ -43,8 +43,9 @@ run: setup
 	$(BIN)/python -m retainrl.orchestration.run
 	$(BIN)/python -m retainrl.pipeline.summary
 
+# Two workers (pytest-xdist): tests/conftest.py says how the suite is split between them.
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --no-loadscope-reorder
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
