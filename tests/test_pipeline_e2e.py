@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from conftest import run  # tests/ is on sys.path (pytest rootdir import mode)
+from retainrl.core.family import family_names
 
 pytestmark = pytest.mark.slow
 
@@ -103,7 +104,7 @@ def test_second_repro_is_a_no_op_and_dvc_reads_the_results(smoke_repo):
     assert "far_success.json" in plots
 
 
-@pytest.mark.parametrize("family", ["apple", "robot", "montezuma", "nethack"])
+@pytest.mark.parametrize("family", family_names())
 def test_every_family_reports_the_same_study_metrics_with_intervals(smoke_repo, family):
     """One set of names in `dvc metrics show` for every family and method (pipeline.study)."""
     from retainrl.pipeline.study import METRICS

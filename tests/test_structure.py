@@ -25,6 +25,7 @@ from retainrl.orchestration.imports import (
     stage_roots,
 )
 from conftest import copy_repo  # tests/ is on sys.path (pytest rootdir import mode)
+from retainrl.core.family import family_names
 
 
 def test_no_import_cycles():
@@ -126,7 +127,7 @@ def test_the_check_sees_lazy_imports_and_the_registry():
             "retainrl/families/nethack/sf.py", "retainrl/learners/appo.py"} <= files
 
 
-@pytest.mark.parametrize("family", ["apple", "robot", "montezuma", "nethack"])
+@pytest.mark.parametrize("family", family_names())
 def test_training_never_depends_on_the_shared_results_code(family):
     """Fine-tuning's code excludes evaluation, statistics and reports: editing them reruns only
     the result stages (the point of the stages/results split)."""

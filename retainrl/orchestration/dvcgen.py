@@ -42,6 +42,9 @@ from retainrl.orchestration.imports import ROOT, closure, is_marker, stage_roots
 log = logging.getLogger(__name__)
 
 FRAGMENT = "pipeline.yaml"
+#: What a family's pipeline.yaml says of the family itself, not of a stage: its report title, and
+#: the short name and the unit of its full-task score in the summary tables (pipeline/summary.py).
+META = ("title", "name", "unit")
 #: What a family's pipeline.yaml may say of one stage.
 KEYS = {"params", "deps", "outs", "metrics", "plots", "matrix", "args"}
 HEADER = """\
@@ -92,7 +95,7 @@ def load_fragment(family: str, root: Path = ROOT) -> dict:
         raise FragmentError(f"family {family!r} has no {path.relative_to(root)} (what dvc.yaml says of it)")
     data = yaml.safe_load(path.read_text()) or {}
     for kind, spec in data.items():
-        if kind == "title":
+        if kind in META:
             continue
         if not isinstance(spec, dict) or not set(spec) <= KEYS:
             raise FragmentError(f"{path.relative_to(root)}: {kind}: keys must be among {sorted(KEYS)}, got {spec!r}")
@@ -107,7 +110,7 @@ def load_fragment(family: str, root: Path = ROOT) -> dict:
 def family_stages(family: str, root: Path = ROOT) -> tuple[str, dict[str, dict]]:
     """(title, {stage name: dvc.yaml stage}) of one family."""
     frag = load_fragment(family, root)
-    kinds = [*TRAINING_STAGES, "evaluate", *[k for k in frag if k not in (*TRAINING_STAGES, "evaluate", "report", "title")],
+    kinds = [*TRAINING_STAGES, "evaluate", *[k for k in frag if k not in (*TRAINING_STAGES, "evaluate", "report", *META)],
              "report"]
     stages: dict[str, dict] = {}
     for kind in kinds:
