@@ -1,0 +1,383 @@
+"""MiniGrid RoomChain training stages: demos → BC π* on FAR → FAR buffer, Fisher → PPO fine-tuning.
+
+The environment and its expert are in :mod:`retainrl.families.minigrid.env`, the networks in
+:mod:`retainrl.families.minigrid.nets`; fine-tuning is the project's PPO(+RND) learner
+(:mod:`retainrl.learners.ppo_rnd`) with every retention method of the registry.
+
+CLOSE is the rooms before ``env.close_rooms`` (shut doors), FAR the rooms from it on (open
+doors, the goal). Three scores, all success rates from held-out episodes:
+
+* FAR: started at a random cell of room ``close_rooms``, reach the goal;
+* CLOSE: started in room 0, reach room ``close_rooms``;
+* full task: the same episodes from room 0, reach the goal.
+
+Seeds: every random stream is a ``numpy`` SeedSequence keyed by what it is for (demos, BC,
+buffer, training envs, evaluation), so training and evaluation never share a layout stream, and
+every method is scored on the same evaluation episodes at the same checkpoint (paired).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydantic import Field, model_validator
+
+from retainrl.core.config import Strict
+from retainrl.learners.checkpoint import CheckpointParams
+from retainrl.retention.methods import RetentionParams, method_list
+from retainrl.retention.params import FisherParams
+
+log = logging.getLogger(__name__)
+
+LEARNER = "ppo_rnd"
+#: first element of every SeedSequence: which stream it is (so no two purposes share draws)
+DEMO_STREAM, BC_STREAM, BUFFER_STREAM, TRAIN_STREAM, EVAL_STREAM = range(5)
+
+
+# --------------------------------------------------------------------------- params
+
+
+class EnvParams(Strict):
+    rooms: int = Field(4, ge=2, description="rooms in the chain")
+    room_size: int = Field(5, ge=4, description="room side, walls included")
+    close_rooms: int = Field(2, ge=1, description="rooms before the FAR part: each ends in a shut door")
+    max_steps: int = Field(100, gt=0, description="episode step limit")
+
+    @model_validator(mode="after")
+    def _far_exists(self):
+        if self.close_rooms >= self.rooms:
+            raise ValueError(f"close_rooms must be < rooms = {self.rooms} so that FAR rooms exist (got {self.close_rooms})")
+        return self
+
+
+class DemoParams(Strict):
+    episodes: int = Field(300, gt=0, description="expert episodes from room 0; their FAR segments are cloned")
+    seed: int = 0
+
+
+class PretrainParams(Strict):
+    #: few BC steps leave π* some entropy: a fully deterministic π* would never explore CLOSE
+    steps: int = Field(300, gt=0, description="BC gradient steps")
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(128, gt=0)
+    hidden: int = Field(64, gt=0, description="width of the actor-critic's two hidden layers")
+    seed: int = 0
+
+
+class FarBufferParams(Strict):
+    size: int = Field(1000, gt=0, description="FAR states π* visits from FAR starts, with its outputs")
+    seed: int = 0
+
+
+class FinetuneParams(Strict):
+    """PPO(+RND) from room 0. ``updates`` × ``envs`` × ``steps`` agent steps per seed."""
+
+    methods: method_list(LEARNER, off_policy=False) = ["scratch", "finetune", "l2", "ewc", "bc", "ks"]
+    seeds: int = Field(3, gt=0)
+    seed: int = 0
+    updates: int = Field(40, gt=0)
+    envs: int = Field(8, gt=0)
+    steps: int = Field(128, gt=0)
+    lr: float = Field(1e-3, gt=0)
+    gamma_ext: float = Field(0.99, gt=0, le=1)
+    gamma_int: float = Field(0.99, gt=0, le=1)
+    gae_lambda: float = Field(0.95, ge=0, le=1)
+    ext_coef: float = Field(2.0, ge=0)
+    int_coef: float = Field(0.5, ge=0, description="weight of RND's exploration bonus")
+    epochs: int = Field(8, gt=0)
+    minibatches: int = Field(4, gt=0)
+    clip: float = Field(0.2, gt=0)
+    entropy: float = Field(0.01, ge=0)
+    rnd_update_proportion: float = Field(0.25, gt=0, le=1)
+    max_grad_norm: float = Field(0.5, gt=0)
+    eval_every: int = Field(5, gt=0, description="updates between evaluations")
+    eval_episodes: int = Field(50, gt=0, description="episodes per score (FAR; CLOSE and full task) per evaluation")
+
+
+class Params(Strict):
+    env: EnvParams = EnvParams()
+    demos: DemoParams = DemoParams()
+    pretrain: PretrainParams = PretrainParams()
+    far_buffer: FarBufferParams = FarBufferParams()
+    fisher: FisherParams = FisherParams(estimator="exact", states=256)
+    finetune: FinetuneParams = FinetuneParams()
+    retention: RetentionParams = RetentionParams()
+    checkpoint: CheckpointParams = CheckpointParams()
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def make_env(p: Params, *key: int, start_room: int = 0):
+    from retainrl.families.minigrid.env import ChainEnv
+
+    e = p.env
+    return ChainEnv(e.rooms, e.room_size, e.close_rooms, e.max_steps, seed=list(key), start_room=start_room)
+
+
+def new_policy(p: Params):
+    from retainrl.families.minigrid.nets import ActorCritic
+
+    return ActorCritic(hidden=p.pretrain.hidden)
+
+
+def load_pretrained(paths, p: Params, device=None):
+    from safetensors.torch import load_file
+
+    from retainrl.core.artifacts import require
+
+    model = new_policy(p)
+    model.load_state_dict(load_file(str(require(Path(paths.pretrained) / "policy.safetensors", "MiniGrid π* (pretrain stage)"))))
+    return model.to(torch.device(device or "cpu")).eval()
+
+
+@torch.no_grad()
+def play(model, envs: list, *, start_room: int, goal_room: int | None, gen: torch.Generator, device=None) -> np.ndarray:
+    """One episode in each env, all in lockstep (one batched forward per step), actions sampled
+    from the policy. Returns per episode: 1.0 if it reached room ``goal_room`` (or, when None,
+    the goal), else 0.0."""
+    dev = torch.device(device or "cpu")
+    obs = [e.reset(start_room) for e in envs]
+    live = list(range(len(envs)))
+    won = np.zeros(len(envs))
+    while live:
+        logits = model.dist_params(torch.as_tensor(np.stack([obs[i] for i in live])).to(dev)).cpu()
+        actions = torch.multinomial(logits.softmax(-1), 1, generator=gen).squeeze(1).tolist()
+        still = []
+        for i, a in zip(live, actions):
+            obs[i], r, terminated, truncated, info = envs[i].step(a)
+            if goal_room is not None and info["reached"] >= goal_room:
+                won[i] = 1.0
+            elif goal_room is None and terminated and r > 0:
+                won[i] = 1.0
+            elif not (terminated or truncated):
+                still.append(i)
+        live = still
+    return won
+
+
+def _close_and_full(model, envs: list, p: Params, gen, device) -> tuple[np.ndarray, np.ndarray]:
+    """Episodes from room 0 played to the end: (reached the FAR part, reached the goal) per episode."""
+    dev = torch.device(device or "cpu")
+    obs = [e.reset(0) for e in envs]
+    live = list(range(len(envs)))
+    close, full = np.zeros(len(envs)), np.zeros(len(envs))
+    with torch.no_grad():
+        while live:
+            logits = model.dist_params(torch.as_tensor(np.stack([obs[i] for i in live])).to(dev)).cpu()
+            actions = torch.multinomial(logits.softmax(-1), 1, generator=gen).squeeze(1).tolist()
+            still = []
+            for i, a in zip(live, actions):
+                obs[i], r, terminated, truncated, info = envs[i].step(a)
+                close[i] = max(close[i], float(info["reached"] >= p.env.close_rooms))
+                if terminated and r > 0:
+                    full[i] = 1.0
+                if not (terminated or truncated):
+                    still.append(i)
+            live = still
+    return close, full
+
+
+def score(model, p: Params, tag: int, episodes: int, device=None) -> dict[str, np.ndarray]:
+    """FAR, CLOSE and full-task success per episode on the evaluation episodes of ``tag``.
+
+    The layouts and the sampling stream depend on ``tag`` only, so every policy scored with the
+    same tag plays the same episodes (π* on the same schedule is the frozen noise floor), and none
+    of them is a training layout (their own stream)."""
+    far_envs = [make_env(p, EVAL_STREAM, tag, 0, k) for k in range(episodes)]
+    far = play(model, far_envs, start_room=p.env.close_rooms, goal_room=None,
+               gen=torch.Generator().manual_seed(tag * 2 + 1), device=device)
+    envs = [make_env(p, EVAL_STREAM, tag, 1, k) for k in range(episodes)]
+    close, full = _close_and_full(model, envs, p, torch.Generator().manual_seed(tag * 2 + 2), device)
+    return {"far": far, "close": close, "full": full}
+
+
+def eval_tag(seed: int, update: int) -> int:
+    """The evaluation episodes of a checkpoint: the same for every method (and for frozen π*)."""
+    return seed * 10_000 + update
+
+
+# --------------------------------------------------------------------------- stages
+
+
+def collect_demos(p: Params, paths, device=None) -> Path:
+    """Stage ``collect_demos``: the shortest-path expert plays ``demos.episodes`` episodes from room 0;
+    writes every step's obs, action and room (``demos.npz``) and the expert's success (``stats.json``)."""
+    from tqdm import tqdm
+
+    from retainrl.core.artifacts import atomic_path
+    from retainrl.families.minigrid.env import expert_action
+
+    env = make_env(p, DEMO_STREAM, p.demos.seed)
+    obs_l, act_l, room_l, ep_l, wins = [], [], [], [], 0
+    for ep in tqdm(range(p.demos.episodes), desc="minigrid expert", mininterval=5.0):
+        o, done = env.reset(), False
+        while not done:
+            a = expert_action(env)
+            obs_l.append(o)
+            act_l.append(a)
+            room_l.append(env.room())
+            ep_l.append(ep)
+            o, r, terminated, truncated, _ = env.step(a)
+            done = terminated or truncated
+        wins += int(terminated and r > 0)
+    if wins < p.demos.episodes:
+        raise RuntimeError(f"the RoomChain expert solved only {wins}/{p.demos.episodes} episodes: the environment is broken")
+    with atomic_path(paths.demos, directory=True) as tmp:
+        with (tmp / "demos.npz").open("wb") as fh:
+            np.savez_compressed(fh, obs=np.stack(obs_l), actions=np.asarray(act_l), rooms=np.asarray(room_l),
+                                episode=np.asarray(ep_l))
+        (tmp / "stats.json").write_text(json.dumps({"episodes": p.demos.episodes, "solved": wins, "steps": len(act_l),
+                                                    "mean_length": len(act_l) / p.demos.episodes}, indent=2) + "\n")
+    log.info("MiniGrid demos: %d episodes, %d steps -> %s", p.demos.episodes, len(act_l), paths.demos)
+    return paths.demos
+
+
+def pretrain(p: Params, paths, device=None) -> Path:
+    """Stage ``pretrain``: BC (cross-entropy) of the actor on the demos' FAR segment → π*; writes
+    ``policy.safetensors`` and π*'s FAR/CLOSE/full-task success (``scores.json``)."""
+    from safetensors.torch import save_file
+
+    from retainrl.core.artifacts import atomic_path, load_npz
+
+    demos = load_npz(Path(paths.demos) / "demos.npz", "MiniGrid demos (collect_demos stage)", required=("obs", "actions", "rooms"))
+    far = demos["rooms"] >= p.env.close_rooms
+    obs, actions = torch.as_tensor(demos["obs"][far]), torch.as_tensor(demos["actions"][far]).long()
+    cfg = p.pretrain
+    torch.manual_seed(cfg.seed)
+    model = new_policy(p)
+    gen = torch.Generator().manual_seed(int(np.random.SeedSequence([BC_STREAM, cfg.seed]).generate_state(1)[0]))
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    for _ in range(cfg.steps):
+        idx = torch.randint(len(obs), (min(cfg.batch_size, len(obs)),), generator=gen)
+        loss = torch.nn.functional.cross_entropy(model.dist_params(obs[idx]), actions[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    s = score(model, p, eval_tag(10**6, 0), p.finetune.eval_episodes, device)  # its own held-out episodes
+    scores = {"far_success": float(s["far"].mean()), "close_success": float(s["close"].mean()),
+              "full_success": float(s["full"].mean()), "bc_loss": loss.item(), "far_states": int(far.sum())}
+    with atomic_path(paths.pretrained, directory=True) as tmp:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "policy.safetensors"))
+        (tmp / "scores.json").write_text(json.dumps(scores, indent=2) + "\n")
+    log.info("π*: %s -> %s", scores, paths.pretrained)
+    return paths.pretrained
+
+
+def far_buffer(p: Params, paths, device=None) -> Path:
+    """Stage ``far_buffer``: π* played from FAR starts until ``size`` states; stores the obs and
+    π*'s logits and critic outputs on them (``buffer.npz``, what BC distils)."""
+    from retainrl.core.artifacts import atomic_path
+
+    model = load_pretrained(paths, p, device)
+    env = make_env(p, BUFFER_STREAM, p.far_buffer.seed, start_room=p.env.close_rooms)
+    gen = torch.Generator().manual_seed(p.far_buffer.seed)
+    seen: list[np.ndarray] = []
+    with torch.no_grad():
+        while len(seen) < p.far_buffer.size:
+            o, done = env.reset(), False
+            while not done and len(seen) < p.far_buffer.size:
+                seen.append(o)
+                a = torch.multinomial(model.dist_params(torch.as_tensor(o)[None]).softmax(-1), 1, generator=gen).item()
+                o, _, terminated, truncated, _ = env.step(a)
+                done = terminated or truncated
+        obs = torch.as_tensor(np.stack(seen))
+        logits, critic = model.dist_params(obs), model.critic_output(obs)
+    with atomic_path(paths.far_buffer, directory=True) as tmp:
+        with (tmp / "buffer.npz").open("wb") as fh:
+            np.savez_compressed(fh, obs=obs.numpy(), targets=logits.numpy(), critic=critic.numpy())
+    log.info("MiniGrid FAR buffer: %d states -> %s", len(obs), paths.far_buffer)
+    return paths.far_buffer
+
+
+def fisher(p: Params, paths, device=None) -> Path:
+    """Stage ``fisher``: diagonal Fisher of π*'s actor on ``fisher.states`` FAR-buffer states."""
+    from safetensors.torch import save_file
+
+    from retainrl.core.artifacts import atomic_path, load_npz
+    from retainrl.retention.fisher import fisher_diagonal
+
+    model = load_pretrained(paths, p, device)
+    buf = load_npz(Path(paths.far_buffer) / "buffer.npz", "MiniGrid FAR buffer (far_buffer stage)", required=("obs",))
+    gen = torch.Generator().manual_seed(0)
+    idx = torch.randperm(len(buf["obs"]), generator=gen)[: p.fisher.states]
+    fim = fisher_diagonal(model, torch.as_tensor(buf["obs"])[idx], estimator=p.fisher.estimator, min_value=p.fisher.min_value,
+                          generator=gen)
+    with atomic_path(paths.fisher, directory=True) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in fim.items()}, str(tmp / "fisher.safetensors"))
+    log.info("MiniGrid Fisher (%s) on %d FAR states -> %s", p.fisher.estimator, len(idx), paths.fisher)
+    return paths.fisher
+
+
+def finetune(p: Params, paths, device, method: str) -> Path:
+    """Stage ``finetune``: PPO(+RND) from room 0 with ``method``, ``finetune.seeds`` runs one after
+    another; writes ``policy_seed<k>.safetensors`` and ``curves.json`` (per seed: training curves
+    and FAR/CLOSE/full-task success every ``eval_every`` updates). A killed run resumes from its
+    checkpoint, bit for bit."""
+    import copy
+
+    from safetensors.torch import load_file, save_file
+
+    from retainrl.core.artifacts import atomic_path, load_npz, require
+    from retainrl.families.minigrid.nets import GridRND
+    from retainrl.learners import ppo_rnd
+    from retainrl.learners.checkpoint import Checkpoint
+    from retainrl.retention.methods import build_retention, check_method, context_for
+
+    check_method(method, learner=ppo_rnd.LEARNER, off_policy=ppo_rnd.OFF_POLICY)
+    cfg = p.finetune
+    dev = torch.device(device or "cpu")
+    pretrained = load_pretrained(paths, p, dev)
+
+    def buffer():
+        return load_npz(Path(paths.far_buffer) / "buffer.npz", "MiniGrid FAR buffer (far_buffer stage)", required=("obs", "targets"))
+
+    loaders = {
+        "pretrained": lambda: pretrained,
+        "far_obs": lambda: torch.as_tensor(buffer()["obs"]),
+        "far_targets": lambda: torch.as_tensor(buffer()["targets"]),
+        "far_critic": lambda: torch.as_tensor(buffer()["critic"]),
+        "fisher": lambda: {k: v.to(dev) for k, v in
+                           load_file(str(require(Path(paths.fisher) / "fisher.safetensors", "MiniGrid Fisher (fisher stage)"))).items()},
+    }
+    stage = f"minigrid_finetune@{method}"
+    runs, weights = [], {}
+    for k in range(cfg.seeds):
+        seed = cfg.seed + k
+        ckpt = Checkpoint.for_stage(stage, p.checkpoint.every_s, family="minigrid", method=method, params=p,
+                                    inputs=(paths.pretrained, paths.far_buffer, paths.fisher), part=f"seed{seed}")
+        done = ckpt.load()
+        if done is not None and "result" in done:
+            runs.append(done["result"]["run"])
+            weights[seed] = done["result"]["weights"]
+            log.info("%s seed %d: finished before the interruption, taken from its checkpoint", method, seed)
+            continue
+        gen = torch.Generator().manual_seed(int(np.random.SeedSequence([TRAIN_STREAM, seed, sum(map(ord, method))]).generate_state(1)[0]))
+        retention = build_retention(method, context_for(method, gen, **loaders), p.retention, learner=ppo_rnd.LEARNER,
+                                    off_policy=ppo_rnd.OFF_POLICY)
+        torch.manual_seed(seed)
+        rnd = GridRND()
+        model = copy.deepcopy(pretrained) if retention.starts_from_pretrained else new_policy(p)
+        envs = [make_env(p, TRAIN_STREAM, seed, i) for i in range(cfg.envs)]
+
+        def on_eval(update, m, seed=seed):
+            s = score(m, p, eval_tag(seed, update), cfg.eval_episodes, dev)
+            return {key: float(v.mean()) for key, v in s.items()}
+
+        curves = ppo_rnd.train(model, rnd, envs, cfg, retention, gen, device=dev, on_eval=on_eval,
+                               desc=f"minigrid {method} seed {seed}", checkpoint=ckpt)
+        log.info("%s seed %d: FAR %s", method, seed, [round(e["far"], 2) for e in curves["eval"]])
+        runs.append({"seed": seed, **curves})
+        weights[seed] = {name: v.detach().cpu().contiguous() for name, v in model.state_dict().items()}
+        ckpt.save({"progress": "finished", "result": {"run": runs[-1], "weights": weights[seed]}})
+    with atomic_path(paths.finetune(method), directory=True) as tmp:
+        for seed, state in weights.items():
+            save_file(state, str(tmp / f"policy_seed{seed}.safetensors"))
+        (tmp / "curves.json").write_text(json.dumps({"method": method, "runs": runs}, indent=2) + "\n")
+    Checkpoint.clear_stage(stage)
+    return paths.finetune(method)
