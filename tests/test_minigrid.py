@@ -56,6 +56,52 @@ def test_episodes_are_a_function_of_the_seed_and_start_where_asked():
     assert far.room() == P.env.close_rooms
 
 
+def test_the_fast_view_is_minigrids_own_through_toggles_and_state_restores():
+    """RoomChain renders the egocentric view with numpy from a cached grid encoding; it must be
+    MiniGrid's own ``gen_obs`` (slice, rotate, occlusion) cell for cell, including after a door
+    is toggled open or shut and after ``set_state`` swaps the grid."""
+    from minigrid.minigrid_env import MiniGridEnv
+
+    rng = np.random.default_rng(0)
+    toggles = 0
+    for seed in range(6):
+        env = stages.make_env(P, 11, seed)
+        env.reset(int(rng.integers(0, P.env.rooms)))
+        saved = None
+        for t in range(150):
+            # mostly the expert (it walks through doors and toggles them), sometimes a random action
+            a = expert_action(env) if rng.random() < 0.7 else int(rng.integers(0, 4))
+            toggles += a == TOGGLE
+            _, _, terminated, truncated, _ = env.step(a)
+            mine, theirs = env.env.gen_obs(), MiniGridEnv.gen_obs(env.env)
+            assert np.array_equal(mine["image"], theirs["image"]) and mine["direction"] == theirs["direction"], (seed, t)
+            if t == 3:
+                saved = env.get_state()
+            if terminated or truncated:
+                if saved is not None:
+                    env.set_state(saved)  # back to a mid-episode state of another grid
+                    saved = None
+                else:
+                    env.reset()
+    assert toggles > 10
+
+
+def test_reset_and_step_return_the_view_of_the_state_they_leave():
+    """reset/step pass on the observation MiniGrid built inside its own step (not a second render):
+    it must be the agent's view of the state after the step, heading included."""
+    env = stages.make_env(P, 4, 0)
+    rng = np.random.default_rng(1)
+    seen = [env.reset()]
+    assert np.array_equal(seen[0], env.obs())
+    for a in rng.integers(0, 4, 60):
+        o, *_, terminated, truncated, _ = env.step(int(a))
+        assert np.array_equal(o, env.obs()) and o[-1] == env.env.agent_dir
+        seen.append(o)
+        if terminated or truncated:
+            seen.append(env.reset())
+    assert len({x.tobytes() for x in seen}) > 5  # the view changes as the agent turns and moves
+
+
 def test_state_round_trip_continues_identically_mid_episode():
     env = stages.make_env(P, 3, 0)
     env.reset()

@@ -83,6 +83,7 @@ def evaluate(p: Params, paths, device=None) -> Path:
     from retainrl.pipeline.evaluation import scalar_metrics, spread
     from retainrl.pipeline.stats import paired_difference, verdict
     from retainrl.pipeline.study import Curves, _interval, curve_rows, study_metrics
+    from retainrl.retention.methods import REGISTRY
 
     cfg = p.finetune
     pi_star = load_json(Path(paths.pretrained) / "scores.json", "MiniGrid π* scores (pretrain stage)")
@@ -110,12 +111,13 @@ def evaluate(p: Params, paths, device=None) -> Path:
                       "far": {"start": spread(curves[m]["far"][:, 0]), "min": spread(curves[m]["far"].min(1)),
                               "final": spread(curves[m]["far"][:, -1])},
                       "forgetting_minus_floor": spread(curves[m]["far"][:, 0] - curves[m]["far"].min(1) - floor)}
+    # every retaining method against each non-retaining reference (vanilla fine-tuning, scratch), and
+    # fine-tuning against scratch: the study's "fine-tuning uses π*" question
     comparisons = {}
-    for ref in ("finetune", "scratch"):
-        if ref not in outcomes:
-            continue
+    references = [m for m in cfg.methods if not REGISTRY[m].retains]
+    for ref in references:
         for m in cfg.methods:
-            if m not in ("finetune", "scratch") or (m, ref) == ("finetune", "scratch"):
+            if REGISTRY[m].retains or (REGISTRY[m].starts_from_pretrained and not REGISTRY[ref].starts_from_pretrained):
                 d = paired_difference(outcomes[m], outcomes[ref], seed=0)
                 comparisons[f"{m} - {ref}"] = {**d, "verdict": verdict(d)}
     summary = {"pretrained": pi_star, "frozen": study_frozen, "methods": methods, "study": study,

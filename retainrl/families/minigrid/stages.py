@@ -77,7 +77,7 @@ class FinetuneParams(Strict):
     """PPO(+RND) from room 0. ``updates`` × ``envs`` × ``steps`` agent steps per seed."""
 
     methods: method_list(LEARNER, off_policy=False) = ["scratch", "finetune", "l2", "ewc", "bc", "ks"]
-    seeds: int = Field(3, gt=0)
+    seeds: int = Field(5, gt=0)
     seed: int = 0
     updates: int = Field(40, gt=0)
     envs: int = Field(8, gt=0)
