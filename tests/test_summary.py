@@ -39,6 +39,17 @@ def test_verdict_reads_the_probability_of_improvement(tmp_path):
     assert "no evaluation yet" in block  # the other families, not evaluated in this tree
 
 
+def test_each_family_line_names_its_frozen_floor_or_says_it_has_none(tmp_path):
+    stat = {"mean": 0.5, "ci_low": 0.4, "ci_high": 0.6, "seeds": 3}
+    row = {k: stat for k in ("forgetting", "far_final", "full_final", "forward_transfer")}
+    for family, extra in (("apple", {}), ("minigrid", {"frozen": {"forgetting": {"mean": 0.04, "ci_low": 0.02, "ci_high": 0.07}}})):
+        (tmp_path / f"reports/{family}/eval").mkdir(parents=True)
+        (tmp_path / f"reports/{family}/eval/metrics.json").write_text(json.dumps({"study": {"finetune": row}, **extra}))
+    lines = {ln.split("**")[1]: ln for ln in summary.results_block(tmp_path).splitlines() if ln.startswith("**")}
+    assert "frozen-π* forgetting (noise floor) 0.04 [0.02, 0.07]" in lines[summary.family_meta("minigrid")["name"]]
+    assert "no frozen-π* floor yet" in lines[summary.family_meta("apple")["name"]]
+
+
 def test_readme_is_a_short_entry_page(root):
     """The README is the entry page (two commands, results, where next); detail lives in docs/."""
     lines = (root / "README.md").read_text().splitlines()

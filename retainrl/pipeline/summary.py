@@ -51,6 +51,14 @@ def load_study(root: Path, family: str) -> dict | None | str:
     return json.loads(path.read_text()).get("study", "old")
 
 
+def load_floor(root: Path, family: str) -> dict | None:
+    """The frozen-π* row's forgetting (π* scored on the methods' checkpoint schedule and episodes:
+    the estimator's noise floor), where the family measures it."""
+    path = root / "reports" / family / "eval" / "metrics.json"
+    frozen = json.loads(path.read_text()).get("frozen") if path.exists() else None
+    return frozen.get("forgetting") if isinstance(frozen, dict) else None
+
+
 def improvement_verdict(p: dict | None) -> str:
     if p is None:
         return "–"
@@ -88,7 +96,11 @@ def results_block(root: Path) -> str:
             out += [f"**{title}**: {why} (`dvc repro {family}_evaluate`).", ""]
             continue
         seeds = next(iter(study.values()))["full_final"]["seeds"]
-        out += [f"**{title}** ({seeds} seeds; [report](reports/{family}/report/report.md))", "", *family_table(family, study), ""]
+        floor = load_floor(root, family)
+        digits = 2 if family_meta(family)["unit"] in FRACTIONS else 1
+        floor_note = "no frozen-π* floor yet" if floor is None else f"frozen-π* forgetting (noise floor) {_cell(floor, digits)}"
+        out += [f"**{title}** ({seeds} seeds; {floor_note}; [report](reports/{family}/report/report.md))", "",
+                *family_table(family, study), ""]
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -147,7 +159,8 @@ def write_index(root: Path) -> Path:
         f"Metrics (the same in every family's `metrics.json`, key `study`): {', '.join(METRICS)}, and the probability "
         f"that a seed of the method ends above a seed of `{BASELINE}` on the full task; its verdict is *shown* when that "
         "probability's interval lies above ½. Forgetting is FAR at the start minus its minimum during fine-tuning, "
-        "which evaluation noise biases upward.",
+        "which evaluation noise biases upward: the frozen-π* floor by a family's name is that bias, measured "
+        "(π* itself on the same checkpoints and episodes), where the family measures it.",
         "",
         results_block(root).replace("](reports/", "]("),
     ])
