@@ -45,7 +45,7 @@ run: setup
 
 # Two workers (pytest-xdist): tests/conftest.py says how the suite is split between them.
 test: setup
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --no-loadscope-reorder
+	$(BIN)/python -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -13,23 +13,8 @@ os.environ.setdefault("RETAINRL_LOG", "WARNING")
 torch.set_num_threads(1)
 
 
-#: `make test` runs the suite on two workers (pytest-xdist, ``--dist loadgroup``). A work unit is a
-#: whole test file, so a module's fixtures are built once, except that every test using the
-#: session's ``smoke_repo`` joins one unit, so that repository is built once. The units are handed
-#: out in this order, the longest first (measured: the smoke repository and its users are about
-#: half of the suite, the Prefect module a quarter), so neither worker is left with a long unit at
-#: the end; the rest follow in file order.
-LONGEST_FIRST = ("smoke_repo", "test_flows.py")
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            group = "smoke_repo" if "smoke_repo" in getattr(item, "fixturenames", ()) else item.path.name
-            item.add_marker(pytest.mark.xdist_group(group))
-    rank = {g: i for i, g in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda it: rank.get(it.get_closest_marker("xdist_group").args[0], len(rank)))  # stable
+# How `make test` splits the suite between its two workers: tests/xdist_units.py.
+from xdist_units import pytest_collection_modifyitems, pytest_xdist_make_scheduler  # noqa: E402,F401
 
 
 @pytest.fixture(scope="session")

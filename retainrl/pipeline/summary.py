@@ -114,6 +114,8 @@ def performance_rows(root: Path) -> list[tuple[str, str, str]]:
     rows = []
     if (d := _read(root, "benchmarks/results/apple.json")):
         rows.append(("AppleRetrieval: vectorised episodes/s vs a plain one-episode loop", f"{d['speedup']:.1f}×", "apple.json"))
+    if (d := _read(root, "benchmarks/results/minigrid.json")):
+        rows.append(("MiniGrid: RoomChain env steps/s, the numpy view vs MiniGrid's own rendering", f"{d['speedup']:.2f}×", "minigrid.json"))
     if (d := _read(root, "benchmarks/results/robot.json")):
         run = d["runs"][-1]
         for r in run["rows"]:
