@@ -217,3 +217,26 @@ def test_forward_is_what_the_expert_does_in_an_open_far_room():
     env = stages.make_env(P, 11, start_room=P.env.close_rooms)
     _, rooms, actions, solved = _episode(env, start_room=P.env.close_rooms)
     assert solved and TOGGLE not in actions and FORWARD in actions
+
+
+def test_the_docs_sweep_table_is_the_committed_probe_results(root):
+    """docs/minigrid.md's settings and coefficient table is generated from the committed probe file."""
+    import json
+
+    from experiments.probe_minigrid_settings import BEGIN, END, OUT, table
+
+    text = (root / "docs" / "minigrid.md").read_text()
+    assert text.split(BEGIN, 1)[1].split(END, 1)[0].strip() == table(json.loads(OUT.read_text())).strip(), \
+        "run: python experiments/probe_minigrid_settings.py --docs"
+
+
+def test_sweep_table_rows_are_means_with_the_seed_range():
+    from experiments.probe_minigrid_settings import table
+
+    ev = lambda far, close, full: {"update": 0, "far": far, "close": close, "full": full}  # noqa: E731
+    runs = [{"seed": 0, "eval": [ev(1.0, 0.0, 0.0), ev(0.4, 1.0, 0.4)], "kl_close": 0.1, "kl_far": 0.2},
+            {"seed": 1, "eval": [ev(1.0, 0.0, 0.0), ev(0.8, 0.5, 0.5)], "kl_close": 0.3, "kl_far": 0.0}]
+    row = table({"l2_coef_0.01": {"updates": 40, "runs": runs}}).splitlines()[2]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells == ["`l2_coef_0.01`", "2 × 40", "0.60 (0.40–0.80)", "0.60 (0.40–0.80)", "0.75 (0.50–1.00)",
+                     "0.45 (0.40–0.50)", "0.200 (0.100–0.300)", "0.100 (0.000–0.200)"]
