@@ -7,7 +7,6 @@ the pip outputs below are excerpts of real pip 26 runs (-vv) on this project's m
 import importlib.util
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
