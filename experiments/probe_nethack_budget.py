@@ -3,8 +3,8 @@
 With one SGD epoch per batch, 30k APPO env steps per run did not separate any method from π*;
 the default profile now trains each batch 16 times (see the README). This probe reruns chosen
 methods with ``--env-steps`` per run (``--epochs``, ``--lr``) from the pipeline's own π*, FAR
-buffer and Fisher (``dvc repro nethack_fisher`` first), evaluates the final policies on
-exactly the default profile's CLOSE games and FAR start states (same sampling seed, so every
+buffer and Fisher (``dvc repro nethack_fisher nethack_eval_starts`` first), evaluates the final policies on
+exactly the default profile's CLOSE games and held-out FAR start states (same sampling seed, so every
 comparison is paired), and writes the paired bootstrap comparisons (``retainrl.pipeline.stats``) to
 ``experiments/results/nethack_budget_probe.json``. Methods run in parallel processes
 (``--jobs``), each single-threaded, in a temporary directory. ``--set KEY=VALUE`` changes any
@@ -67,7 +67,8 @@ def _override(p, assignments: list[str]):
 def _paths(tmp: Path):
     from retainrl.core.paths import Paths
 
-    for rel in ("data/nethack/demos", "data/nethack/far_buffer", "data/nethack/fisher", "models/nethack/pretrained"):
+    for rel in ("data/nethack/demos", "data/nethack/eval_starts", "data/nethack/far_buffer", "data/nethack/fisher",
+                "models/nethack/pretrained"):
         (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp / rel).symlink_to(ROOT / rel)
     return Paths("nethack", root=tmp)

@@ -51,19 +51,38 @@ def run(cmd, cwd, env):
     return res.stdout + res.stderr
 
 
-@pytest.fixture(scope="session")
-def smoke_repo(tmp_path_factory, root):
-    """The repository copied and run end to end on the smoke profile (what `make run` runs), once
-    per session: the e2e tests read it, and the kill-and-resume tests start from a copy of it, so
-    their upstream stages come from its cache instead of being recomputed."""
+def smoke_copy(root: Path, dest: Path, edit=None) -> tuple[Path, dict]:
+    """A fresh git repository of the project on the smoke profile (``edit(params)`` may change its
+    params first), and the environment its commands run in."""
     import yaml
 
-    repo = copy_repo(root, tmp_path_factory.mktemp("repo"))
+    repo = copy_repo(root, dest)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["profile"] = "smoke"
+    if edit is not None:
+        edit(params)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "RETAINRL_LOG": "WARNING"}
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(repo),
+           "RETAINRL_LOG": "WARNING"}
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"]):
         run(cmd, repo, env)
-    out = run([sys.executable, "-m", "retainrl.orchestration.run"], repo, env)  # what `make run` runs
-    return repo, env, out
+    return repo, env
+
+
+@pytest.fixture(scope="session")
+def smoke_repos(tmp_path_factory, root):
+    """``smoke_repos(family)``: a copy of the repository in which `make run`'s command ran that
+    family's whole smoke DAG (``python -m retainrl.orchestration.run <family>_report``), built
+    on first use and kept for the session. One repository per family, so the two test workers
+    can build different families' DAGs side by side (tests/xdist_units.py keeps each family's
+    users together); the family must be the test's only parameter (``[<family>]`` in its id)."""
+    built: dict[str, tuple[Path, dict, str]] = {}
+
+    def get(family: str) -> tuple[Path, dict, str]:
+        if family not in built:
+            repo, env = smoke_copy(root, tmp_path_factory.mktemp(f"smoke_{family}"))
+            out = run([sys.executable, "-m", "retainrl.orchestration.run", f"{family}_report"], repo, env)
+            built[family] = repo, env, out
+        return built[family]
+
+    return get

@@ -156,6 +156,8 @@ def test_empty_missing_and_corrupted_demo_files_name_the_file(tmp_path):
         ({"finetune": {"methods": ["em"]}}, r"nethack\.finetune\.methods: .*'em' \(episodic memory\) needs an off-policy learner"),
         ({"env": {"charcter": "mon-hum-neu-mal"}}, r"nethack\.env\.charcter: unknown key"),
         ({"retention": {"regularize_critic": True}}, r"retention\.regularize_critic: not supported for NetHack"),
+        ({"evaluate": {"far_seed": 0}}, r"evaluate\.far_seed \(0\) must differ from demos\.seed"),
+        ({"evaluate": {"far_seed": 7, "seed": 7}}, r"evaluate\.far_seed \(7\) must differ from evaluate\.seed"),
     ],
 )
 def test_bad_params_fail_naming_the_key(raw, match):
@@ -272,19 +274,44 @@ def test_bc_pretrain_writes_a_sample_factory_policy_and_far_buffer(tmp_path):
 
     # Parallel mode (the paper profile's): 2 rollout-worker processes + a learner process; the
     # retention learner runs in the spawned learner process and still applies the KS loss.
-    p2p = p2k.model_copy(update={"finetune": p2k.finetune.model_copy(update={"workers": 2, "env_steps": 512, "max_episode_steps": 40})})
+    p2p = p2k.model_copy(update={"finetune": p2k.finetune.model_copy(update={"workers": 2, "env_steps": 1024, "max_episode_steps": 16})})
     res = nhf.finetune(p2p, paths, method="ks")
     run = res["runs"][0]
-    assert run["status"] == 0 and run["workers"] == 2 and run["env_steps"] >= 512
+    assert run["status"] == 0 and run["workers"] == 2 and run["env_steps"] >= 1024
     assert run["actor_updates"] > 0 and run["retention_loss_last"] > 0
     eps = json.loads((paths.finetune("ks") / "seed_0" / "train_episodes.json").read_text())
-    assert {e["env"] for e in eps} & {2, 3}  # episodes from the second worker's envs (40 steps each) reached the log
-    assert sorted(f.name for f in (paths.finetune("ks") / "seed_0" / "snapshots").glob("*.pth")) == ["step_000000000.pth", "step_000000512.pth"]
+    # episodes from the second worker's envs reached the log (16-step episodes: one rollout of it ends one; 1024 steps
+    # leave room for a worker process that starts late on a loaded machine)
+    assert {e["env"] for e in eps} & {2, 3}
+    assert sorted(f.name for f in (paths.finetune("ks") / "seed_0" / "snapshots").glob("*.pth")) == ["step_000000000.pth", "step_000001024.pth"]
 
     # evaluate (π* and the BC-retained policy's snapshots on CLOSE and FAR) → report.
     p3 = p2.model_copy(update={"finetune": p2.finetune.model_copy(update={"methods": ["bc"]}),
                                "evaluate": p2.evaluate.model_copy(update={"episodes": 2, "max_steps": 20})})
+    # Held-out FAR starts: games of the expert's own from evaluate.far_seed, none of them a demo game;
+    # each replays to where the expert first stood on Dlvl far.start_depth; the expert plays the protocol.
+    from retainrl.families.nethack import heldout
+
+    with pytest.raises(ConfigError, match="no such file|eval_starts"):
+        nethack_eval.evaluate(p3, paths)
+    expert = nethack_eval.eval_starts(p3, paths)
+    games, starts = heldout.load_starts(heldout.starts_dir(paths))
+    demo_seeds = {tuple(s) for s in nhf.load_demos(paths.demos)["seeds"].tolist()}
+    assert len(starts["game"]) == 2 and not {tuple(s) for s in games["seeds"].tolist()} & demo_seeds
+    env = nhf.make_env(p.env.character, 10**6)
+    try:
+        for k in range(2):
+            obs = nhf.restore_far_state(env, games, starts, k)
+            assert nhf.Progress.start(obs).max_depth == p3.far.start_depth
+    finally:
+        env.close()
+    record = heldout.load_expert(heldout.starts_dir(paths))
+    assert expert["starts"] == 2 and len(record["close"]) == len(record["far"]) == 2
+    assert all(e["start_depth"] == p3.far.start_depth and e["steps"] <= 20 for e in record["far"])
     summary = nethack_eval.evaluate(p3, paths)
+    assert summary["far_starts"] == 2 and summary["expert"]["far"]["expert_score_gain"] == pytest.approx(
+        np.mean([e["score_gain"] for e in record["far"]]))
+    assert all("p_holm" in c and c["holm_m"] == len(summary["comparisons"]) for c in summary["comparisons"])
     assert set(summary["methods"]) == {"bc"} and summary["methods"]["bc"]["final_step"] == 256
     # π* is played once per sampling seed, one per training seed, so both sides of a comparison
     # rest on as many episodes; seed k of a method pairs with π*'s seed k.
@@ -349,11 +376,19 @@ def test_bc_pretrain_writes_a_sample_factory_policy_and_far_buffer(tmp_path):
             assert [e["kl_pi_star"] for e in a[part]] == pytest.approx([e["kl_pi_star"] for e in b[part]], rel=1e-4, abs=1e-7)
     assert all(e["kl_pi_star"] == 0.0 for e in one[0]["close"]) and any(e["kl_pi_star"] > 0 for e in one[1]["close"])
     assert one[1] != one[2]  # another snapshot, another sampling seed: other episodes
+    # Episodes played in batches of one env give what one batch of all of them gives.
+    import unittest.mock
+
+    with unittest.mock.patch.object(nethack_eval, "BATCH", 1):
+        batched = list(nethack_eval.play_all(p3, paths, jobs[:2], processes=1))
+    for a, b in zip(one[:2], batched, strict=True):
+        for part in nethack_eval.PARTS:
+            assert exact(a[part]) == exact(b[part])
     curve = json.loads((paths.evaluation / "close_score.json").read_text())
     assert [r["step"] for r in curve] == [0, 128, 256] and all("bc" in r for r in curve)
     nethack_eval.report(p3, paths)
     text = (paths.report / "report.md").read_text()
-    assert "| bc |" in text and "| π* (pretrained) |" in text
+    assert "| bc |" in text and "| π* (pretrained) |" in text and "π* against its teacher" in text and "2 distinct held-out FAR starts" in text
     for png in ("far_score.png", "close_score.png"):
         assert (paths.report / png).stat().st_size > 0
 

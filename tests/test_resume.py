@@ -1,8 +1,8 @@
 """Killed fine-tuning resumes where it stopped (issue #21): the checkpoint store, each learner's
 resume bit for bit in process, and a real SIGKILL of a `dvc repro` stage rerun to the same bytes.
 
-Learners wired so far: REINFORCE (AppleRetrieval), PPO+RND (Montezuma) and SAC
-(RoboticSequence). Sample-factory's APPO is not yet (tracked in issue #21).
+Every fine-tuning learner: REINFORCE (AppleRetrieval), SAC (RoboticSequence), PPO+RND (Montezuma;
+MiniGrid uses the same learner) and sample-factory's APPO (NetHack).
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 
 import retainrl.families.apple.stages as A
+from conftest import smoke_copy  # tests/ is on sys.path (pytest rootdir import mode)
 from retainrl.learners.checkpoint import Checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -181,21 +180,17 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def smoke_copy(smoke_repo, tmp_path: Path, family: str, overrides: dict, every_s: float) -> tuple[Path, dict]:
-    """A copy of the session's finished smoke repository (its DVC cache included, so the stages
-    upstream of fine-tuning are already done) with ``family``'s smoke finetune ``overrides`` and
-    checkpoint interval, committed (dvclive wants a commit)."""
-    repo = tmp_path / "repo"
-    shutil.copytree(smoke_repo[0], repo, symlinks=True)
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["profiles"]["smoke"][family]["finetune"].update(overrides)
-    params[family]["checkpoint"]["every_s"] = every_s
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(repo),
-           "RETAINRL_LOG": "INFO"}
-    for cmd in (["git", "add", "-A"], ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "overrides"]):
-        subprocess.run(cmd, cwd=repo, check=True, capture_output=True)
-    return repo, env
+def resume_repo(tmp_path: Path, family: str, overrides: dict, every_s: float) -> tuple[Path, dict]:
+    """A fresh smoke-profile copy of the repository with ``family``'s smoke finetune ``overrides``
+    and checkpoint interval, committed (dvclive wants a commit). Its own copy, not the session's
+    smoke repository: the overrides change ``profiles.smoke.<family>``, which every stage of the
+    family reads, so nothing upstream could be reused from there anyway."""
+    def edit(params):
+        params["profiles"]["smoke"][family]["finetune"].update(overrides)
+        params[family]["checkpoint"]["every_s"] = every_s
+
+    repo, env = smoke_copy(ROOT, tmp_path / "repo", edit)
+    return repo, {**env, "RETAINRL_LOG": "INFO"}
 
 
 #: family → (stage, its smoke finetune overrides making it long enough to kill, the checkpoint file
@@ -215,13 +210,13 @@ KILLABLE = {
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family", sorted(KILLABLE))
-def test_sigkilled_dvc_stage_resumes_to_the_uninterrupted_bytes(family, tmp_path, smoke_repo):
+def test_sigkilled_dvc_stage_resumes_to_the_uninterrupted_bytes(family, tmp_path):
     """A smoke `dvc repro` of the family's finetune stage is SIGKILLed mid-run (its whole process
     group, as a preempted job), then rerun: it resumes from the checkpoint, finishes and removes
     it, and its results are byte for byte those of an uninterrupted run of the same stage (made
     afterwards with --force --no-run-cache, so nothing is restored from a cache)."""
     stage, overrides, part, key, kill_at, compared = KILLABLE[family]
-    repo, env = smoke_copy(smoke_repo, tmp_path, family, overrides, every_s=0)
+    repo, env = resume_repo(tmp_path, family, overrides, every_s=0)
     dvc = [sys.executable, "-m", "dvc"]
     upstream = stage.replace("finetune@" + stage.split("@")[1], "fisher")
     subprocess.run([*dvc, "repro", upstream], cwd=repo, env=env, check=True, capture_output=True)
@@ -330,14 +325,13 @@ def test_appo_resume_point_and_episode_log_cut(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigkilled_appo_stage_resumes_from_sample_factorys_checkpoint(tmp_path, smoke_repo):
+def test_sigkilled_appo_stage_resumes_from_sample_factorys_checkpoint(tmp_path):
     """A smoke `nethack_finetune@ks` (2 seeds, one after another) is SIGKILLed during its second
     seed, after sample-factory wrote a checkpoint; the rerun keeps the first seed's finished run,
     resumes the second from that checkpoint (counters, KS's schedule and the snapshot schedule go
     on from there) and ends with the uninterrupted run's env steps, actor updates, KS coefficient
     and snapshot files; the first seed's results are byte for byte the uninterrupted ones."""
-    repo, env = smoke_copy(smoke_repo, tmp_path, "nethack", {"seeds": 2, "processes": 1, "env_steps": 1024, "snapshots": 4},
-                           every_s=1)
+    repo, env = resume_repo(tmp_path, "nethack", {"seeds": 2, "processes": 1, "env_steps": 1024, "snapshots": 4}, every_s=1)
     dvc = [sys.executable, "-m", "dvc"]
     stage = "nethack_finetune@ks"
     subprocess.run([*dvc, "repro", "nethack_fisher"], cwd=repo, env=env, check=True, capture_output=True)

@@ -16,9 +16,10 @@ import time
 RUNNING = re.compile(r"Running stage '([^']+)'")
 
 
-def stale_stages(dvc: list[str]) -> list[str]:
-    """The stages `dvc repro` will run: those `dvc status` reports (a changed upstream counts)."""
-    out = subprocess.run([*dvc, "status", "--json"], capture_output=True, text=True)
+def stale_stages(dvc: list[str], targets: list[str] | None = None) -> list[str]:
+    """The stages `dvc repro [targets]` will run: those `dvc status` reports (a changed upstream
+    counts; with targets, their upstream stages are checked too, as `repro` would run them)."""
+    out = subprocess.run([*dvc, "status", "--json", *(["--with-deps", *targets] if targets else [])], capture_output=True, text=True)
     try:
         return [name for name in json.loads(out.stdout or "{}") if not name.endswith(".dvc")]
     except json.JSONDecodeError:
@@ -28,7 +29,7 @@ def stale_stages(dvc: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     dvc = [sys.executable, "-m", "dvc"]
-    todo = stale_stages(dvc)
+    todo = stale_stages(dvc, [a for a in args if not a.startswith("-")])  # targets given: only their DAG counts
     n = len(todo)
     print(f"retainrl: {n} stage(s) out of date" + (f": {', '.join(todo[:6])}{' …' if n > 6 else ''}" if n else ""), flush=True)
     started, i = time.monotonic(), 0

@@ -81,7 +81,7 @@ def evaluate(p: Params, paths, device=None) -> Path:
     final comparisons; writes summary.json, metrics.json, the plot files and curves.npz."""
     from retainrl.core.artifacts import load_json, load_npz, save_json, save_npz
     from retainrl.pipeline.evaluation import scalar_metrics, spread
-    from retainrl.pipeline.stats import paired_difference, verdict
+    from retainrl.pipeline.stats import holm, paired_difference, verdict
     from retainrl.pipeline.study import Curves, _interval, curve_rows, study_metrics
     from retainrl.retention.methods import REGISTRY
 
@@ -118,8 +118,9 @@ def evaluate(p: Params, paths, device=None) -> Path:
     for ref in references:
         for m in cfg.methods:
             if REGISTRY[m].retains or (REGISTRY[m].starts_from_pretrained and not REGISTRY[ref].starts_from_pretrained):
-                d = paired_difference(outcomes[m], outcomes[ref], seed=0)
-                comparisons[f"{m} - {ref}"] = {**d, "verdict": verdict(d)}
+                comparisons[f"{m} - {ref}"] = paired_difference(outcomes[m], outcomes[ref], seed=0)
+    # one family of comparisons per report: Holm-corrected, so its verdicts keep a 5% family-wise error rate
+    comparisons = {k: {**c, "verdict": verdict(c)} for k, c in zip(comparisons, holm(list(comparisons.values())))}
     summary = {"pretrained": pi_star, "frozen": study_frozen, "methods": methods, "study": study,
                "final_comparisons": comparisons, "final_episodes": cfg.eval_episodes}
     out = Path(paths.evaluation)
@@ -157,8 +158,8 @@ def report(p: Params, paths) -> Path:
                      ci(study[m]["close_final"]), fmt(r["kl_close"], ".3f"), fmt(r["kl_far"], ".3f")])
     table = Table(["method", "FAR forgetting", "minus the frozen floor (per seed)", "FAR final", "CLOSE final",
                    "KL(π*‖π) on CLOSE", "KL(π*‖π) on FAR"], rows)
-    comp = Table(["comparison (full-task success, final policies)", "difference [95% CI]", "verdict"],
-                 [[k, f"{v['diff']:+.2f} [{v['ci_low']:+.2f}, {v['ci_high']:+.2f}]", v["verdict"]]
+    comp = Table(["comparison (full-task success, final policies)", "difference [95% CI]", "p (Holm)", "verdict"],
+                 [[k, f"{v['diff']:+.2f} [{v['ci_low']:+.2f}, {v['ci_high']:+.2f}]", f"{v['p_holm']:.3f}", v["verdict"]]
                   for k, v in s["final_comparisons"].items()])
     frames = cfg.updates * cfg.envs * cfg.steps
 
@@ -182,7 +183,8 @@ def report(p: Params, paths) -> Path:
             "change at all (the noise floor). KL(π*‖π) on CLOSE is measured on the expert's CLOSE states (never cloned), on "
             "FAR on the FAR buffer.",
             f"Final policies, paired on {s['final_episodes']} common held-out episodes (bootstrap over episodes and seeds; "
-            "*higher*/*lower* when the 95% interval excludes 0):",
+            f"*higher*/*lower* when the Holm-corrected p-value over these {len(s['final_comparisons'])} comparisons is below "
+            "0.05, i.e. at a 5% family-wise error rate; the intervals are the uncorrected 95% ones):",
             comp]),
         study_section(study, "success", "FAR: from the first FAR room to the goal; CLOSE: from room 0 to the first FAR room; "
                       "full task: from room 0 to the goal."),

@@ -149,12 +149,14 @@ class FinetuneParams(Strict):
 
 
 class EvalParams(Strict):
-    """CLOSE: episodes from the start of fresh seeded games; FAR: from the FAR start states."""
+    """CLOSE: episodes from the start of fresh seeded games; FAR: from held-out FAR start states
+    (``heldout``: where the expert first reached ``far.start_depth`` in games of its own)."""
 
-    episodes: int = Field(30, gt=0, description="episodes per policy snapshot and per part (CLOSE, FAR)")
+    episodes: int = Field(30, gt=0, description="episodes per policy snapshot and per part (CLOSE games, distinct FAR starts)")
     max_steps: int = Field(2000, gt=0, description="env steps per evaluation episode")
     greedy: bool = False
-    seed: int = 10_000
+    seed: int = Field(10_000, description="master seed of the CLOSE games (and of the policies' sampling seeds)")
+    far_seed: int = Field(20_000, description="master seed of the held-out expert games that give the FAR starts")
 
 
 class Params(Strict):
@@ -176,6 +178,11 @@ class Params(Strict):
                 "retention.regularize_critic: not supported for NetHack (APPO's value head is trained by the "
                 "learner alone; retention acts on the policy)"
             )
+        masters = {"demos.seed": self.demos.seed, "evaluate.seed": self.evaluate.seed}
+        for key, value in masters.items():
+            if self.evaluate.far_seed == value:
+                raise ValueError(f"evaluate.far_seed ({value}) must differ from {key}: the FAR starts must come from "
+                                 "games that π* was not cloned on and that CLOSE does not play")
         if self.far.start_depth < self.far.boundary:
             raise ValueError(
                 f"far.start_depth ({self.far.start_depth}) must be ≥ far.boundary ({self.far.boundary}): "

@@ -16,24 +16,24 @@ from retainrl.core.config import ConfigError
 from retainrl.retention.methods import BASELINE, REGISTRY
 from retainrl.families.nethack.params import Params
 from retainrl.families.nethack.games import (
-    DEMO_FILE,
     META_FILE,
-
     Progress,
     cpu_cores,
-    far_start_states,
     game_seeds,
-    load_demos,
     make_env,
     reset_seeded,
     restore_far_state,
 )
+from retainrl.families.nethack.heldout import eval_starts, load_expert, load_starts, starts_dir  # noqa: F401 (eval_starts: the stage)
 
 log = logging.getLogger(__name__)
 
 
 #: The two evaluation parts, in the order their episode streams are numbered.
 PARTS = ("close", "far")
+#: Episodes played side by side by one evaluation process (one NLE env each). Results do not
+#: depend on it (one random stream per episode); it bounds the envs, and so the memory, per process.
+BATCH = 100
 
 
 def episode_streams(seed: int, part: str, n: int) -> list[np.random.Generator]:
@@ -143,16 +143,18 @@ class Player:
     the KL teacher) on both parts with sampling seed ``evaluate.seed + k``.
     """
 
-    def __init__(self, p: Params, demos_dir: str, pretrained_dir: str):
+    def __init__(self, p: Params, starts_path: str, pretrained_dir: str):
         from retainrl.families.nethack import sf
 
         self.ev = p.evaluate
-        self.demos = load_demos(demos_dir)
-        self.far = far_start_states(self.demos)
+        self.games, self.far = load_starts(starts_path)
+        if len(self.far["game"]) < self.ev.episodes:  # more is fine: the first n are what a run for n finds
+            raise ConfigError(f"{starts_path}: {len(self.far['game'])} held-out FAR starts for evaluate.episodes "
+                              f"{self.ev.episodes}; re-run nethack_eval_starts")
         self.close_seeds = game_seeds(self.ev.seed, self.ev.episodes)
         self.pi_star, self.cfg = sf.load_sf_policy(Path(pretrained_dir))
         self.pi_star.eval()
-        self.envs = [make_env(p.env.character, 10**7) for _ in range(self.ev.episodes)]
+        self.envs = [make_env(p.env.character, 10**7) for _ in range(min(self.ev.episodes, BATCH))]
 
     def play(self, snapshot: tuple[str, str] | None, k: int) -> dict[str, list[dict]]:
         from retainrl.families.nethack import sf
@@ -165,12 +167,16 @@ class Player:
         ac.eval()
         res = {}
         for part in PARTS:
-            if part == "close":
-                starts = [reset_seeded(env, self.close_seeds[e]) for e, env in enumerate(self.envs)]
-            else:
-                starts = [restore_far_state(env, self.demos, self.far, e % len(self.far["game"])) for e, env in enumerate(self.envs)]
             streams = episode_streams(self.ev.seed + k, part, self.ev.episodes)
-            res[part] = run_episodes(ac, cfg, self.envs, starts, self.ev.max_steps, self.ev.greedy, streams, teacher)
+            res[part] = []
+            for lo in range(0, self.ev.episodes, len(self.envs)):  # in batches of at most BATCH envs
+                eps = range(lo, min(lo + len(self.envs), self.ev.episodes))
+                envs = self.envs[: len(eps)]
+                if part == "close":
+                    starts = [reset_seeded(env, self.close_seeds[e]) for e, env in zip(eps, envs)]
+                else:  # episode e from held-out start e: each start once per policy and sampling seed
+                    starts = [restore_far_state(env, self.games, self.far, e) for e, env in zip(eps, envs)]
+                res[part] += run_episodes(ac, cfg, envs, starts, self.ev.max_steps, self.ev.greedy, [streams[e] for e in eps], teacher)
         return res
 
     def close(self) -> None:
@@ -181,14 +187,14 @@ class Player:
 _PLAYER: Player | None = None  # an evaluation worker process's own Player
 
 
-def _start_player(p: Params, demos_dir: str, pretrained_dir: str) -> None:
+def _start_player(p: Params, starts_path: str, pretrained_dir: str) -> None:
     import atexit
 
     import torch
 
     global _PLAYER
     torch.set_num_threads(1)  # one process per core: the cores play policies side by side
-    _PLAYER = Player(p, demos_dir, pretrained_dir)
+    _PLAYER = Player(p, starts_path, pretrained_dir)
     atexit.register(_PLAYER.close)
 
 
@@ -209,7 +215,7 @@ def play_all(p: Params, paths, jobs: list, processes: int | None = None):
         processes = cpu_cores()
     processes = max(1, min(processes, len(jobs)))
     if processes == 1:
-        player = Player(p, str(paths.demos), str(paths.pretrained))
+        player = Player(p, str(starts_dir(paths)), str(paths.pretrained))
         try:
             for job in jobs:
                 yield player.play(*job)
@@ -221,7 +227,7 @@ def play_all(p: Params, paths, jobs: list, processes: int | None = None):
 
     ctx = multiprocessing.get_context("spawn")  # no fork of a process holding NLE and torch threads
     with ProcessPoolExecutor(processes, mp_context=ctx, initializer=_start_player,
-                             initargs=(p, str(paths.demos), str(paths.pretrained))) as pool:
+                             initargs=(p, str(starts_dir(paths)), str(paths.pretrained))) as pool:
         yield from pool.map(_play_job, jobs)
 
 
@@ -253,9 +259,7 @@ def evaluate(p: Params, paths, device=None) -> dict:
     from retainrl.core.artifacts import atomic_path, save_json
     from retainrl.pipeline.evaluation import scalar_metrics, spread
 
-    demos = load_demos(paths.demos)
-    if len(far_start_states(demos)["game"]) == 0:
-        raise ConfigError(f"{Path(paths.demos) / DEMO_FILE}: no game reached Dlvl {p.far.start_depth}; no FAR start states to evaluate from")
+    expert = load_expert(starts_dir(paths))
     snapshots = _policy_snapshots(p, paths)
     n_seeds = max(len(seeds) for seeds in snapshots.values()) if snapshots else 1
     # One job per policy to play: π* once per sampling seed, then every snapshot of every method and
@@ -306,9 +310,9 @@ def evaluate(p: Params, paths, device=None) -> dict:
         finals = [g[max(g)] for g in seeds]
         summary["methods"][m] = {k: spread([f[k] for f in finals]) for k in finals[0]}
         summary["methods"][m]["final_step"] = int(max(seeds[0]))
-    n_far = len(far_start_states(demos)["game"])
-    summary["far_starts"] = n_far
-    summary["comparisons"] = compare_policies(rows, list(per_step), n_far)
+    summary["far_starts"] = expert["summary"]["starts"]  # distinct held-out starts, one episode each
+    summary["comparisons"] = compare_policies(rows, list(per_step))
+    summary["expert"] = expert_on_protocol(expert, rows)
     # The shared metrics: CLOSE = score from the game start, which is also the whole task in
     # NetHack; FAR = score gained from the Dlvl-4 starts; unbounded scores, one value per seed.
     from retainrl.pipeline.study import Curves, study_metrics
@@ -350,18 +354,20 @@ def final_episodes(rows: list[dict], policy: str, part: str, key: str = "score_g
     return np.asarray(out, float)
 
 
-def compare_policies(rows: list[dict], methods: list[str], far_starts: int | None = None) -> list[dict]:
+def compare_policies(rows: list[dict], methods: list[str]) -> list[dict]:
     """Paired bootstrap differences (``retainrl.pipeline.stats``) of the final policies, CLOSE and FAR.
 
-    CLOSE episodes are distinct games; FAR episode e starts from FAR state e % ``far_starts``, so
-    on FAR the bootstrap resamples start states (clusters), not episodes.
+    CLOSE episode e is game e, FAR episode e starts from held-out start e, for every policy and
+    seed: the bootstrap draws one set of games / start states for all seeds and both policies
+    (clustered by start state), and resamples each policy's seeds on their own.
 
     Score: every method against π*, and every retention method against vanilla ``finetune``
     (the study's two questions: does fine-tuning keep/improve on π*? does retention beat FT?).
     KL(π* ‖ π) on the visited states: every retention method against ``finetune`` (does it move
-    the policy less from π*?).
+    the policy less from π*?). The whole set is Holm-corrected (``stats.holm``): the report's
+    verdicts hold its family-wise error rate at 5%.
     """
-    from retainrl.pipeline.stats import paired_difference
+    from retainrl.pipeline.stats import holm, paired_difference
 
     retention = [m for m in methods if REGISTRY[m].retains] if BASELINE in methods else []
     plan = [("score_gain", m, "pretrained") for m in methods] + [("score_gain", m, BASELINE) for m in retention]
@@ -370,9 +376,24 @@ def compare_policies(rows: list[dict], methods: list[str], far_starts: int | Non
     for part in ("close", "far"):
         for key, a, b in plan:
             xa, xb = final_episodes(rows, a, part, key), final_episodes(rows, b, part, key)
-            clusters = np.arange(xa.shape[1]) % far_starts if part == "far" and far_starts else None
-            cmp = paired_difference(xa, xb, clusters=clusters)
+            cmp = paired_difference(xa, xb)
             out.append({"part": part, "a": a, "b": b, "metric": key, **cmp})
+    return holm(out)
+
+
+def expert_on_protocol(expert: dict, rows: list[dict]) -> dict:
+    """The expert's CLOSE score and FAR score gained on the evaluation's own games and held-out
+    starts (``heldout``), and π* over the expert on each, paired by episode (π*'s sampling seeds
+    resampled too)."""
+    from retainrl.pipeline.stats import paired_ratio
+
+    out = {"games_played": expert["summary"]["games_played"], "starts": expert["summary"]["starts"]}
+    for part in PARTS:
+        ex = np.asarray([[e["score_gain"] for e in expert[part]]], float)
+        pi = final_episodes(rows, "pretrained", part)
+        out[part] = {"expert_score_gain": float(ex.mean()), "expert_levels": float(np.mean([e["levels"] for e in expert[part]])),
+                     "pi_star_score_gain": float(pi.mean()),
+                     "pi_star_over_expert": paired_ratio(pi, ex) if ex.mean() > 0 else None}
     return out
 
 
@@ -404,8 +425,9 @@ def report(p: Params, paths) -> None:
         f"lr {ft.lr:g}, batch {ft.batch_size} × {ft.epochs} SGD epoch{'s' if ft.epochs > 1 else ''}, {ft.num_envs} envs × rollout "
         f"{ft.rollout}, training episodes cut at {ft.max_episode_steps:,} steps. Evaluation: {p.evaluate.episodes} episodes per "
         f"part and policy, at most {p.evaluate.max_steps:,} env steps each ({'greedy' if p.evaluate.greedy else 'sampled'} actions). "
-        f"CLOSE = from the start of a game; FAR = from the state where the expert first reached Dlvl {depth}, "
-        "scored as the score gained on top of that state's. Mean ± std over seeds of the final policy "
+        f"CLOSE = from the start of a game; FAR = from the state where the expert first reached Dlvl {depth} in a held-out game "
+        f"({summary['far_starts']} distinct starts from games that no demo, BC update or BC-buffer entry comes from, each played "
+        "once per policy and sampling seed), scored as the score gained on top of that state's. Mean ± std over seeds of the final policy "
         f"(π*: over {len(summary['pretrained']['close_score_gain'].get('per_seed', [0]))} sampling seeds, one per training seed).")
     policies = [("π* (pretrained)", summary["pretrained"])] + list(summary["methods"].items())
     finals = Table(["policy", "CLOSE score", "CLOSE turns", "CLOSE dlvl", "CLOSE xplvl", "FAR score gained", "FAR levels descended",
@@ -416,8 +438,21 @@ def report(p: Params, paths) -> None:
     per_seed = "Per seed (final CLOSE score / FAR score gained): " + "; ".join(
         f"{name}: " + ", ".join(f"{a:.1f} / {b:.1f}" for a, b in zip(m["close_score_gain"]["per_seed"], m["far_score_gain"]["per_seed"]))
         for name, m in [("π* (per sampling seed)", summary["pretrained"])] + list(summary["methods"].items()))
+    ex = summary["expert"]
+
+    def ratio(r):
+        return "–" if r is None else f"{r['ratio']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]"
+
+    expert = Table(["part", "expert", "π*", "π* / expert (95% interval)"],
+                   [[part.upper() + (" score" if part == "close" else " score gained"), f"{ex[part]['expert_score_gain']:.1f}",
+                     f"{ex[part]['pi_star_score_gain']:.1f}", ratio(ex[part]["pi_star_over_expert"])] for part in ("close", "far")])
     sections = [
         Section(None, [*intro, finals]),
+        Section("π* against its teacher on the same protocol", [
+            f"The scripted expert played the evaluation's {p.evaluate.episodes} CLOSE games and, from each of the "
+            f"{ex['starts']} held-out FAR starts (found in {ex['games_played']} expert games), {p.evaluate.max_steps:,} more "
+            "steps. On FAR it keeps the memory of its own way down, which a policy started there lacks: an upper reference. "
+            "Interval: paired bootstrap over episodes and π*'s sampling seeds.", expert]),
         study_section(summary["study"], "score",
                       "CLOSE and the full task: the score from the game start; FAR: the score gained from the Dlvl-4 starts. "
                       "Scores are unbounded, so forward transfer is AUC − AUC_scratch. Seeds are the only resampled unit here; "
@@ -431,14 +466,16 @@ def report(p: Params, paths) -> None:
             f = "+.3f" if c["metric"] == "kl_pi_star" else "+.1f"
             rows.append([c["part"].upper(), "KL" if c["metric"] == "kl_pi_star" else "score", c["a"],
                          "π*" if c["b"] == "pretrained" else c["b"], f"{c['diff']:{f}}", f"[{c['ci_low']:{f}}, {c['ci_high']:{f}}]",
-                         f"{c['p_above']:.2f}", verdict(c)])
+                         f"{c['p_above']:.2f}", f"{c['p_holm']:.3f}", verdict(c)])
         sections.append(Section("Paired differences of the final policies", [
             f"Every policy plays the same {c0['episodes']} games / FAR starts; episode e of seed k of every policy, π*'s included, "
             f"draws its actions from the same random stream; {100 * c0['level']:.0f}% bootstrap interval over games and seeds, FAR "
-            f"clustered by start state ({summary.get('far_starts', '?')} distinct FAR starts, in-sample: they come from the demo "
-            "games; `retainrl/pipeline/stats.py`). Score: CLOSE score, FAR score gained; KL: mean KL(π*‖π) on the states the "
-            "policy visits (lower = closer to π*).",
-            Table(["part", "metric", "policy", "vs", "difference", "interval", "P(policy > vs)", "verdict"], rows)]))
+            f"clustered by start state ({summary['far_starts']} distinct held-out FAR starts, one episode each per seed; "
+            "`retainrl/pipeline/stats.py`). Score: CLOSE score, FAR score gained; KL: mean KL(π*‖π) on the states the "
+            "policy visits (lower = closer to π*). Verdicts: *higher*/*lower* when the Holm-corrected p-value over all "
+            f"{len(summary['comparisons'])} comparisons of this table is below 0.05 (a 5% family-wise error rate); the "
+            "intervals are the uncorrected 95% ones.",
+            Table(["part", "metric", "policy", "vs", "difference", "interval", "P(policy > vs)", "p (Holm)", "verdict"], rows)]))
 
     def figure(part, file, title, ylabel):
         lines = []
