@@ -272,6 +272,15 @@ def test_bc_pretrain_writes_a_sample_factory_policy_and_far_buffer(tmp_path):
     assert res3["runs"][0]["env_steps"] == res["runs"][0]["env_steps"]
     assert res3["runs"][0]["actor_updates"] == 3 * res["runs"][0]["actor_updates"]
 
+    # finetune.far_share reaches sample-factory's envs: every other training episode starts on the demos' FAR state.
+    p2f = p2k.model_copy(update={"finetune": p2k.finetune.model_copy(update={"far_share": 0.5, "env_steps": 512})})
+    nhf.finetune(p2f, paths, method="finetune")
+    eps = json.loads((paths.finetune("finetune") / "seed_0" / "train_episodes.json").read_text())
+    by_env = {}
+    for e in eps:
+        by_env.setdefault(e["env"], []).append(e["max_depth"] >= p.far.start_depth)
+    assert by_env and all(starts[:2] == [False, True] for starts in by_env.values()), by_env
+
     # Parallel mode (the paper profile's): 2 rollout-worker processes + a learner process; the
     # retention learner runs in the spawned learner process and still applies the KS loss.
     p2p = p2k.model_copy(update={"finetune": p2k.finetune.model_copy(update={"workers": 2, "env_steps": 1024, "max_episode_steps": 16})})
@@ -436,6 +445,16 @@ def test_sample_factory_env_starts_episodes_in_far_start_states(env, game):
         assert not (term or trunc) and obs2["chars"].shape == (21, 79)
     finally:
         sfenv.close()
+    # finetune.far_share (the control): that share of the training episodes from FAR states, evenly spread
+    assert [sf.far_episode(e, 0.25) for e in range(8)] == [False, False, False, True] * 2
+    assert sum(sf.far_episode(e, 0.3) for e in range(1000)) == 300
+    assert not any(sf.far_episode(e, 0.0) for e in range(50)) and all(sf.far_episode(e, 1.0) for e in range(50))
+    mixed = sf.NetHackSF(max_steps=5000, seeds=nhf.game_seeds(3, 4), far=(demos, far), far_share=0.5)
+    try:
+        depths = [int(mixed.reset()[0]["blstats"][12]) for _ in range(4)]
+        assert depths == [1, 2, 1, 2]  # a fresh game, the FAR start, a fresh game, the FAR start
+    finally:
+        mixed.close()
 
 
 def test_dvc_yaml_declares_the_nethack_paths_and_profile_params():

@@ -111,7 +111,49 @@ def _montezuma(repo, params):
     assert (repo / "reports/montezuma/search/timing.json").stat().st_size > 0
 
 
-CHECKS = {"apple": _apple, "nethack": _nethack, "montezuma": _montezuma}
+def _robot(repo, params):
+    """RoboticSequence's stage outputs, sized by the smoke profile: FAR-only demos that end in
+    success, π*'s scores and critic fit, EM's memory and the BC buffer from FAR only, every
+    method's curves and actor checkpoints, the evaluation's per-part rows and forward transfer."""
+    import numpy as np
+
+    from retainrl.core.config import load_params
+    from retainrl.families.robot import stages as robot
+
+    p = load_params(repo / "params.yaml", only="robot").section("robot")
+    far = list(p.env.far_stages)
+    stage_of = lambda obs: obs[:, -p.env.n_stages:].argmax(1)  # noqa: E731 — the stage one-hot ends the observation
+    demos = np.load(repo / "data/robot/demos/demos.npz")
+    assert demos["obs"].shape[1] == p.env.obs_dim and sorted(np.unique(demos["stage"])) == far
+    assert demos["terminal"].sum() == len(np.unique(demos["episode"]))  # kept episodes all end in success
+    scores = json.loads((repo / "models/robot/pretrained/scores.json").read_text())
+    assert set(scores["success"]) == set(p.env.tasks)
+    assert {"before", "monte_carlo", "td"} <= set(scores["critic_fit"]) and scores["critic_fit"]["held_out"] >= 1
+    memory = np.load(repo / "models/robot/pretrained/memory.npz")
+    assert memory["obs"].shape == (scores["memory"], p.env.obs_dim) == memory["next_obs"].shape
+    assert 0 < scores["memory"] <= robot.memory_size(p) and sorted(set(stage_of(memory["obs"]))) == far
+    buf = np.load(repo / "data/robot/far_buffer/far_buffer.npz")
+    assert buf["obs"].shape == (p.far_buffer.size, p.env.obs_dim) and len(buf["targets"]) == p.far_buffer.size
+    assert sorted(set(stage_of(buf["obs"]))) == far  # FAR states only
+    steps = list(range(0, p.finetune.steps + 1, p.finetune.eval_every))
+    for m in p.finetune.methods:
+        c = np.load(repo / f"models/robot/finetune/{m}/curves.npz")
+        assert c["step"].tolist() == steps and c["success"].shape == (p.finetune.seeds, len(p.env.tasks), len(steps))
+        assert len(list((repo / f"models/robot/finetune/{m}/checkpoints").glob("actor_*.safetensors"))) == p.finetune.checkpoints
+    ev = repo / "reports/robot/eval"
+    summary, scalars = json.loads((ev / "summary.json").read_text()), json.loads((ev / "metrics.json").read_text())
+    assert "per_seed" not in json.dumps(scalars) and "per_seed" in json.dumps(summary)
+    rows = json.loads((ev / "far_success.json").read_text())
+    assert [r["step"] for r in rows] == steps and {f"{m}/{t}" for m in p.finetune.methods for t in p.env.far} <= set(rows[0])
+    close = [t for t in p.env.tasks if t not in p.env.far]
+    assert {f"{m}/{t}" for m in p.finetune.methods for t in close} <= set(json.loads((ev / "close_success.json").read_text())[0])
+    assert set(summary["methods"]) == set(p.finetune.methods)
+    assert all("forgetting" in summary["methods"]["finetune"][t] for t in p.env.far)
+    assert summary["methods"]["scratch"][p.env.far[0]]["forward_transfer"]["mean"] == pytest.approx(0.0, abs=1e-9)  # against itself
+    assert "| em |" in (repo / "reports/robot/report/report.md").read_text()
+
+
+CHECKS = {"apple": _apple, "nethack": _nethack, "montezuma": _montezuma, "robot": _robot}
 
 
 @pytest.mark.parametrize("family", FAMILIES)

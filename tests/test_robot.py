@@ -6,7 +6,6 @@ task envs whose success step is scripted (exact, fast); one test uses real Meta-
 
 from __future__ import annotations
 
-import json
 import textwrap
 
 import numpy as np
@@ -18,7 +17,6 @@ from retainrl.learners import sac
 from retainrl.core.config import ConfigError, load_params
 from retainrl.retention.methods import RetentionParams
 from retainrl.families.robot import stages as robot
-from retainrl.families.robot import results as robot_results
 from retainrl.retention import ProtectedReplay, RetentionContext, build_retention, fisher_diagonal
 
 torch.set_num_threads(1)
@@ -396,6 +394,8 @@ def test_critic_pretraining_fits_the_monte_carlo_returns():
 
 
 # --------------------------------------------------------------------------- end to end
+# The stage functions end to end: tests/test_pipeline_e2e.py (`_robot`) checks what each stage of
+# the smoke DAG wrote, sized by the smoke profile. SMOKE: a tinier config for in-process tests.
 
 
 SMOKE = {
@@ -407,53 +407,6 @@ SMOKE = {
     "fisher": {"states": 16},
     "finetune": {"seeds": 2, "steps": 40, "batch_size": 16, "replay_size": 400, "update_every": 10, "random_steps": 10, "eval_every": 20, "eval_episodes": 1, "checkpoints": 2},
 }
-
-
-def test_end_to_end_stage_functions(tmp_path):
-    from retainrl.core.artifacts import load_json
-    from retainrl.core.paths import Paths
-
-    p = robot.Params.model_validate(SMOKE)
-    paths = Paths("robot", tmp_path)
-    dev = torch.device("cpu")
-    robot.collect_demos(p, paths, dev)
-    demos = np.load(paths.demos / "demos.npz")
-    assert demos["obs"].shape[1] == p.env.obs_dim and set(np.unique(demos["stage"])) == {1}
-    assert demos["terminal"].sum() == len(np.unique(demos["episode"]))  # kept episodes all end in success
-    robot.pretrain(p, paths, dev)
-    scores = load_json(paths.pretrained / "scores.json", "scores")
-    assert set(scores["success"]) == set(p.env.tasks)
-    assert {"before", "monte_carlo", "td"} <= set(scores["critic_fit"]) and scores["critic_fit"]["held_out"] >= 1
-    # EM's memory: a sample of the pre-training transitions (demos, π*'s rollouts, exploration), FAR only.
-    memory = np.load(paths.pretrained / "memory.npz")
-    assert memory["obs"].shape == (40, p.env.obs_dim) == memory["next_obs"].shape  # share 0.1 of replay 400
-    assert set(memory["obs"][:, -2:].argmax(1)) == {1} and scores["memory"] == 40
-    robot.far_buffer(p, paths, dev)
-    far = np.load(paths.far_buffer / "far_buffer.npz")
-    assert far["obs"].shape == (64, p.env.obs_dim) and far["targets"].shape == (64, 8)
-    assert set(far["obs"][:, -2:].argmax(1)) == {1}  # FAR states only
-    robot.fisher(p, paths, dev)
-    methods = p.finetune.methods
-    for m in methods:
-        robot.finetune(p, paths, dev, m)
-        c = np.load(paths.finetune(m) / "curves.npz")
-        assert c["step"].tolist() == [0, 20, 40] and c["success"].shape == (2, 2, 3)
-        assert len(list((paths.finetune(m) / "checkpoints").glob("actor_*.safetensors"))) == 2
-    robot_results.evaluate(p, paths, dev)
-    metrics = load_json(paths.evaluation / "summary.json", "summary")
-    scalars = load_json(paths.evaluation / "metrics.json", "metrics")
-    assert "per_seed" not in json.dumps(scalars) and "per_seed" in json.dumps(metrics)
-    rows = load_json(paths.evaluation / "far_success.json", "rows")
-    assert [r["step"] for r in rows] == [0, 20, 40] and {f"{m}/push-wall" for m in methods} <= set(rows[0])
-    assert "em/push" in load_json(paths.evaluation / "close_success.json", "rows")[0]
-    assert set(metrics["methods"]) == set(methods)
-    assert "forgetting" in metrics["methods"]["finetune"]["push-wall"]
-    assert "forward_transfer" in metrics["methods"]["bc"]["push"]
-    assert metrics["methods"]["scratch"]["push-wall"]["forward_transfer"]["mean"] == pytest.approx(0.0, abs=1e-9)
-    robot_results.report(p, paths)
-    text = (paths.report / "report.md").read_text()
-    assert "| em |" in text and (paths.report / "success_curves.png").stat().st_size > 1000
-    assert not list(tmp_path.rglob("*.tmp"))  # atomic writes left nothing behind
 
 
 def test_code_defaults_are_the_default_profile(root):

@@ -145,6 +145,11 @@ class FinetuneParams(Strict):
     #: Policy snapshots kept at evenly spaced env steps (the last is the final policy); each is
     #: evaluated on CLOSE and FAR for the curves over fine-tuning.
     snapshots: int = Field(2, gt=0)
+    #: Share of training episodes that start from a FAR start state of the demos instead of a
+    #: fresh game (evenly spread: episode e is FAR when ⌊(e+1)·share⌋ > ⌊e·share⌋). 0 is the
+    #: study's design (fine-tuning starts where CLOSE starts). The control for the 16-epoch
+    #: setting runs vanilla fine-tuning with FAR in its training distribution (docs/nethack.md).
+    far_share: float = Field(0.0, ge=0, le=1)
     seed: int = 0
 
 

@@ -67,15 +67,17 @@ class NetHackSF(gym.Env):
     """A gymnasium env for sample-factory: seeded games, or episodes started in FAR start states.
 
     ``seeds``: (n, 3) game seeds cycled through in order (reproducible episodes), or None for
-    fresh NLE seeds. ``far``: (demos, far_start_states) to start each episode in the next FAR
-    start state by replaying its prefix (the study's FAR evaluation). ``episode_log``: a JSONL
+    fresh NLE seeds. ``far``: (demos, far_start_states) to start episodes in the next FAR start
+    state by replaying its prefix: every episode (``far_share`` 1), or that share of them, evenly
+    spread (:func:`far_episode`), the others from ``seeds``. ``episode_log``: a JSONL
     file that gets one line per finished episode (this env's step count when it ended, score,
     deepest level, turns, experience level, death); the env may live in a rollout-worker
     process, so a file is how training episodes reach the caller.
     """
 
     def __init__(self, character: str = "mon-hum-neu-mal", max_steps: int = 30_000, seeds=None, far=None, offset: int = 0,
-                 teacher: str | Path | None = None, episode_log: str | Path | None = None, steps: int = 0):
+                 teacher: str | Path | None = None, episode_log: str | Path | None = None, steps: int = 0,
+                 far_share: float = 1.0):
         from nle import nethack as nh
 
         from retainrl.families.nethack.games import make_env
@@ -92,6 +94,8 @@ class NetHackSF(gym.Env):
         self.action_space = gym.spaces.Discrete(len(nh.ACTIONS))
         self.seeds = seeds
         self.far = far
+        self.far_share = far_share
+        self.far_episodes = 0
         self.episode = offset
         self.render_mode = None
         self.episode_log = Path(episode_log) if episode_log else None
@@ -101,10 +105,10 @@ class NetHackSF(gym.Env):
     def reset(self, seed=None, options=None):
         from retainrl.families.nethack.games import reset_seeded, restore_far_state
 
-        if self.far is not None:
+        if self.far is not None and far_episode(self.episode, self.far_share):
             demos, far = self.far
-            k = self.episode % len(far["game"])
-            obs = restore_far_state(self.env, demos, far, k)
+            obs = restore_far_state(self.env, demos, far, self.far_episodes % len(far["game"]))
+            self.far_episodes += 1
         elif self.seeds is not None:
             obs = reset_seeded(self.env, self.seeds[self.episode % len(self.seeds)])
         else:
@@ -143,6 +147,11 @@ class NetHackSF(gym.Env):
         self.env.close()
 
 
+def far_episode(e: int, share: float) -> bool:
+    """Whether episode ``e`` starts from a FAR state when ``share`` of them do, evenly spread."""
+    return int((e + 1) * share) > int(e * share)
+
+
 def make_sf_env(full_env_name, cfg=None, env_config=None, render_mode=None):
     """sample-factory's env factory; each worker/env index gets its own slice of the seed cycle.
 
@@ -158,10 +167,16 @@ def make_sf_env(full_env_name, cfg=None, env_config=None, render_mode=None):
     if cfg is not None and not getattr(cfg, "serial_mode", True):
         torch.set_num_threads(1)
     log_dir = getattr(cfg, "nethack_episode_log", "")
+    far_share, far = float(getattr(cfg, "nethack_far_share", 0.0)), None
+    if far_share > 0:
+        from retainrl.families.nethack.games import far_start_states, load_demos
+
+        demos = load_demos(cfg.nethack_demos)
+        far = (demos, far_start_states(demos))
     return NetHackSF(character=character, max_steps=int(getattr(cfg, "nethack_max_steps", 30_000)), seeds=seeds,
                      teacher=getattr(cfg, "nethack_teacher", "") or None,
                      episode_log=Path(log_dir) / f"env_{idx:04d}.jsonl" if log_dir else None,
-                     steps=int(getattr(cfg, "nethack_steps_offset", 0)))
+                     steps=int(getattr(cfg, "nethack_steps_offset", 0)), far=far, far_share=far_share)
 
 
 # --------------------------------------------------------------------------- encoder
@@ -264,6 +279,8 @@ def sf_config(train_dir: Path, experiment: str, extra: list[str] | None = None):
     parser.add_argument("--nethack_max_steps", default=30_000, type=int, help="env steps per training episode")
     parser.add_argument("--nethack_episode_log", default="", type=str, help="dir for one JSONL episode log per env")
     parser.add_argument("--nethack_steps_offset", default=0, type=int, help="each env's step count at a resumed checkpoint")
+    parser.add_argument("--nethack_far_share", default=0.0, type=float, help="share of training episodes from FAR start states")
+    parser.add_argument("--nethack_demos", default="", type=str, help="demos dir whose FAR start states those episodes use")
     return parse_full_cfg(parser, argv)
 
 
@@ -422,7 +439,8 @@ def load_snapshot(exp_dir: Path, path: Path):
 def run_appo(pretrained: Path | None, exp_dir: Path, retention, *, env_steps: int, num_envs: int, rollout: int,
              batch_size: int, lr: float, entropy: float, epochs: int = 1, freeze_encoder: bool = True, seed: int = 0,
              device: str = "cpu", max_episode_steps: int = 30_000, snapshots: int = 1, workers: int = 1,
-             batched_sampling: bool = True, train_only: tuple[str, ...] = (), save_every_s: float | None = None) -> dict:
+             batched_sampling: bool = True, train_only: tuple[str, ...] = (), save_every_s: float | None = None,
+             far_share: float = 0.0, demos: Path | None = None) -> dict:
     """Fine-tune π* with APPO (sample-factory) plus a retention method; writes into ``exp_dir``.
 
     ``workers`` 1 runs sample-factory's serial mode (synchronous APPO, everything in this process:
@@ -433,7 +451,8 @@ def run_appo(pretrained: Path | None, exp_dir: Path, retention, *, env_steps: in
     (random init, nothing frozen). ``epochs`` is sample-factory's ``num_epochs``: SGD passes over
     each batch. For a method that uses π*'s outputs on the online states (KS) the envs step π*
     alongside the game (``--nethack_teacher``): only they hold π*'s recurrent state. ``train_only`` (parameter-name prefixes) freezes everything else:
-    ``("critic_linear",)`` is the critic warm-up (the policy plays and stays π*).
+    ``("critic_linear",)`` is the critic warm-up (the policy plays and stays π*). ``far_share``
+    of the training episodes start from the FAR start states of ``demos`` (``NetHackSF``).
 
     Resume: with ``save_every_s``, sample-factory checkpoints the learner that often (wall clock),
     and a call on an ``exp_dir`` that holds such a checkpoint (a killed run) goes on from it
@@ -470,6 +489,10 @@ def run_appo(pretrained: Path | None, exp_dir: Path, retention, *, env_steps: in
         log.info("resuming the APPO run in %s from its checkpoint at %d env steps", exp_dir, resumed_at)
         cut_episode_log(episode_log, resumed_at // n_envs)
     teacher = [f"--nethack_teacher={pretrained}"] if retention.uses_online_states and pretrained is not None else []
+    if far_share > 0:
+        if demos is None:
+            raise ValueError("run_appo: far_share > 0 needs the demos whose FAR start states the episodes start from")
+        teacher += [f"--nethack_far_share={far_share}", f"--nethack_demos={Path(demos).resolve()}"]
     mode = (["--num_workers=1", "--serial_mode=True", "--async_rl=False"] if workers == 1
             else [f"--num_workers={workers}", "--serial_mode=False", "--async_rl=True"])
     cfg = sf_config(exp_dir.parent, exp_dir.name, mode + [

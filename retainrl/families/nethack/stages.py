@@ -527,7 +527,8 @@ def finetune_seed(p: Params, paths, device, method: str, k: int, run_dir: Path, 
     res = sf.run_appo(Path(paths.pretrained).resolve() if retention.starts_from_pretrained else None, run_dir, retention,
                       env_steps=ft.env_steps, lr=ft.lr, epochs=ft.epochs, entropy=0.0 if retention.retains else ft.entropy,
                       freeze_encoder=ft.freeze_encoder, seed=seed, snapshots=ft.snapshots,
-                      save_every_s=p.checkpoint.every_s, **appo_settings(ft, device))
+                      save_every_s=p.checkpoint.every_s, far_share=ft.far_share, demos=Path(paths.demos),
+                      **appo_settings(ft, device))
     if res["status"] != 0:
         raise RuntimeError(f"sample-factory APPO exited with status {res['status']} ({method}, seed {seed})")
     res = {"method": method, "seed": seed, "coef": retention.coef(0), **res}
