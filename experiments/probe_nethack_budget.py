@@ -77,7 +77,6 @@ def _paths(tmp: Path):
 def _finetune(args, tmp: str, method: str) -> dict:
     import torch
 
-    from retainrl.families.nethack import results as nethack_eval
     from retainrl.families.nethack import stages as nhf
     from retainrl.core.paths import Paths
 
@@ -104,7 +103,6 @@ def main() -> None:
     import torch
 
     from retainrl.families.nethack import results as nethack_eval
-    from retainrl.families.nethack import stages as nhf
     from retainrl.core.log import setup_logging
     from retainrl.pipeline.stats import verdict
 
