@@ -59,3 +59,16 @@ def test_readme_is_a_short_entry_page(root):
 
     for family in family_names():
         assert (root / "docs" / f"{family}.md").exists(), family
+
+
+def test_test_suite_minutes_join_the_dag_minutes_paragraph(tmp_path):
+    res = tmp_path / "benchmarks" / "results"
+    res.mkdir(parents=True)
+    (res / "test_suite.json").write_text(json.dumps({"idle": {"total_minutes": 27.6, "setup_minutes": 3.2, "pytest_minutes": 24.3,
+                                                              "passed": 375, "note": "nothing beside it"}}))
+    alone = summary.performance_block(tmp_path).splitlines()
+    assert alone[-1] == ("A fresh clone's `make test` (`benchmarks/results/test_suite.json`), idle: 27.6 min "
+                         "(3.2 set-up + 24.3 tests, 375 passed; nothing beside it).") and alone[-2] == ""
+    (res / "dag_default.json").write_text(json.dumps({"total_minutes": 6.2, "families": {}}))
+    block = summary.performance_block(tmp_path).splitlines()
+    assert block[-1].startswith("The default-profile DAG: 6.2 compute minutes") and block[-1].endswith(alone[-1])

@@ -148,6 +148,14 @@ def performance_block(root: Path) -> str:
                          for f, v in d["families"].items())
         lines += ["", f"The default-profile DAG: {d['total_minutes']:g} compute minutes in all, from "
                   f"`benchmarks/results/dag_default.json`: {fams}."]
+    if (t := _read(root, "benchmarks/results/test_suite.json")):
+        runs = "; ".join(f"{label}: {v['total_minutes']:g} min ({v['setup_minutes']:g} set-up + {v['pytest_minutes']:g} tests, "
+                         f"{v['passed']} passed; {v['note']})" for label, v in sorted(t.items()))
+        sentence = f"A fresh clone's `make test` (`benchmarks/results/test_suite.json`), {runs}."
+        if len(lines) > 2 and lines[-2] == "":
+            lines[-1] += " " + sentence  # one paragraph with the DAG's minutes
+        else:
+            lines += ["", sentence]
     return "\n".join(lines) + "\n"
 
 

@@ -1,0 +1,43 @@
+"""The log parsers behind benchmarks/results: what `make test` took (suite_minutes)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import suite_minutes as T  # noqa: E402
+
+LOG = """\
+23:58:00 /usr/bin/python3.11 -m venv .venv
+23:59:30 environment ok: torch 2.13.0+cpu
+00:01:00 /tmp/c/.venv/bin/python -m pytest -q -n 2 --dist loadscope
+00:20:00 ============================= slowest 25 durations =============================
+00:20:00 271.57s setup    tests/test_flows.py::test_flow_runs_every_stage_and_matches_dvc_repro
+00:20:00 237.38s call     tests/test_pipeline_e2e.py::test_make_run[nethack]
+00:20:00 2 failed, 370 passed, 5439 warnings in 1140.00s (0:19:00)
+rc=2 total=1320s
+"""
+
+
+def test_a_make_test_log_gives_set_up_test_and_total_minutes(tmp_path):
+    got = T.parse(LOG)
+    assert (got["status"], got["passed"], got["failed"]) == (2, 370, 2)
+    assert got["setup_minutes"] == 3.0  # 23:58 → 00:01, across midnight
+    assert got["pytest_minutes"] == 19.0 and got["total_minutes"] == 22.0
+    assert got["slowest"][1] == {"seconds": 237.38, "phase": "call", "test": "tests/test_pipeline_e2e.py::test_make_run[nethack]"}
+    log, out = tmp_path / "ci.log", tmp_path / "times.json"
+    log.write_text(LOG)
+    out.write_text(json.dumps({"idle": {"kept": True}}))
+    assert T.main([str(log), "--label", "loaded", "--note", "n", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["idle"] == {"kept": True} and data["loaded"]["note"] == "n"
+
+
+def test_an_unfinished_run_is_refused():
+    import pytest
+
+    with pytest.raises(SystemExit, match="did the run finish"):
+        T.parse(LOG.rsplit("rc=", 1)[0])
