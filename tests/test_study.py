@@ -36,7 +36,7 @@ def test_intervals_and_probability_of_improvement():
     out = study_metrics({"finetune": low, "ks": high}, bounded=True, reps=500)
     for method in out:
         assert out[method]["forward_transfer"] is None  # no scratch run here
-        for stat in filter(None, out[method].values()):
+        for stat in filter(None, (v for k, v in out[method].items() if k != "claims")):
             assert stat["ci_low"] <= stat["mean"] <= stat["ci_high"]
     assert out["ks"]["full_final"]["seeds"] == 6 and "iqm" in out["ks"]["full_final"]
     assert out["ks"]["p_improvement"]["mean"] == pytest.approx(1.0)  # every ks seed beats every finetune seed
@@ -88,3 +88,46 @@ def test_intervals_are_reproducible_in_and_across_processes():
     study_metrics({"finetune": Curves(step=np.arange(3.0), close=np.ones((3, 3)), far=np.ones((3, 3)), full=np.ones((3, 3)))},
                   bounded=True, reps=50)
     assert np.random.random() == expected
+
+
+def _run(far_start, far_end, full_end, seeds=5, noise=0.02, seed=0):
+    """Curves of one method whose FAR goes from far_start to far_end and whose full task ends at full_end."""
+    r = np.random.default_rng(seed)
+    far = np.stack([np.full(seeds, far_start), np.full(seeds, (far_start + far_end) / 2), far_end + r.normal(0, noise, seeds)], 1)
+    full = np.stack([np.zeros(seeds), np.full(seeds, full_end / 2), full_end + r.normal(0, noise, seeds)], 1)
+    return Curves(step=np.arange(3), close=far, far=far, full=full)
+
+
+def test_the_study_claims_are_differences_with_holm_corrected_verdicts():
+    """FT losing FAR, a retention method above FT and scratch: *shown*; a method level with FT:
+    *not shown* on the full task; scratch makes no claim; Holm corrects over the family's claims."""
+    from retainrl.pipeline.study import CLAIMS, claim_rows
+
+    c = {"finetune": _run(1.0, 0.3, 0.5, seed=1), "bc": _run(1.0, 0.95, 0.9, seed=2), "l2": _run(1.0, 0.3, 0.5, seed=3),
+         "scratch": _run(0.0, 0.0, 0.1, seed=4)}
+    out = study_metrics(c, bounded=True, reps=1000)
+    assert "claims" not in out["scratch"] and set(out["finetune"]["claims"]) == {"forgets"}
+    assert set(out["bc"]["claims"]) == set(CLAIMS) - {"forgets"}
+    forgets = out["finetune"]["claims"]["forgets"]
+    assert forgets["diff"] == pytest.approx(c["finetune"].far[:, -1].mean() - 1.0) and forgets["verdict"] == "shown"
+    bc = out["bc"]["claims"]
+    assert bc["beats_finetune"]["diff"] == pytest.approx(c["bc"].full[:, -1].mean() - c["finetune"].full[:, -1].mean())
+    assert {k: v["verdict"] for k, v in bc.items()} == {"keeps_far": "shown", "beats_finetune": "shown", "beats_scratch": "shown"}
+    level = out["l2"]["claims"]["beats_finetune"]
+    assert level["ci_low"] < 0 < level["ci_high"] and level["verdict"] in ("leaning", "not shown")
+    rows = claim_rows(out)
+    assert len(rows) == 7 and all(r["holm_m"] == 7 and r["p_holm"] >= r["p_value"] for r in rows)
+    assert [r["claim"] for r in rows] == ["forgets", "keeps_far", "keeps_far", "beats_finetune", "beats_finetune",
+                                          "beats_scratch", "beats_scratch"]
+
+
+def test_claim_verdicts_need_the_sign_the_interval_and_the_correction():
+    from retainrl.pipeline.study import claim_verdict
+
+    base = {"diff": 1.0, "ci_low": 0.2, "ci_high": 2.0, "p_holm": 0.01, "direction": 1, "seeds": 5, "seeds_against": 5}
+    assert claim_verdict(base) == "shown"
+    assert claim_verdict({**base, "p_holm": 0.2}) == "leaning"  # the raw interval excludes 0, the correction does not
+    assert claim_verdict({**base, "ci_low": -0.1}) == "leaning"
+    assert claim_verdict({**base, "direction": -1}) == "not shown"
+    assert claim_verdict({**base, "diff": -1.0, "ci_low": -2.0, "ci_high": -0.2, "direction": -1}) == "shown"
+    assert claim_verdict({**base, "seeds_against": 1}) == "too few seeds"

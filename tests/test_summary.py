@@ -72,3 +72,28 @@ def test_test_suite_minutes_join_the_dag_minutes_paragraph(tmp_path):
     (res / "dag_default.json").write_text(json.dumps({"total_minutes": 6.2, "families": {}}))
     block = summary.performance_block(tmp_path).splitlines()
     assert block[-1].startswith("The default-profile DAG: 6.2 compute minutes") and block[-1].endswith(alone[-1])
+
+
+def test_the_claims_matrix_groups_each_familys_methods_by_verdict(tmp_path):
+    stat = {"mean": 0.5, "ci_low": 0.4, "ci_high": 0.6, "seeds": 3}
+    row = {k: stat for k in ("forgetting", "far_final", "full_final", "forward_transfer")}
+
+    def claim(verdict):
+        return {"diff": 0.3, "ci_low": 0.1, "ci_high": 0.5, "p_value": 0.01, "p_holm": 0.03, "direction": 1,
+                "seeds": 3, "seeds_against": 3, "verdict": verdict}
+
+    study = {"finetune": {**row, "claims": {"forgets": {**claim("shown"), "diff": -0.3, "direction": -1}}},
+             "bc": {**row, "claims": {"keeps_far": claim("shown"), "beats_finetune": claim("leaning"), "beats_scratch": claim("shown")}},
+             "l2": {**row, "claims": {"keeps_far": claim("not shown"), "beats_finetune": claim("shown"), "beats_scratch": claim("shown")}},
+             "scratch": row}
+    (tmp_path / "reports/apple/eval").mkdir(parents=True)
+    (tmp_path / "reports/apple/eval/metrics.json").write_text(json.dumps({"study": study}))
+    matrix = summary.claims_matrix(tmp_path)
+    apple = next(ln for ln in matrix if ln.startswith(f"| {summary.family_meta('apple')['name']} |"))
+    assert apple.split(" | ")[1:] == ["shown", "shown: bc; not shown: l2", "shown: l2; leaning: bc", "shown: bc, l2 |"]
+    other = next(ln for ln in matrix if ln.startswith(f"| {summary.family_meta('minigrid')['name']} |"))
+    assert "not tested yet" in other
+    page = summary.results_block(tmp_path, claims=True)
+    forgets = "| vanilla fine-tuning loses π*'s FAR skill (FAR final − FAR before fine-tuning) | − | -0.30 [+0.10, +0.50] | 0.030 | shown |"
+    assert forgets in page  # the family's whole table on the summary page
+    assert forgets not in summary.results_block(tmp_path)  # README: the matrix only

@@ -139,7 +139,7 @@ def _table(t: Table) -> list[str]:
 
 def render(report: Report, out: Path) -> str:
     """The Markdown of ``report``; its figures are drawn into ``out``."""
-    from retainrl.pipeline.study import table
+    from retainrl.pipeline.study import CLAIMS_NOTE, claims_table, table
 
     lines = [f"# {report.title}", ""]
     for section in report.sections:
@@ -152,6 +152,9 @@ def render(report: Report, out: Path) -> str:
                 lines += [*_table(block), ""]
             elif isinstance(block, Study):
                 lines += ([block.note, ""] if block.note else []) + [*table(block.metrics, block.unit), ""]
+                claims = claims_table(block.metrics)
+                if len(claims) > 2:
+                    lines += [f"**The study vs ours.** {CLAIMS_NOTE}", "", *claims, ""]
             elif isinstance(block, Figure):
                 _figure(block, out)
                 lines += [f"![{block.caption}]({block.file})", ""]

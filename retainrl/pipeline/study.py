@@ -13,7 +13,10 @@ back carries the same names in every family's ``metrics.json`` (``study.<method>
 * ``forward_transfer``: (AUC − AUC_scratch) / (1 − AUC_scratch) for success rates in [0, 1] (the
   study's definition); for unbounded scores (NetHack, Montezuma's return) AUC − AUC_scratch;
 * ``p_improvement``: P(a seed of the method beats a seed of ``finetune``) on the final full-task
-  value (rliable's probability of improvement).
+  value (rliable's probability of improvement);
+* ``claims``: the study's claims (:data:`CLAIMS`) tested on this family, each as a difference
+  with its interval, a Holm-corrected p-value over the family's claims and a verdict: vanilla
+  fine-tuning's (FAR change), and every retention method's (against ``finetune`` and ``scratch``).
 
 Each value is the mean over seeds with a stratified-bootstrap 95% interval (rliable,
 ``get_interval_estimates``: runs resampled with replacement) and the IQM. Every method carries
@@ -29,10 +32,40 @@ from dataclasses import dataclass
 import numpy as np
 
 from retainrl.pipeline.evaluation import auc
+from retainrl.pipeline.stats import ALPHA, holm
 from retainrl.retention.methods import BASELINE, REGISTRY
 
 METRICS = ("forgetting", "close_final", "far_final", "full_final", "auc", "forward_transfer")
 LEVEL = 0.95
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One of the study's findings (``PAPER_NOTES.md``, "Headline results") as a difference whose sign
+    the study reports: ``metric`` of the method minus that of the run it is held ``against``
+    ("baseline": vanilla fine-tuning; "scratch": the method that starts from a random init; None:
+    the method's own FAR before fine-tuning), expected to have the sign ``direction``."""
+
+    text: str
+    metric: str
+    against: str | None
+    direction: int
+
+
+#: The study's claims, tested in every family. "Forgets" is FAR's change from before fine-tuning to
+#: the end, not start − min: the minimum over noisy checkpoints is biased upward, the change is not.
+#: The others are each retention method (``REGISTRY[m].retains``) against vanilla fine-tuning and
+#: against training from scratch: retention keeps FAR, and retention + fine-tuning solves the whole
+#: task better than either (the study's payoff).
+CLAIMS = {
+    "forgets": Claim("vanilla fine-tuning loses π*'s FAR skill (FAR final − FAR before fine-tuning)", "far_final", None, -1),
+    "keeps_far": Claim("{m} keeps more of FAR than vanilla fine-tuning (FAR final − finetune's)", "far_final", "baseline", +1),
+    "beats_finetune": Claim("{m} + fine-tuning beats vanilla fine-tuning on the full task (full-task final − finetune's)",
+                            "full_final", "baseline", +1),
+    "beats_scratch": Claim("{m} + fine-tuning beats training from scratch on the full task (full-task final − scratch's)",
+                           "full_final", "scratch", +1),
+}
+MIN_SEEDS = 2  # a bootstrap over fewer runs per group has nothing to resample
 
 
 @dataclass
@@ -123,15 +156,100 @@ def probability_of_improvement(a: np.ndarray, b: np.ndarray, reps: int, seed: in
     return {"mean": float(point[0]), "ci_low": float(ci[0]), "ci_high": float(ci[-1])}
 
 
+def difference(a: np.ndarray, b: np.ndarray | None, reps: int, seed: int) -> dict:
+    """mean(a) − mean(b) (b None: mean(a)) with rliable's stratified bootstrap over runs, each
+    group's seeds resampled on their own (independent training runs): the percentile ``LEVEL``
+    interval and the two-sided bootstrap p-value of "no difference", (min tail + 1)/(reps + 1) × 2
+    as in ``stats.paired_difference``; ``seeds``/``seeds_against``: the runs in each group."""
+    from rliable import library as rly
+
+    groups = [np.asarray(x, float).reshape(-1, 1) for x in (a, b) if x is not None]
+
+    def stat(*g):
+        return np.array([g[0].mean() - (g[1].mean() if len(g) > 1 else 0.0)])
+
+    with _seeded_numpy(seed):
+        d = rly.StratifiedBootstrap(*groups, random_state=np.random.RandomState(seed)).apply(stat, reps).ravel()
+    tail = (1.0 - LEVEL) / 2
+    p_value = min(1.0, 2 * (min(int((d <= 0).sum()), int((d >= 0).sum())) + 1) / (reps + 1))
+    return {"diff": float(stat(*groups)[0]), "ci_low": float(np.quantile(d, tail)), "ci_high": float(np.quantile(d, 1 - tail)),
+            "p_value": float(p_value), "seeds": int(len(groups[0])), "seeds_against": int(len(groups[-1]))}
+
+
+def claim_verdict(c: dict) -> str:
+    """*shown*: the difference is on the study's side, its interval excludes 0 and its Holm-corrected
+    p-value (over the family's claims) is below ``stats.ALPHA``; *leaning*: on the study's side, not
+    shown; *not shown*: not on the study's side (or too few seeds to say)."""
+    if min(c["seeds"], c["seeds_against"]) < MIN_SEEDS:
+        return "too few seeds"
+    side = c["diff"] * c["direction"] > 0
+    excludes = c["ci_low"] > 0 if c["direction"] > 0 else c["ci_high"] < 0
+    if side and excludes and c["p_holm"] < ALPHA:
+        return "shown"
+    return "leaning" if side else "not shown"
+
+
+def study_claims(values: dict[str, dict[str, np.ndarray]], curves: dict[str, Curves], reps: int, seed: int) -> dict:
+    """{method: {claim: {...}}} for every claim of :data:`CLAIMS` the family's methods allow, Holm-
+    corrected together (one family's claims are one set of comparisons)."""
+    scratch = next((m for m in values if not REGISTRY[m].starts_from_pretrained), None)
+    tests: list[tuple[str, str, dict]] = []
+    for key, claim in CLAIMS.items():
+        if claim.against is None:
+            if BASELINE in values:
+                c = curves[BASELINE]
+                tests.append((BASELINE, key, difference(c.far[:, -1] - c.far[:, 0], None, reps, seed)))
+            continue
+        ref = BASELINE if claim.against == "baseline" else scratch
+        if ref not in values:
+            continue
+        for m in values:
+            if REGISTRY[m].retains:
+                tests.append((m, key, difference(values[m][claim.metric], values[ref][claim.metric], reps, seed)))
+    out: dict[str, dict] = {}
+    for (m, key, d), corrected in zip(tests, holm([t[2] for t in tests])):
+        claim = CLAIMS[key]
+        c = {**corrected, "direction": claim.direction}
+        out.setdefault(m, {})[key] = {**c, "verdict": claim_verdict(c)}
+    return out
+
+
 def study_metrics(curves: dict[str, Curves], *, bounded: bool, reps: int = 2000, seed: int = 0) -> dict:
-    """{method: {metric: {mean, ci_low, ci_high, seeds[, iqm]}}} plus ``p_improvement`` over ``finetune``."""
+    """{method: {metric: {mean, ci_low, ci_high, seeds[, iqm]}}} plus ``p_improvement`` over ``finetune``
+    and the study's ``claims`` (:func:`study_claims`) where the method makes one."""
     values = per_seed(curves, bounded=bounded)
+    claims = study_claims(values, curves, reps, seed)
     out: dict[str, dict] = {}
     for method, vals in values.items():
         out[method] = {k: None if v is None else _interval(v, reps, seed) for k, v in vals.items()}
         if method != BASELINE and BASELINE in values:
             out[method]["p_improvement"] = probability_of_improvement(vals["full_final"], values[BASELINE]["full_final"], reps, seed)
+        if method in claims:
+            out[method]["claims"] = claims[method]
     return out
+
+
+CLAIMS_NOTE = ("Each row: a claim of the study with the sign it found, our difference of seed means with "
+               "rliable's stratified-bootstrap 95% interval (each method's seeds resampled on their own), the "
+               "bootstrap p-value Holm-corrected over this family's claims, and the verdict: *shown* when the "
+               "difference has the study's sign, its interval excludes 0 and p (Holm) < 0.05; *leaning* when it has "
+               "the study's sign but is not shown; *not shown* otherwise.")
+
+
+def claim_rows(study: dict) -> list[dict]:
+    """The family's claims in :data:`CLAIMS` order (then the methods' order): what the report and
+    the summary page print as "study vs ours"."""
+    return [{"claim": key, "method": m, "text": CLAIMS[key].text.format(m=m), **stats["claims"][key]}
+            for key in CLAIMS for m, stats in study.items() if key in (stats.get("claims") or {})]
+
+
+def claims_table(study: dict, digits: int = 2) -> list[str]:
+    """Markdown: the study's claim and direction, our difference [95% interval], p (Holm), verdict."""
+    lines = ["| the study's claim | study's sign | ours [95% interval] | p (Holm) | verdict |", "|---|---|---|---|---|"]
+    for r in claim_rows(study):
+        lines.append(f"| {r['text']} | {'+' if r['direction'] > 0 else '−'} | {r['diff']:+.{digits}f} "
+                     f"[{r['ci_low']:+.{digits}f}, {r['ci_high']:+.{digits}f}] | {r['p_holm']:.3f} | {r['verdict']} |")
+    return lines
 
 
 def verdict(stat: dict, direction: int = 1) -> str:

@@ -7,9 +7,12 @@ families' ``reports/<family>/eval/metrics.json`` by :func:`results_block`, so no
 is typed by hand; ``python -m retainrl.pipeline.summary --readme`` refreshes README's blocks, and
 tests fail when either is stale.
 
-The verdict of a claim "method beats finetune" is read off rliable's probability of improvement
-(P that a seed of the method ends with a higher full-task value than a seed of ``finetune``): *shown*
-when its 95% interval lies above ½, *leaning* when only its point estimate does, else *not shown*.
+The verdict of "method beats finetune" in the per-family tables is read off rliable's probability
+of improvement (P that a seed of the method ends with a higher full-task value than a seed of
+``finetune``): *shown* when its 95% interval lies above ½, *leaning* when only its point estimate
+does, else *not shown*. The study's claims (``study.CLAIMS``: FT forgets, retention keeps FAR and
+beats FT and scratch on the full task) carry their own verdicts, Holm-corrected per family
+(``study.claim_verdict``); :func:`claims_matrix` puts them side by side for every family.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import re
 from pathlib import Path
 
 from retainrl.core.family import family_names
-from retainrl.pipeline.study import METRICS
+from retainrl.pipeline.study import CLAIMS, CLAIMS_NOTE, METRICS, claim_rows, claims_table
 from retainrl.retention.methods import BASELINE
 
 log = logging.getLogger(__name__)
@@ -85,8 +88,10 @@ def family_table(family: str, study: dict) -> list[str]:
     return lines
 
 
-def results_block(root: Path) -> str:
-    """Markdown: a table per family (mean over seeds [95% interval]) read from the committed metrics."""
+def results_block(root: Path, claims: bool = False) -> str:
+    """Markdown: a table per family (mean over seeds [95% interval]) read from the committed metrics,
+    then the matrix of the study's claims; ``claims``: each family's whole "study vs ours" table too
+    (the summary page; README keeps only the matrix)."""
     out = []
     for family in family_names():
         study = load_study(root, family)
@@ -101,7 +106,44 @@ def results_block(root: Path) -> str:
         floor_note = "no frozen-π* floor yet" if floor is None else f"frozen-π* forgetting (noise floor) {_cell(floor, digits)}"
         out += [f"**{title}** ({seeds} seeds; {floor_note}; [report](reports/{family}/report/report.md))", "",
                 *family_table(family, study), ""]
+        if claims and len(table := claims_table(study, digits)) > 2:
+            out += [*table, ""]
+    out += ["**The study's claims, per family** (verdicts Holm-corrected per family; each report's \"study vs ours\" "
+            "table gives the differences and intervals):", "", *claims_matrix(root), ""]
     return "\n".join(out).rstrip() + "\n"
+
+
+#: the matrix's columns: a claim and its short heading
+CLAIM_HEADS = {"forgets": "FT loses FAR", "keeps_far": "keeps FAR better than FT", "beats_finetune": "beats FT on the full task",
+               "beats_scratch": "beats scratch on the full task"}
+
+
+def _claim_cell(rows: list[dict], key: str) -> str:
+    """One claim's verdicts in one family: the verdict alone for FT's own claim, else the methods by verdict."""
+    rows = [r for r in rows if r["claim"] == key]
+    if not rows:
+        return "–"
+    if CLAIMS[key].against is None:
+        return rows[0]["verdict"]
+    groups: dict[str, list[str]] = {}
+    for r in rows:
+        groups.setdefault(r["verdict"], []).append(r["method"])
+    return "; ".join(f"{v}: {', '.join(ms)}" for v, ms in sorted(groups.items(), key=lambda kv: ("shown", "leaning").index(kv[0])
+                                                                   if kv[0] in ("shown", "leaning") else 2))
+
+
+def claims_matrix(root: Path) -> list[str]:
+    """Markdown: per family (row) and claim of the study (column), which methods show it."""
+    lines = ["| family | " + " | ".join(CLAIM_HEADS.values()) + " |", "|---" * (len(CLAIM_HEADS) + 1) + "|"]
+    for family in family_names():
+        study = load_study(root, family)
+        name = family_meta(family)["name"]
+        rows = claim_rows(study) if isinstance(study, dict) else []
+        if not rows:
+            lines.append(f"| {name} | " + " | ".join(["not tested yet (metrics predate the claims)"] + ["–"] * (len(CLAIM_HEADS) - 1)) + " |")
+            continue
+        lines.append(f"| {name} | " + " | ".join(_claim_cell(rows, k) for k in CLAIM_HEADS) + " |")
+    return lines
 
 
 def _read(root: Path, rel: str):
@@ -170,9 +212,10 @@ def write_index(root: Path) -> Path:
         f"that a seed of the method ends above a seed of `{BASELINE}` on the full task; its verdict is *shown* when that "
         "probability's interval lies above ½. Forgetting is FAR at the start minus its minimum during fine-tuning, "
         "which evaluation noise biases upward: the frozen-π* floor by a family's name is that bias, measured "
-        "(π* itself on the same checkpoints and episodes), where the family measures it.",
+        "(π* itself on the same checkpoints and episodes), where the family measures it. "
+        f"Below each family's table, the study's claims tested on it: {CLAIMS_NOTE}",
         "",
-        results_block(root).replace("](reports/", "]("),
+        results_block(root, claims=True).replace("](reports/", "]("),
     ])
     target = root / "reports" / "index.md"
     with atomic_path(target) as tmp:
