@@ -28,6 +28,7 @@ from pydantic import Field, model_validator
 
 from retainrl.core.config import Strict
 from retainrl.learners.checkpoint import CheckpointParams
+from retainrl.learners.ppo_rnd_params import PPORNDParams
 from retainrl.retention.methods import RetentionParams, method_list
 from retainrl.retention.params import FisherParams
 
@@ -73,27 +74,21 @@ class FarBufferParams(Strict):
     seed: int = 0
 
 
-class FinetuneParams(Strict):
+class FinetuneParams(PPORNDParams):
     """PPO(+RND) from room 0. ``updates`` × ``envs`` × ``steps`` agent steps per seed."""
 
     methods: method_list(LEARNER, off_policy=False) = ["scratch", "finetune", "l2", "ewc", "bc", "ks"]
     seeds: int = Field(5, gt=0)
     seed: int = 0
+    # PPO+RND's knobs (PPORNDParams); what differs from the study's Montezuma values: a small grid
+    # world with dense rooms learns faster with a larger step, a shorter horizon and more exploration
     updates: int = Field(40, gt=0)
-    envs: int = Field(8, gt=0)
-    steps: int = Field(128, gt=0)
     lr: float = Field(1e-3, gt=0)
     gamma_ext: float = Field(0.99, gt=0, le=1)
-    gamma_int: float = Field(0.99, gt=0, le=1)
-    gae_lambda: float = Field(0.95, ge=0, le=1)
-    ext_coef: float = Field(2.0, ge=0)
     int_coef: float = Field(0.5, ge=0, description="weight of RND's exploration bonus")
     epochs: int = Field(8, gt=0)
-    minibatches: int = Field(4, gt=0)
     clip: float = Field(0.2, gt=0)
     entropy: float = Field(0.01, ge=0)
-    rnd_update_proportion: float = Field(0.25, gt=0, le=1)
-    max_grad_norm: float = Field(0.5, gt=0)
     eval_every: int = Field(5, gt=0, description="updates between evaluations")
     eval_episodes: int = Field(50, gt=0, description="episodes per score (FAR; CLOSE and full task) per evaluation")
 
@@ -136,50 +131,27 @@ def load_pretrained(paths, p: Params, device=None):
 
 
 @torch.no_grad()
-def play(model, envs: list, *, start_room: int, goal_room: int | None, gen: torch.Generator, device=None) -> np.ndarray:
-    """One episode in each env, all in lockstep (one batched forward per step), actions sampled
-    from the policy. Returns per episode: 1.0 if it reached room ``goal_room`` (or, when None,
-    the goal), else 0.0."""
+def play(model, envs: list, *, start_room: int, gen: torch.Generator, device=None) -> tuple[np.ndarray, np.ndarray]:
+    """One episode in each env from ``start_room``, all in lockstep (one batched forward per step),
+    actions sampled from the policy, each played to its end. Returns per episode the furthest room
+    it reached and whether it reached the goal (1.0 or 0.0)."""
     dev = torch.device(device or "cpu")
     obs = [e.reset(start_room) for e in envs]
     live = list(range(len(envs)))
-    won = np.zeros(len(envs))
+    reached, won = np.full(len(envs), float(start_room)), np.zeros(len(envs))
     while live:
         logits = model.dist_params(torch.as_tensor(np.stack([obs[i] for i in live])).to(dev)).cpu()
         actions = torch.multinomial(logits.softmax(-1), 1, generator=gen).squeeze(1).tolist()
         still = []
         for i, a in zip(live, actions):
             obs[i], r, terminated, truncated, info = envs[i].step(a)
-            if goal_room is not None and info["reached"] >= goal_room:
+            reached[i] = max(reached[i], info["reached"])
+            if terminated and r > 0:
                 won[i] = 1.0
-            elif goal_room is None and terminated and r > 0:
-                won[i] = 1.0
-            elif not (terminated or truncated):
+            if not (terminated or truncated):
                 still.append(i)
         live = still
-    return won
-
-
-def _close_and_full(model, envs: list, p: Params, gen, device) -> tuple[np.ndarray, np.ndarray]:
-    """Episodes from room 0 played to the end: (reached the FAR part, reached the goal) per episode."""
-    dev = torch.device(device or "cpu")
-    obs = [e.reset(0) for e in envs]
-    live = list(range(len(envs)))
-    close, full = np.zeros(len(envs)), np.zeros(len(envs))
-    with torch.no_grad():
-        while live:
-            logits = model.dist_params(torch.as_tensor(np.stack([obs[i] for i in live])).to(dev)).cpu()
-            actions = torch.multinomial(logits.softmax(-1), 1, generator=gen).squeeze(1).tolist()
-            still = []
-            for i, a in zip(live, actions):
-                obs[i], r, terminated, truncated, info = envs[i].step(a)
-                close[i] = max(close[i], float(info["reached"] >= p.env.close_rooms))
-                if terminated and r > 0:
-                    full[i] = 1.0
-                if not (terminated or truncated):
-                    still.append(i)
-            live = still
-    return close, full
+    return reached, won
 
 
 def score(model, p: Params, tag: int, episodes: int, device=None) -> dict[str, np.ndarray]:
@@ -189,11 +161,10 @@ def score(model, p: Params, tag: int, episodes: int, device=None) -> dict[str, n
     same tag plays the same episodes (π* on the same schedule is the frozen noise floor), and none
     of them is a training layout (their own stream)."""
     far_envs = [make_env(p, EVAL_STREAM, tag, 0, k) for k in range(episodes)]
-    far = play(model, far_envs, start_room=p.env.close_rooms, goal_room=None,
-               gen=torch.Generator().manual_seed(tag * 2 + 1), device=device)
+    _, far = play(model, far_envs, start_room=p.env.close_rooms, gen=torch.Generator().manual_seed(tag * 2 + 1), device=device)
     envs = [make_env(p, EVAL_STREAM, tag, 1, k) for k in range(episodes)]
-    close, full = _close_and_full(model, envs, p, torch.Generator().manual_seed(tag * 2 + 2), device)
-    return {"far": far, "close": close, "full": full}
+    reached, full = play(model, envs, start_room=0, gen=torch.Generator().manual_seed(tag * 2 + 2), device=device)
+    return {"far": far, "close": (reached >= p.env.close_rooms).astype(float), "full": full}
 
 
 def eval_tag(seed: int, update: int) -> int:

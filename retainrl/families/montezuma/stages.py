@@ -47,6 +47,7 @@ from retainrl.retention.params import FisherParams
 from retainrl.retention.methods import RetentionParams
 from retainrl.retention.methods import method_list
 from retainrl.learners.checkpoint import CheckpointParams
+from retainrl.learners.ppo_rnd_params import PPORNDParams
 from retainrl.families.montezuma.ale import GAMES, RamInfo, array_to_state, decode_ram, make_ale, state_to_array
 
 log = logging.getLogger(__name__)
@@ -144,7 +145,7 @@ class FarBufferParams(Strict):
     seed: int = 0
 
 
-class FinetuneParams(Strict):
+class FinetuneParams(PPORNDParams):
     """PPO+RND fine-tuning from the start of the game (the study's hyperparameters by default,
     except the scale: ``envs`` × ``steps`` × ``updates`` fit a 2-core CPU)."""
 
@@ -152,23 +153,7 @@ class FinetuneParams(Strict):
     #: independent runs per method (seed, seed + 1, …), one after another in the stage's process
     seeds: int = Field(2, gt=0)
     seed: int = 0
-    #: updates × envs × steps agent steps per seed (× frame_skip emulator frames); the study ran
-    #: 128 envs × 128 steps for ~1200 updates (20M agent steps).
-    updates: int = Field(12, gt=0)
-    envs: int = Field(8, gt=0)
-    steps: int = Field(128, gt=0)
-    lr: float = Field(1e-4, gt=0)
-    gamma_ext: float = Field(0.999, gt=0, le=1)
-    gamma_int: float = Field(0.99, gt=0, le=1)
-    gae_lambda: float = Field(0.95, ge=0, le=1)
-    ext_coef: float = Field(2.0, ge=0)
-    int_coef: float = Field(1.0, ge=0)
-    epochs: int = Field(4, gt=0)
-    minibatches: int = Field(4, gt=0)
-    clip: float = Field(0.1, gt=0)
-    entropy: float = Field(0.001, ge=0)
-    rnd_update_proportion: float = Field(0.25, gt=0, le=1)
-    max_grad_norm: float = Field(0.5, gt=0)
+    # PPO+RND's knobs: PPORNDParams, whose defaults are the study's Montezuma values (the scale aside)
     eval_every: int = Field(2, gt=0, description="updates between room-success evaluations")
     eval_episodes: int = Field(8, gt=0, description="episodes per room per evaluation")
     eval_close_episodes: int = Field(4, gt=0, description="episodes per CLOSE room per evaluation")
