@@ -83,8 +83,8 @@ def test_the_claims_matrix_groups_each_familys_methods_by_verdict(tmp_path):
                 "seeds": 3, "seeds_against": 3, "verdict": verdict}
 
     study = {"finetune": {**row, "claims": {"forgets": {**claim("shown"), "diff": -0.3, "direction": -1}}},
-             "bc": {**row, "claims": {"keeps_far": claim("shown"), "beats_finetune": claim("leaning"), "beats_scratch": claim("shown")}},
-             "l2": {**row, "claims": {"keeps_far": claim("not shown"), "beats_finetune": claim("shown"), "beats_scratch": claim("shown")}},
+             "bc": {**row, "claims": {"forgets_less": claim("shown"), "beats_finetune": claim("leaning"), "beats_scratch": claim("shown")}},
+             "l2": {**row, "claims": {"forgets_less": claim("not shown"), "beats_finetune": claim("shown"), "beats_scratch": claim("shown")}},
              "scratch": row}
     (tmp_path / "reports/apple/eval").mkdir(parents=True)
     (tmp_path / "reports/apple/eval/metrics.json").write_text(json.dumps({"study": study}))
@@ -94,6 +94,6 @@ def test_the_claims_matrix_groups_each_familys_methods_by_verdict(tmp_path):
     other = next(ln for ln in matrix if ln.startswith(f"| {summary.family_meta('minigrid')['name']} |"))
     assert "not tested yet" in other
     page = summary.results_block(tmp_path, claims=True)
-    forgets = "| vanilla fine-tuning loses π*'s FAR skill (FAR final − FAR before fine-tuning) | − | -0.30 [+0.10, +0.50] | 0.030 | shown |"
+    forgets = "| vanilla fine-tuning forgets: FAR dips during fine-tuning (forgetting − the frozen-π* floor's; − 0 where the family has no floor) | − | -0.30 [+0.10, +0.50] | 0.030 | shown |"
     assert forgets in page  # the family's whole table on the summary page
     assert forgets not in summary.results_block(tmp_path)  # README: the matrix only

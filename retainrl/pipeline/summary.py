@@ -10,7 +10,7 @@ tests fail when either is stale.
 The verdict of "method beats finetune" in the per-family tables is read off rliable's probability
 of improvement (P that a seed of the method ends with a higher full-task value than a seed of
 ``finetune``): *shown* when its 95% interval lies above ½, *leaning* when only its point estimate
-does, else *not shown*. The study's claims (``study.CLAIMS``: FT forgets, retention keeps FAR and
+does, else *not shown*. The study's claims (``study.CLAIMS``: FT forgets, retention forgets less and
 beats FT and scratch on the full task) carry their own verdicts, Holm-corrected per family
 (``study.claim_verdict``); :func:`claims_matrix` puts them side by side for every family.
 """
@@ -114,7 +114,7 @@ def results_block(root: Path, claims: bool = False) -> str:
 
 
 #: the matrix's columns: a claim and its short heading
-CLAIM_HEADS = {"forgets": "FT loses FAR", "keeps_far": "keeps FAR better than FT", "beats_finetune": "beats FT on the full task",
+CLAIM_HEADS = {"forgets": "FT forgets", "forgets_less": "forgets less than FT", "beats_finetune": "beats FT on the full task",
                "beats_scratch": "beats scratch on the full task"}
 
 

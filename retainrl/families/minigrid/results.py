@@ -93,7 +93,8 @@ def evaluate(p: Params, paths, device=None) -> Path:
     frozen = _frozen(p, paths, seeds, updates, device)
 
     study_curves = {m: Curves(step=c["step"], close=c["close"], far=c["far"], full=c["full"]) for m, c in curves.items()}
-    study = study_metrics(study_curves, bounded=True)
+    frozen_curves = Curves(step=first["step"], close=frozen["close"], far=frozen["far"], full=frozen["full"])
+    study = study_metrics(study_curves, bounded=True, floor=frozen_curves)
     floor = frozen["far"][:, 0] - frozen["far"].min(axis=1)
     study_frozen = {"forgetting": _interval(floor, 2000, 0), "far_final": _interval(frozen["far"][:, -1], 2000, 0),
                     "close_final": _interval(frozen["close"][:, -1], 2000, 0), "full_final": _interval(frozen["full"][:, -1], 2000, 0)}
@@ -127,7 +128,7 @@ def evaluate(p: Params, paths, device=None) -> Path:
     save_json(out / "summary.json", summary)
     save_json(out / "metrics.json", scalar_metrics({"pretrained": pi_star, "frozen": study_frozen, "methods": methods,
                                                     "study": study, "final_comparisons": comparisons}))
-    with_frozen = {**study_curves, "frozen": Curves(step=first["step"], close=frozen["close"], far=frozen["far"], full=frozen["full"])}
+    with_frozen = {**study_curves, "frozen": frozen_curves}
     for part in ("far", "close", "full"):
         save_json(out / f"{part}_success.json", curve_rows(with_frozen, part))
     save_npz(out / "curves.npz", **{f"{m}__{k}": getattr(c, k) for m, c in with_frozen.items() for k in ("step", "far", "close", "full")})
