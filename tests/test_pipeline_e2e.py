@@ -187,3 +187,26 @@ def test_every_family_reports_the_same_study_metrics_with_intervals(smoke_repos,
             assert stats[name]["ci_low"] <= stats[name]["mean"] <= stats[name]["ci_high"], (family, method, name)
         assert ("p_improvement" in stats) == (method != BASELINE)
     assert "The study's metrics" in (repo / f"reports/{family}/report/report.md").read_text()
+
+
+#: Families whose evaluate plays frozen π* on the methods' checkpoint schedule (the noise floor).
+#: AppleRetrieval has none yet; NetHack's evaluation uses common random numbers, under which frozen
+#: π* replays the same episodes at every snapshot, so its floor is 0 by construction.
+FLOOR_FAMILIES = {"minigrid", "montezuma", "robot"}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_study_claims_and_the_frozen_floor_reach_metrics_and_report(smoke_repos, family):
+    """Every family's metrics carry the study's claims (FT's against the floor where there is one)
+    and the families that measure a floor carry frozen π*'s row; the report prints both."""
+    repo, _, _ = smoke_repos(family)
+    metrics = json.loads((repo / f"reports/{family}/eval/metrics.json").read_text())
+    claims = metrics["study"]["finetune"]["claims"]["forgets"]
+    assert claims["floor"] == (family in FLOOR_FAMILIES)
+    assert (claims["verdict"] == "too few seeds") == (claims["seeds"] < 2)  # smoke runs 1 or 2 seeds
+    assert ("frozen" in metrics) == (family in FLOOR_FAMILIES), family
+    report = (repo / f"reports/{family}/report/report.md").read_text()
+    assert "**The study vs ours.**" in report
+    if family in FLOOR_FAMILIES:
+        f = metrics["frozen"]["forgetting"]
+        assert f["ci_low"] <= f["mean"] <= f["ci_high"] and f["seeds"] == metrics["study"]["finetune"]["forgetting"]["seeds"]

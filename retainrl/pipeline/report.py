@@ -176,3 +176,11 @@ def write(report: Report, directory: Path) -> Path:
 def study_section(metrics: dict, unit: str, note: str = "") -> Section:
     """The study-metrics section every family's report carries, under the same heading."""
     return Section(STUDY_HEADING, [Study(metrics, unit, note)])
+
+
+def floor_sentence(frozen: dict, digits: int = 2) -> str:
+    """The frozen-π* row in words, for the note above a family's study table."""
+    f = frozen["forgetting"]
+    return (f"Frozen π* on the same checkpoints and evaluation episodes (the noise floor): forgetting "
+            f"{f['mean']:.{digits}f} [{f['ci_low']:.{digits}f}, {f['ci_high']:.{digits}f}], FAR final "
+            f"{frozen['far_final']['mean']:.{digits}f}; a method's forgetting is evidence only above it.")

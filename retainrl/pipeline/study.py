@@ -90,13 +90,19 @@ class Curves:
                              f"full {self.full.shape}, {len(self.step)} / {len(self.full_step)} steps)")
 
 
+def forgetting(far: np.ndarray) -> np.ndarray:
+    """The study's forgetting per seed: FAR at the start of fine-tuning minus its minimum during it."""
+    far = np.atleast_2d(np.asarray(far, dtype=float))
+    return far[:, 0] - far.min(axis=1)
+
+
 def per_seed(curves: dict[str, Curves], *, bounded: bool) -> dict[str, dict[str, np.ndarray]]:
     """{method: {metric: (seeds,) values}}; forward transfer needs a method that starts from scratch."""
     scratch = [m for m in curves if not REGISTRY[m].starts_from_pretrained]
     out: dict[str, dict[str, np.ndarray]] = {}
     for method, c in curves.items():
         values = {
-            "forgetting": c.far[:, 0] - c.far.min(axis=1),
+            "forgetting": forgetting(c.far),
             "close_final": c.close[:, -1],
             "far_final": c.far[:, -1],
             "full_final": c.full[:, -1],
@@ -197,7 +203,7 @@ def study_claims(values: dict[str, dict[str, np.ndarray]], floor: Curves | None,
     corrected together (one family's claims are one set of comparisons). ``floor``: frozen π*'s
     curves on the methods' schedule, where the family plays them."""
     scratch = next((m for m in values if not REGISTRY[m].starts_from_pretrained), None)
-    floor_values = None if floor is None else floor.far[:, 0] - floor.far.min(axis=1)
+    floor_values = None if floor is None else forgetting(floor.far)
     tests: list[tuple[str, str, dict]] = []
     for key, claim in CLAIMS.items():
         if claim.against is None:
@@ -217,6 +223,14 @@ def study_claims(values: dict[str, dict[str, np.ndarray]], floor: Curves | None,
         c = {**corrected, "direction": claim.direction}
         out.setdefault(m, {})[key] = {**c, "verdict": claim_verdict(c)}
     return out
+
+
+def frozen_row(floor: Curves, reps: int = 2000, seed: int = 0) -> dict:
+    """Frozen π*'s row, the noise floor: π* itself scored on the methods' checkpoint schedule and
+    evaluation episodes, so its forgetting is what evaluation noise alone makes of start − min.
+    {forgetting, far_final, close_final, full_final}: each mean over seeds with its interval."""
+    return {"forgetting": _interval(forgetting(floor.far), reps, seed), "far_final": _interval(floor.far[:, -1], reps, seed),
+            "close_final": _interval(floor.close[:, -1], reps, seed), "full_final": _interval(floor.full[:, -1], reps, seed)}
 
 
 def study_metrics(curves: dict[str, Curves], *, bounded: bool, floor: Curves | None = None, reps: int = 2000, seed: int = 0) -> dict:

@@ -82,7 +82,7 @@ def evaluate(p: Params, paths, device=None) -> Path:
     from retainrl.core.artifacts import load_json, load_npz, save_json, save_npz
     from retainrl.pipeline.evaluation import scalar_metrics, spread
     from retainrl.pipeline.stats import holm, paired_difference, verdict
-    from retainrl.pipeline.study import Curves, _interval, curve_rows, study_metrics
+    from retainrl.pipeline.study import Curves, curve_rows, forgetting, frozen_row, study_metrics
     from retainrl.retention.methods import REGISTRY
 
     cfg = p.finetune
@@ -95,9 +95,8 @@ def evaluate(p: Params, paths, device=None) -> Path:
     study_curves = {m: Curves(step=c["step"], close=c["close"], far=c["far"], full=c["full"]) for m, c in curves.items()}
     frozen_curves = Curves(step=first["step"], close=frozen["close"], far=frozen["far"], full=frozen["full"])
     study = study_metrics(study_curves, bounded=True, floor=frozen_curves)
-    floor = frozen["far"][:, 0] - frozen["far"].min(axis=1)
-    study_frozen = {"forgetting": _interval(floor, 2000, 0), "far_final": _interval(frozen["far"][:, -1], 2000, 0),
-                    "close_final": _interval(frozen["close"][:, -1], 2000, 0), "full_final": _interval(frozen["full"][:, -1], 2000, 0)}
+    floor = forgetting(frozen["far"])
+    study_frozen = frozen_row(frozen_curves)
 
     demos = load_npz(Path(paths.demos) / "demos.npz", "MiniGrid demos (collect_demos stage)", required=("obs", "rooms"))
     close_obs = torch.as_tensor(demos["obs"][demos["rooms"] < p.env.close_rooms])

@@ -28,6 +28,7 @@ def _load_curves(p: Params, paths) -> dict[str, dict[str, np.ndarray]]:
         ev = lambda key: np.asarray([[e[key] for e in r["eval"]] for r in runs], dtype=float)  # noqa: E731
         out[method] = {
             "eval_step": np.asarray([e["frames"] for e in runs[0]["eval"]]),
+            "eval_update": np.asarray([e["update"] for e in runs[0]["eval"]]),
             "boundary": ev("boundary_success"),
             "far": ev("far_success"),
             "close": ev("close_success"),
@@ -80,24 +81,31 @@ def evaluate(p: Params, paths, device=None) -> Path:
         row["rooms_seen"] = sorted({r for seen in c["rooms_seen"] for r in seen})
         row["train_frames_per_s"] = _spread(c["frames_per_s"])
         methods[m] = row
-    from retainrl.pipeline.study import Curves, study_metrics
+    from retainrl.families.montezuma.stages import frozen_curves
+    from retainrl.pipeline.study import Curves, frozen_row, study_metrics
 
     # The shared metrics: FAR is the boundary room (the study's "7th room"), CLOSE the rooms before
-    # it, the full task the return of training episodes from the game start (unbounded).
+    # it, the full task the return of training episodes from the game start (unbounded; frozen π*
+    # plays no training episodes, so its row has no full task: its CLOSE success stands in).
+    first = next(iter(curves.values()))
+    fz = frozen_curves(p, paths, device, first["eval_update"])
+    floor = Curves(step=first["eval_step"], close=fz["close"], far=fz["boundary"], full=fz["close"])
     study = study_metrics({
         m: Curves(step=c["eval_step"], close=c["close"], far=c["boundary"], full=c["episode_return"], full_step=c["train_step"])
         for m, c in curves.items()
-    }, bounded=False)
+    }, bounded=False, floor=floor)
+    frozen = {k: v for k, v in frozen_row(floor).items() if k != "full_final"}
     summary = {
         "route": {k: route[k] for k in ("rooms", "close", "far", "far_boundary", "score")},
         "pretrained": pi_star,
+        "frozen": frozen,
         "methods": methods,
         "study": study,
     }
     out = Path(paths.evaluation)
     save_json(out / "summary.json", summary)
-    metrics = scalar_metrics({"pretrained": {k: v for k, v in pi_star.items() if not isinstance(v, dict)}, "methods": methods,
-                              "study": study})
+    metrics = scalar_metrics({"pretrained": {k: v for k, v in pi_star.items() if not isinstance(v, dict)}, "frozen": frozen,
+                              "methods": methods, "study": study})
     for row in metrics["methods"].values():
         row.pop("rooms_seen", None)
     save_json(out / "metrics.json", metrics)
@@ -119,7 +127,7 @@ def report(p: Params, paths) -> Path:
     fine-tuning (the study's Figure 6), FAR/CLOSE success, return and rooms visited (rendered by
     ``pipeline.report``)."""
     from retainrl.core.artifacts import load_json
-    from retainrl.pipeline.report import Figure, Line, Panel, Report, Section, Table, fmt, study_section, write
+    from retainrl.pipeline.report import Figure, Line, Panel, Report, Section, Table, floor_sentence, fmt, study_section, write
 
     summary = load_json(Path(paths.evaluation) / "summary.json", "Montezuma evaluation summary (evaluate stage)")
     with np.load(Path(paths.evaluation) / "curves.npz") as z:
@@ -156,7 +164,8 @@ def report(p: Params, paths) -> Path:
                 f"{m} {[round(x, 2) for x in methods[m]['boundary']['min']['per_seed']]}" for m in cfg.methods)]),
         study_section(summary["study"], "return",
                       f"FAR: the boundary room {boundary_room}; CLOSE: the rooms before it; full task: the return of training "
-                      "episodes from the game start (forward transfer is then AUC − AUC_scratch, unnormalised)."),
+                      "episodes from the game start (forward transfer is then AUC − AUC_scratch, unnormalised). "
+                      + floor_sentence(summary["frozen"])),
         Section(None, [
             figure("boundary_success.png", "boundary", "eval_step",
                    f"success in room {boundary_room} (route room #{route['far_boundary']}, FAR boundary)", "success", pi["boundary_success"], unit),

@@ -827,6 +827,31 @@ def _rooms_evaluator(p: Params, paths, device):
     return on_eval
 
 
+def frozen_curves(p: Params, paths, device, updates) -> dict[str, np.ndarray]:
+    """Frozen π* on the methods' evaluation schedule: for every seed in the stage's order, the room
+    evaluation at each of ``updates`` with the tag a fine-tuning run uses there (the same sampling
+    seeds), one evaluator carried across seeds as in a finetune stage. (seeds, checkpoints) arrays
+    of boundary-room, FAR-room and CLOSE-room success: the noise floor of start − min."""
+    import torch
+    from tqdm import tqdm
+
+    cfg = p.finetune
+    dev = torch.device(device or "cpu")
+    model = load_pretrained(paths, p, dev)
+    on_eval = _rooms_evaluator(p, paths, dev)
+    rows: dict[str, list] = {"boundary": [], "far": [], "close": []}
+    with tqdm(total=cfg.seeds * len(updates), desc="montezuma frozen π*", mininterval=5.0) as bar:
+        for k in range(cfg.seeds):
+            seed = cfg.seed + k
+            got = []
+            for u in updates:
+                got.append(on_eval(seed * 10_000 + int(u), model))
+                bar.update()
+            for key, name in (("boundary", "boundary_success"), ("far", "far_success"), ("close", "close_success")):
+                rows[key].append([g[name] for g in got])
+    return {k: np.asarray(v, dtype=float) for k, v in rows.items()}
+
+
 def finetune(p: Params, paths, device, method: str) -> Path:
     """Stage ``finetune``: PPO+RND from the start of the game with ``method``, ``finetune.seeds``
     runs one after another; writes ``policy_seed<k>.safetensors`` and ``curves.json`` (per seed:

@@ -456,7 +456,9 @@ def report(p: Params, paths) -> None:
         study_section(summary["study"], "score",
                       "CLOSE and the full task: the score from the game start; FAR: the score gained from the Dlvl-4 starts. "
                       "Scores are unbounded, so forward transfer is AUC − AUC_scratch. Seeds are the only resampled unit here; "
-                      "the paired comparisons below also resample the games."),
+                      "the paired comparisons below also resample the games. No frozen-π* row is played: under the common "
+                      "random numbers of this evaluation π* replays its step-0 episodes exactly at every snapshot, so its "
+                      "forgetting, the noise floor, is 0, and the claim that vanilla fine-tuning forgets is tested against 0."),
         Section(None, [per_seed]),
     ]
     if summary.get("comparisons"):

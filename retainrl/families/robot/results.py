@@ -72,15 +72,18 @@ def evaluate(p: Params, paths, device) -> None:
 
     π*'s success (for forgetting) is its pretrain-stage score on each stage alone."""
     from retainrl.core.artifacts import load_json, load_npz, save_json, save_npz
+    from retainrl.families.robot.stages import frozen_curves
     from retainrl.pipeline.evaluation import scalar_metrics
-    from retainrl.pipeline.study import study_metrics
+    from retainrl.pipeline.study import frozen_row, study_metrics
 
     pi_star = load_json(paths.pretrained / "scores.json", "π* scores (pretrain stage)")
     curves = {
         m: load_npz(paths.finetune(m) / "curves.npz", f"{m} curves (finetune stage)", ("step", "success", "completed"))
         for m in p.finetune.methods
     }
-    summary = {"pretrained": pi_star, "methods": summarize(p, pi_star, curves), "study": study_metrics(study_curves(p, curves), bounded=True)}
+    floor = study_curves(p, {"frozen": frozen_curves(p, paths, device, next(iter(curves.values()))["step"])})["frozen"]
+    summary = {"pretrained": pi_star, "frozen": frozen_row(floor), "methods": summarize(p, pi_star, curves),
+               "study": study_metrics(study_curves(p, curves), bounded=True, floor=floor)}
     out = paths.evaluation
     save_json(out / "summary.json", summary)
     save_json(out / "metrics.json", scalar_metrics(summary))
@@ -104,7 +107,7 @@ def evaluate(p: Params, paths, device) -> None:
 def report(p: Params, paths) -> None:
     """Per-stage success curves per method and the final table (rendered by ``pipeline.report``)."""
     from retainrl.core.artifacts import load_json
-    from retainrl.pipeline.report import Figure, Line, Panel, Report, Section, Table, fmt, study_section, write
+    from retainrl.pipeline.report import Figure, Line, Panel, Report, Section, Table, floor_sentence, fmt, study_section, write
 
     metrics = load_json(paths.evaluation / "summary.json", "RoboticSequence summary (evaluate stage)")
     with np.load(paths.evaluation / "curves.npz") as z:
@@ -139,6 +142,7 @@ def report(p: Params, paths) -> None:
             "π* success on each stage alone: " + ", ".join(f"{t} {v:.2f}" for t, v in metrics["pretrained"]["success"].items()),
             table]),
         study_section(metrics["study"], "share completed",
-                      "CLOSE / FAR: mean success of their stages run alone; full task: share of the sequence completed."),
+                      "CLOSE / FAR: mean success of their stages run alone; full task: share of the sequence completed. "
+                      + floor_sentence(metrics["frozen"])),
         Section(None, [Figure("success_curves.png", "success curves", panels)]),
     ]), paths.report)

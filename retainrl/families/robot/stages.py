@@ -868,7 +868,7 @@ def finetune_seeds(method: str, p: Params, pretrained, far, fisher_diag, memory,
     learner = sac.SACLearner(agent, scfg, retention, gen)
     replay = ProtectedReplay(cfg.replay_size, sac.replay_specs(agent.spec, m), device)
     venv = sac.VecEnv([RoboticSequence(p.env, base * 100 + i) for i in range(m)])
-    eval_seqs = [RoboticSequence(p.env, base * 100 + 50 + i) for i in range(m)]
+    eval_seqs = eval_sequences(p, method, m, seed_offset)
     curves: dict[str, list] = {"step": [], "success": [], "completed": []}
     if checkpoint is not None:
 
@@ -901,6 +901,36 @@ def finetune_seeds(method: str, p: Params, pretrained, far, fisher_diag, memory,
         "completed": np.stack(curves["completed"], -1),  # (M, K)
     }
     return out, agent
+
+
+#: The name frozen π*'s evaluation sequences are seeded from, as a method's are from its name.
+FROZEN = "frozen"
+
+
+def eval_sequences(p: Params, name: str, m: int, seed_offset: int = 0) -> list:
+    """The ``m`` evaluation sequences of the method (or ``FROZEN``) ``name``: seeded from the name and
+    used only to evaluate, so π* evaluated on them K times plays what a run that never moved would."""
+    base = 1000 * (seed_offset + 1) + sum(map(ord, name))
+    return [RoboticSequence(p.env, base * 100 + 50 + i) for i in range(m)]
+
+
+def frozen_curves(p: Params, paths, device, steps) -> dict[str, np.ndarray]:
+    """Frozen π* on the methods' evaluation schedule (one evaluation per checkpoint step, every seed,
+    ``finetune.eval_episodes`` each): the noise floor of forgetting's start − min. The same arrays as
+    a finetune stage's ``curves.npz``."""
+    from tqdm import tqdm
+
+    cfg = p.finetune
+    agent = _load_pretrained(paths, device).replicate(cfg.seeds)
+    seqs = eval_sequences(p, FROZEN, cfg.seeds)
+    success, completed = [], []
+    for _ in tqdm(list(steps), desc="robot frozen π*", mininterval=5.0):
+        scores = evaluate_agent(agent, seqs, p.env, cfg.eval_episodes)
+        success.append(scores["success"])
+        completed.append(scores["completed"])
+    for seq in seqs:
+        seq.close()
+    return {"step": np.asarray(steps), "success": np.stack(success, -1), "completed": np.stack(completed, -1)}
 
 
 def finetune(p: Params, paths, device, method: str) -> None:
