@@ -15,7 +15,6 @@ change the actor that is scored. Writes ``experiments/results/nethack_bc_scaling
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import shutil
 import tempfile
@@ -30,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     from retainrl.core.config import load_params
+    from retainrl.core.artifacts import save_json
     from retainrl.core.log import setup_logging
     from retainrl.core.paths import Paths
     from retainrl.families.nethack import sf
@@ -93,8 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                         "far_starts": expert["summary"]["starts"]},
            "expert": {part: float(np.mean([e["score_gain"] for e in expert[part]])) for part in PARTS},
            "runs": rows_out}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
+    save_json(args.out, out)  # atomic
     log.info("wrote %s", args.out)
     return 0
 

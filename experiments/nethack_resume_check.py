@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import logging
 from pathlib import Path
 
@@ -45,6 +44,7 @@ def md5(path: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from retainrl.core.config import load_params
+    from retainrl.core.artifacts import save_json
     from retainrl.core.log import setup_logging
     from retainrl.core.paths import Paths
     from retainrl.families.nethack.results import PARTS, play_all
@@ -82,8 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         y = np.array([[e["score_gain"] for e in r[part]] for r in rb])
         out["pooled"][part] = {"a_seed_means": x.mean(axis=1).tolist(), "b_seed_means": y.mean(axis=1).tolist(),
                                "a_seed_std": float(x.mean(axis=1).std()), "b_minus_a": paired_difference(y, x)}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
+    save_json(args.out, out)  # atomic
     log.info("wrote %s", args.out)
     return 0
 

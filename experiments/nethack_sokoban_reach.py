@@ -14,7 +14,6 @@ the order NetHack numbers them) and the deepest level. Writes
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import re
 from collections import Counter
@@ -38,6 +37,7 @@ def dungeon_names() -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
+    from retainrl.core.artifacts import save_json
     from retainrl.core.log import setup_logging
     from retainrl.families.nethack.games import game_actions, iter_replay, load_demos, make_env
 
@@ -63,8 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {"games": len(per_game), "games_per_branch": dict(visits), "sokoban_games": visits.get("Sokoban", 0),
            "games_reaching_dlvl_6": int((depths >= 6).sum()), "max_depth_median": float(np.median(depths)),
            "dungeons": names, "per_game": per_game}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
+    save_json(args.out, out)  # atomic
     log.info("Sokoban in %d of %d games; branches %s; wrote %s", out["sokoban_games"], out["games"], dict(visits), args.out)
     return 0
 
