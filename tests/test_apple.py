@@ -69,6 +69,23 @@ def test_pretrained_policy_has_the_state_coverage_gap():
     assert w[0] < 0 and w[1] < 0  # aligned with −[1, c]
 
 
+def test_the_frozen_floor_is_pi_star_resampled_on_the_methods_schedule():
+    """The frozen row plays π* afresh at every checkpoint: its level is π*'s, its start − min is
+    sampling noise only (positive, small), and it never draws the same episodes twice."""
+    p = A.Params()
+    pi = A.clone(A.make_demos(p.env, p.demos), p.pretrain)
+    p = p.model_copy(update={"finetune": p.finetune.model_copy(update={"seeds": 3, "eval_episodes": 200})})
+    steps = np.arange(0, 60, 5)
+    floor = A.frozen_curves(p, pi, steps)
+    assert {k: v.shape for k, v in floor.items()} == {k: (3, len(steps)) for k in ("close", "far", "full")}
+    level = A.evaluate_policy(pi, p.env, 4000, np.random.default_rng(1))["far"].item()
+    assert abs(floor["far"].mean() - level) < 0.02
+    start_minus_min = floor["far"][:, 0] - floor["far"].min(axis=1)
+    assert (start_minus_min < 0.1).all()
+    assert len(np.unique(floor["far"])) > 1 or level in (0.0, 1.0)
+    assert np.array_equal(A.frozen_curves(p, pi, steps)["far"], floor["far"])  # its own fixed stream
+
+
 def test_stacked_models_get_exactly_their_own_gradients():
     """Summing the losses of stacked seeds gives each seed the gradient it would get alone."""
     p = A.Params()

@@ -192,7 +192,7 @@ def test_every_family_reports_the_same_study_metrics_with_intervals(smoke_repos,
 #: Families whose evaluate plays frozen π* on the methods' checkpoint schedule (the noise floor).
 #: AppleRetrieval has none yet; NetHack's evaluation uses common random numbers, under which frozen
 #: π* replays the same episodes at every snapshot, so its floor is 0 by construction.
-FLOOR_FAMILIES = {"minigrid", "montezuma", "robot"}
+FLOOR_FAMILIES = {"apple", "minigrid", "montezuma", "robot"}
 
 
 @pytest.mark.parametrize("family", FAMILIES)

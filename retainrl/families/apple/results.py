@@ -15,30 +15,37 @@ log = logging.getLogger(__name__)
 
 
 def evaluate(p: Params, paths, device) -> None:
-    """Aggregate every method's curves into metrics (forgetting, final success) with spread over seeds."""
+    """Aggregate every method's curves into metrics (forgetting, final success) with spread over seeds,
+    beside the frozen-π* row (``stages.frozen_curves``: the noise floor of start − min)."""
     from retainrl.core.artifacts import load_json, load_npz, save_json
     from retainrl.pipeline.evaluation import curve_rows, scalar_metrics, summarize_method
-    from retainrl.pipeline.study import Curves, study_metrics
+    from retainrl.families.apple.stages import frozen_curves, load_pretrained
+    from retainrl.pipeline.study import Curves, frozen_row, study_metrics
 
     pretrained_scores = load_json(paths.pretrained / "scores.json", "π* scores (pretrain stage)")
     methods = {}
     for method in p.finetune.methods:
         curves = load_npz(paths.finetune(method) / "curves.npz", f"{method} curves (finetune stage)", ("iteration", "close", "far", "full"))
         methods[method] = curves
+    steps = next(iter(methods.values()))["iteration"]
+    floor = frozen_curves(p, load_pretrained(paths), steps)
+    frozen = Curves(step=steps, **floor)
     summary = {
         "pretrained": pretrained_scores,
+        "frozen": frozen_row(frozen),
         "methods": {m: summarize_method(c) for m, c in methods.items()},
         "study": study_metrics(
             {m: Curves(step=c["iteration"], close=c["close"], far=c["far"], full=c["full"]) for m, c in methods.items()},
-            bounded=True,
+            bounded=True, floor=frozen,
         ),
     }
     out = paths.evaluation
     save_json(out / "summary.json", summary)
     save_json(out / "metrics.json", scalar_metrics(summary))
     for key in ("far", "close", "full"):
-        save_json(out / f"{key}_success.json", curve_rows(methods, key))
-    log.info("forgetting: %s", {m: round(v["forgetting"]["mean"], 3) for m, v in summary["methods"].items()})
+        save_json(out / f"{key}_success.json", curve_rows({**methods, "frozen": {"iteration": steps, **floor}}, key))
+    log.info("forgetting: %s; frozen floor %.3f", {m: round(v["forgetting"]["mean"], 3) for m, v in summary["methods"].items()},
+             summary["frozen"]["forgetting"]["mean"])
 
 
 def sweep(p: Params, paths, device, axis: str) -> None:
@@ -82,7 +89,7 @@ def _curve_lines(rows: list[dict]) -> list:
 def report(p: Params, paths) -> None:
     """AppleRetrieval: FAR success over training, forgetting against M and c, and the final table."""
     from retainrl.core.artifacts import load_json
-    from retainrl.pipeline.report import Figure, Line, Panel, Report, Section, Table, fmt, study_section, write
+    from retainrl.pipeline.report import Figure, Line, Panel, Report, Section, Table, floor_sentence, fmt, study_section, write
 
     metrics = load_json(paths.evaluation / "summary.json", "evaluation summary (evaluate stage)")
     far_rows = load_json(paths.evaluation / "far_success.json", "FAR curves (evaluate stage)")
@@ -99,7 +106,7 @@ def report(p: Params, paths) -> None:
             "CLOSE = reach the apple from home within T steps; FAR = reach home from the apple within T steps; "
             "forgetting = FAR success before fine-tuning minus its minimum during fine-tuning (per seed; mean ± std over seeds).",
             table]),
-        study_section(metrics["study"], "success"),
+        study_section(metrics["study"], "success", floor_sentence(metrics["frozen"])),
         Section(None, [
             Figure("far_success.png", "FAR success", [Panel(f"FAR success (phase 2 from the apple), c={env.c}, M={env.M}",
                                                            "fine-tuning iteration", "success", _curve_lines(far_rows), pre["far"], (-0.02, 1.02))]),

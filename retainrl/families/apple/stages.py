@@ -356,10 +356,28 @@ def finetune_seeds(
     return curves, policy
 
 
+FROZEN_STREAM = 9_999  # the frozen-π* row's random stream: apart from every method's (10_000·(offset+1) + registry index)
+
+
+def frozen_curves(p: Params, pretrained: LogisticPolicy, iterations: np.ndarray) -> dict[str, np.ndarray]:
+    """π* itself, never updated, evaluated at every checkpoint of the methods' schedule with as many
+    seeds and ``finetune.eval_episodes`` sampled episodes as a method: the noise floor.
+
+    Why: success is a sampled rate (500 episodes per checkpoint and seed), so start − min over 81
+    checkpoints is positive for a policy that never changes. A method's forgetting is evidence of
+    forgetting only above this row's. {close, far, full}: (seeds, checkpoints).
+    """
+    n = p.finetune.seeds
+    policy = LogisticPolicy(n, pretrained.weight.detach().expand(n, 2))
+    rng = np.random.default_rng(10_000 + FROZEN_STREAM)
+    evals = [evaluate_policy(policy, p.env, p.finetune.eval_episodes, rng) for _ in iterations]
+    return {k: np.stack([e[k].numpy() for e in evals], axis=1) for k in ("close", "far", "full")}
+
+
 # --------------------------------------------------------------------------- stage API (I/O)
 
 
-def _load_pretrained(paths) -> LogisticPolicy:
+def load_pretrained(paths) -> LogisticPolicy:
     from retainrl.core.artifacts import load_tensors
 
     t = load_tensors(paths.pretrained / "policy.safetensors", "pre-trained policy (pretrain stage)")
@@ -394,7 +412,7 @@ def pretrain(p: Params, paths, device) -> None:
 def far_buffer(p: Params, paths, device) -> None:
     from retainrl.core.artifacts import atomic_path, save_npz
 
-    buf = far_states(_load_pretrained(paths), p.env, p.far_buffer)
+    buf = far_states(load_pretrained(paths), p.env, p.far_buffer)
     with atomic_path(paths.far_buffer, directory=True) as out:
         save_npz(out / "far_buffer.npz", obs=buf["obs"].numpy(), targets=buf["targets"].numpy())
 
@@ -413,7 +431,7 @@ def fisher(p: Params, paths, device) -> None:
     far = _load_far(paths)
     obs = far["obs"][: p.fisher.states]
     gen = torch.Generator().manual_seed(0)
-    f = fisher_diagonal(_load_pretrained(paths), obs, estimator=p.fisher.estimator, min_value=p.fisher.min_value, generator=gen)
+    f = fisher_diagonal(load_pretrained(paths), obs, estimator=p.fisher.estimator, min_value=p.fisher.min_value, generator=gen)
     with atomic_path(paths.fisher, directory=True) as out:
         save_tensors(out / "fisher.safetensors", f, {"estimator": p.fisher.estimator, "states": int(obs.shape[0])})
     log.info("Fisher (%s, %d states): %s", p.fisher.estimator, obs.shape[0], {k: v.tolist() for k, v in f.items()})
@@ -427,7 +445,7 @@ def finetune(p: Params, paths, device, method: str) -> None:
     from retainrl.retention.methods import check_method
 
     check_method(method, learner=LEARNER, off_policy=False)
-    pretrained = _load_pretrained(paths)
+    pretrained = load_pretrained(paths)
     far = _load_far(paths)
     f = load_tensors(paths.fisher / "fisher.safetensors", "Fisher (fisher stage)")
     ckpt = Checkpoint.for_stage(f"apple_finetune@{method}", p.checkpoint.every_s, family="apple", method=method, params=p,
