@@ -138,8 +138,10 @@ def main() -> None:
     }
     for c in result["comparisons"]:
         log.info("%s %s %s vs %s: %+.3f [%+.3f, %+.3f] %s", c["part"], c["metric"], c["a"], c["b"], c["diff"], c["ci_low"], c["ci_high"], c["verdict"])
+    from retainrl.core.artifacts import save_json
+
     dest = ROOT / args.out
-    dest.write_text(json.dumps(result, indent=1) + "\n")
+    save_json(dest, result)  # atomic
     log.info("wrote %s (%.0f s)", dest, result["seconds"])
 
 

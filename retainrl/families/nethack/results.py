@@ -315,7 +315,7 @@ def evaluate(p: Params, paths, device=None) -> dict:
     summary["expert"] = expert_on_protocol(expert, rows)
     # The shared metrics: CLOSE = score from the game start, which is also the whole task in
     # NetHack; FAR = score gained from the Dlvl-4 starts; unbounded scores, one value per seed.
-    from retainrl.pipeline.study import Curves, study_metrics
+    from retainrl.pipeline.study import Curves, frozen_row, study_metrics
 
     def seed_curve(seeds, key):
         return np.asarray([[g[s][key] for s in sorted(g)] for g in seeds], dtype=float)
@@ -325,14 +325,20 @@ def evaluate(p: Params, paths, device=None) -> dict:
             if sorted(g) != sorted(seeds[0]):
                 raise ValueError(f"nethack evaluate: {m} seed {k} has snapshots at {sorted(g)}, seed 0 at {sorted(seeds[0])}")
 
+    # The frozen-π* floor is not played: under the common random numbers π* replays its episodes of
+    # sampling seed k exactly at every snapshot, so its curve is its step-0 means, constant.
+    schedule = sorted(next(iter(per_step.values()))[0]) if per_step else [0]
+    floor = Curves(step=schedule, **{part: np.asarray([[pm[key]] * len(schedule) for pm in pre_means], float)
+                                     for part, key in (("close", "close_score_gain"), ("far", "far_score_gain"), ("full", "close_score_gain"))})
+    summary["frozen"] = frozen_row(floor)
     summary["study"] = study_metrics({
         m: Curves(step=sorted(seeds[0]), close=seed_curve(seeds, "close_score_gain"), far=seed_curve(seeds, "far_score_gain"),
                   full=seed_curve(seeds, "close_score_gain"))
         for m, seeds in per_step.items()
-    }, bounded=False)
+    }, bounded=False, floor=floor)
     metrics = {"pretrained": scalar_metrics(summary["pretrained"]), **{m: scalar_metrics({k: v for k, v in s.items() if k != "final_step"})
                                                                         for m, s in summary["methods"].items()},
-               "study": summary["study"]}
+               "frozen": summary["frozen"], "study": summary["study"]}
     with atomic_path(paths.evaluation, directory=True) as tmp:
         save_json(tmp / "metrics.json", metrics)
         save_json(tmp / "summary.json", summary)
@@ -399,13 +405,15 @@ def expert_on_protocol(expert: dict, rows: list[dict]) -> dict:
 
 def report(p: Params, paths) -> None:
     """Stage: report.md (expert, π*, each method's final CLOSE/FAR over seeds, the paired
-    comparisons) and two figures (rendered by ``pipeline.report``).
+    comparisons, the committed coefficient sweep and 16-epoch control: ``probes``) and two
+    figures (rendered by ``pipeline.report``); the probes' numbers in ``probes.METRICS_FILE`` (``dvc metrics``).
 
     ``close_score.png``: CLOSE score over fine-tuning (the study's Figure 3a);
     ``far_score.png``: score gained from the FAR start states over fine-tuning (its Figure 5).
     """
-    from retainrl.core.artifacts import load_json, require
-    from retainrl.pipeline.report import Figure, Line, Panel, Report, Section, Table, fmt, study_section, write
+    from retainrl.core.artifacts import load_json, require, save_json
+    from retainrl.families.nethack import probes
+    from retainrl.pipeline.report import Figure, Line, Panel, Report, Section, Table, floor_sentence, fmt, study_section, write
     from retainrl.pipeline.stats import verdict
 
     ev_dir = Path(paths.evaluation)
@@ -456,9 +464,10 @@ def report(p: Params, paths) -> None:
         study_section(summary["study"], "score",
                       "CLOSE and the full task: the score from the game start; FAR: the score gained from the Dlvl-4 starts. "
                       "Scores are unbounded, so forward transfer is AUC − AUC_scratch. Seeds are the only resampled unit here; "
-                      "the paired comparisons below also resample the games. No frozen-π* row is played: under the common "
+                      "the paired comparisons below also resample the games. The frozen-π* row is not played: under the common "
                       "random numbers of this evaluation π* replays its step-0 episodes exactly at every snapshot, so its "
-                      "forgetting, the noise floor, is 0, and the claim that vanilla fine-tuning forgets is tested against 0."),
+                      "curve is its step-0 scores and its forgetting, the noise floor, is 0 "
+                      f"({floor_sentence(summary['frozen'], 1)})"),
         Section(None, [per_seed]),
     ]
     if summary.get("comparisons"):
@@ -489,7 +498,11 @@ def report(p: Params, paths) -> None:
         ref = summary["pretrained"][f"{part}_score_gain"]["mean"]
         return Figure(file, title, [Panel(title, "fine-tuning env steps", ylabel, lines, ref)])
 
+    sweep_file = Path(paths.root) / probes.SWEEP_FILE
+    sweep = load_json(sweep_file, "NetHack retention sweep") if sweep_file.exists() else None
+    sections += probes.sections(sweep, {"l2": p.retention.l2.coef, "ewc": p.retention.ewc.coef})
     sections.append(Section(None, [
         figure("close", "close_score.png", "CLOSE: score from the start of a game", "score"),
         figure("far", "far_score.png", f"FAR: score gained from the expert's first arrival on Dlvl {depth}", "score gained")]))
     write(Report("NetHack (Human Monk): forgetting of pre-trained capabilities", sections), paths.report)
+    save_json(Path(paths.root) / probes.METRICS_FILE, probes.metrics(sweep))

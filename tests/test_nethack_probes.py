@@ -1,0 +1,79 @@
+"""The NetHack report's committed probes: the coefficient rule, the control's reading, and that
+params.yaml's L2/EWC coefficients are what the rule picks from the committed sweep."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from retainrl.families.nethack import probes
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cmp(part, metric, a, b, diff, lo, hi, verdict, question="sweep"):
+    return {"part": part, "metric": metric, "a": a, "b": b, "diff": diff, "ci_low": lo, "ci_high": hi, "p_holm": 0.01,
+            "verdict": verdict, "question": question}
+
+
+def pol(kl, close, far):
+    return {"close_kl_pi_star": {"mean": kl}, "close_score_gain": {"mean": close}, "far_score_gain": {"mean": far}}
+
+
+def sweep(close_vs_pi, close_vs_ft):
+    variants = ["l2:retention.l2.coef=1.0", "l2:retention.l2.coef=0.3", "l2:retention.l2.coef=0.1",
+                "ewc:retention.ewc.coef=1e4", "finetune:finetune.far_share=0.25"]
+    policies = {"pretrained": pol(0, 30, 100), "finetune": pol(0.8, 18, 80), "ks": pol(0.04, 30, 104),
+                variants[0]: pol(0.005, 30, 110), variants[1]: pol(0.03, 29, 100), variants[2]: pol(0.2, 25, 70),
+                variants[3]: pol(1e-6, 30, 100), variants[4]: pol(0.5, 20, 90)}
+    c = [cmp("far", "score_gain", variants[0], "pretrained", 10, -5, 25, "no difference shown"),
+         cmp("far", "score_gain", variants[1], "pretrained", 0, -15, 15, "no difference shown"),
+         cmp("far", "score_gain", variants[2], "pretrained", -30, -50, -10, "lower"),  # moves like KS? no: loses FAR
+         cmp("far", "score_gain", variants[3], "pretrained", 0, -10, 10, "no difference shown"),
+         cmp("close", "score_gain", variants[4], "pretrained", *close_vs_pi, question="control"),
+         cmp("close", "score_gain", variants[4], "finetune", *close_vs_ft, question="control"),
+         cmp("far", "score_gain", variants[4], "pretrained", 0, -20, 20, "no difference shown", question="control"),
+         cmp("far", "score_gain", variants[4], "finetune", 10, -10, 30, "no difference shown", question="control")]
+    return {"seeds": 2, "variants": variants, "policies": policies, "comparisons": c,
+            "protocol": {"env_steps": 30000, "epochs": 16}}
+
+
+def test_choose_takes_the_coefficient_that_moves_like_ks_and_keeps_far():
+    s = sweep((-10, -15, -5, "lower"), (2, -3, 7, "no difference shown"))
+    assert probes.choose(s, "l2")["coef"] == 0.3  # 1.0 freezes (KL 8× below KS's), 0.1 loses FAR
+    assert probes.choose(s, "ewc") is None  # its only value freezes: reported as "none does both"
+    assert probes.choose({**s, "policies": {k: v for k, v in s["policies"].items() if k != "ks"}}, "l2") is None
+    m = probes.metrics(s)
+    assert m["sweep"]["l2"]["chosen_coef"] == 0.3 and m["sweep"]["ewc"]["chosen_coef"] is None
+    assert m["sweep"]["l2"]["0.1"]["far_score"] == 70
+
+
+@pytest.mark.parametrize("close_vs_pi, close_vs_ft, reading", [
+    ((-10, -15, -5, "lower"), (2, -3, 7, "no difference shown"), "optimisation damage"),
+    ((-1, -6, 4, "no difference shown"), (9, 4, 14, "higher"), "forgetting"),
+    ((-4, -9, 1, "no difference shown"), (5, -1, 11, "no difference shown"), "not decided"),
+])
+def test_the_control_reads_damage_forgetting_or_not_decided(close_vs_pi, close_vs_ft, reading):
+    ctl = probes.control(sweep(close_vs_pi, close_vs_ft))
+    assert ctl["reading"] == reading and ctl["far_share"] == 0.25
+    assert probes.metrics(sweep(close_vs_pi, close_vs_ft))["control"]["reading"] == reading
+
+
+def test_the_report_sections_name_the_pick_and_the_reading(tmp_path):
+    from retainrl.pipeline.report import Report, render
+
+    text = render(Report("t", probes.sections(sweep((-10, -15, -5, "lower"), (2, -3, 7, "no difference shown")),
+                                              {"l2": 1.0, "ewc": 2e6})), tmp_path)
+    assert "l2: coef 0.3" in text and "ewc: no swept coefficient" in text and "**optimisation damage**" in text
+    assert "l2 (coef 0.1)" in text
+
+
+def test_params_yaml_coefficients_are_the_committed_sweeps_choice():
+    from retainrl.core.config import load_params
+
+    s = json.loads((ROOT / probes.SWEEP_FILE).read_text())
+    p = load_params(str(ROOT / "params.yaml"), only="nethack").section("nethack")
+    for method in ("l2", "ewc"):
+        pick = probes.choose(s, method)
+        assert pick is not None, f"the committed sweep has no {method} coefficient that moves like KS and keeps FAR"
+        assert getattr(p.retention, method).coef == pick["coef"], method
