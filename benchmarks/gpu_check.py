@@ -543,7 +543,7 @@ def section_finetune_apple(c: Check) -> dict:
     paths = Paths("apple", c.workdir("apple"))
     for stage in (apple.collect_demos, apple.pretrain, apple.far_buffer, apple.fisher):  # the DAG's upstream stages
         stage(p, paths, c.dev)
-    pretrained = apple._load_pretrained(paths)
+    pretrained = apple.load_pretrained(paths)
     far = apple._load_far(paths)
     fisher = load_tensors(paths.fisher / "fisher.safetensors", "Fisher")
 

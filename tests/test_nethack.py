@@ -332,7 +332,7 @@ def test_bc_pretrain_writes_a_sample_factory_policy_and_far_buffer(tmp_path):
     assert len(bc_final["far_score_gain"]["per_seed"]) == 2 and bc_final["far_max_depth"]["min"] >= 2
     assert bc_final["close_max_depth"]["min"] >= 1
     metrics = json.loads((paths.evaluation / "metrics.json").read_text())
-    assert set(metrics) == {"pretrained", "bc", "study"} and set(metrics["bc"]["close_score_gain"]) == {"mean", "std"}
+    assert set(metrics) == {"pretrained", "frozen", "bc", "study"} and set(metrics["bc"]["close_score_gain"]) == {"mean", "std"}
     assert set(metrics["study"]["bc"]) >= {"forgetting", "close_final", "far_final", "full_final", "auc"}
     assert metrics["pretrained"]["far_kl_pi_star"]["mean"] == 0.0 and metrics["bc"]["far_kl_pi_star"]["mean"] > 0.0
     # KL(π*‖π) on the visited states: exactly 0 for π* against itself, positive once the policy moved.
