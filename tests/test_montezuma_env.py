@@ -236,6 +236,8 @@ def test_params_defaults_follow_the_study():
         ({"route": {"far_boundary": 1}}, "montezuma.route.far_boundary"),
         ({"route": {"far_boundry": 7}}, "montezuma.route.far_boundry: unknown key"),
         ({"search": {"stop_rooms": 5}, "route": {"far_boundary": 7}}, "route.far_boundary"),
+        ({"route": {"far_boundary": 3, "close_rooms": 3}}, "route.close_rooms: 3 is more than the 2 rooms"),
+        ({"route": {"close_rooms": 0}}, "montezuma.route.close_rooms"),
     ],
 )
 def test_params_errors_name_the_key(raw, key):

@@ -100,6 +100,33 @@ def test_collect_demos_writes_verified_route(tmp_path, monkeypatch):
     assert not [x for x in paths.demos.parent.iterdir() if x.name.endswith(".tmp")]
 
 
+def test_close_rooms_choose_where_fine_tuning_starts(tmp_path, monkeypatch):
+    """``route.close_rooms`` k: CLOSE is the k route rooms before the FAR boundary, fine-tuning envs
+    reset into the first of them (its stored entry state); null keeps the study's design, the whole
+    route before the boundary from the game's start. FAR and the demos do not depend on it."""
+    _, rep = _fixture_result(monkeypatch)  # rooms 1 → 2 → 6
+    base = {"route": {"far_boundary": 3}, "search": {"sticky_checks": 0}}
+    paths = Paths("montezuma", root=tmp_path)
+    mz.collect_demos(mz.parse_params(base), paths)
+    one = mz.parse_params({**base, "route": {"far_boundary": 3, "close_rooms": 1}})
+    study = mz.parse_params({**base, "route": {"far_boundary": 3, "close_rooms": None}})
+    assert [s["room"] for s in mz.room_start_states(paths, one, "close")] == [2]
+    assert [s["room"] for s in mz.room_start_states(paths, study, "close")] == [1, 2]
+    assert [s["room"] for s in mz.room_start_states(paths, one, "far")] == [6] == [s["room"] for s in mz.room_start_states(paths, study, "far")]
+    assert mz.training_start(paths, study) is None
+    start = mz.training_start(paths, one)
+    assert np.array_equal(start, mz.room_start_states(paths, one, "close")[0]["state"])
+    env = mz.MontezumaEnv(one.env, start=start)
+    for _ in range(2):  # every episode, not only the first, starts there
+        env.reset()
+        assert env.ram().room == 2
+        for _ in range(3):
+            env.step(0)
+    game = mz.MontezumaEnv(study.env, start=mz.training_start(paths, study))
+    game.reset()
+    assert game.ram().room == 1
+
+
 def test_collect_demos_refuses_far_boundary_beyond_route(tmp_path, monkeypatch):
     _fixture_result(monkeypatch)
     p = mz.parse_params({"route": {"far_boundary": 7}, "search": {"sticky_checks": 0}})

@@ -371,8 +371,10 @@ def test_sigkilled_appo_stage_resumes_from_sample_factorys_checkpoint(tmp_path):
             assert got[key] == want[key], key
     assert runs[0]["actor_updates"] == ref_runs[0]["actor_updates"]  # the kept seed: exactly
     # The resumed seed's update count goes on from the checkpoint's. It usually ends exactly where
-    # the uninterrupted run does, but a fresh-clone CI run at b331a09 ended 502 against 512 (an open
-    # discrepancy of issue #21: sample-factory restarts its envs on resume); allow 5%, no more.
+    # the uninterrupted run does, but a fresh-clone CI run at b331a09 ended 502 against 512: after
+    # the resume the NLE games restart (they cannot be saved), so the experience differs, and
+    # sample-factory's Learner._train skips a batch's remaining epochs when the epoch's actor loss
+    # moves by < 1e-6, a data-dependent count of SGD steps. Allow 5%, no more.
     assert abs(runs[1]["actor_updates"] - ref_runs[1]["actor_updates"]) <= 0.05 * ref_runs[1]["actor_updates"]
     last = torch.load(out / "seed_1" / "snapshots" / snaps[1][-1], weights_only=False)
     assert last["actor_updates"] == runs[1]["actor_updates"] > 0

@@ -58,7 +58,7 @@ def _wide_rows(curves: dict, key: str, step_key: str) -> list[dict]:
 def evaluate(p: Params, paths, device=None) -> Path:
     """Stage ``evaluate``: per method and seed, room success in the FAR boundary room (the 7th),
     over all FAR rooms and CLOSE rooms at the start (π* for all but scratch), minimum and end of
-    fine-tuning; forgetting = start − minimum; return from the game start and rooms visited.
+    fine-tuning; forgetting = start − minimum; return from the fine-tuning start and rooms visited.
     Writes summary.json (per seed), metrics.json (scalars for `dvc metrics`), one plot file per
     curve and curves.npz for the report."""
     from retainrl.core.artifacts import load_json, save_json, save_npz
@@ -85,7 +85,8 @@ def evaluate(p: Params, paths, device=None) -> Path:
     from retainrl.pipeline.study import Curves, frozen_row, study_metrics
 
     # The shared metrics: FAR is the boundary room (the study's "7th room"), CLOSE the rooms before
-    # it, the full task the return of training episodes from the game start (unbounded; frozen π*
+    # it that fine-tuning trains on, the full task the return of training episodes from the first
+    # CLOSE room (route.close_rooms; the game's start when it is null) (unbounded; frozen π*
     # plays no training episodes, so its row has no full task: its CLOSE success stands in).
     first = next(iter(curves.values()))
     fz = frozen_curves(p, paths, device, first["eval_update"])
@@ -95,8 +96,12 @@ def evaluate(p: Params, paths, device=None) -> Path:
         for m, c in curves.items()
     }, bounded=False, floor=floor)
     frozen = {k: v for k, v in frozen_row(floor).items() if k != "full_final"}
+    from retainrl.families.montezuma.stages import room_start_states
+
+    task_close = [s["room"] for s in room_start_states(paths, p, "close")]
     summary = {
-        "route": {k: route[k] for k in ("rooms", "close", "far", "far_boundary", "score")},
+        "route": {**{k: route[k] for k in ("rooms", "close", "far", "far_boundary", "score")},
+                  "task_close": task_close, "start": "the game's start" if p.route.close_rooms is None else f"the entry of room {task_close[0]}"},
         "pretrained": pi_star,
         "frozen": frozen,
         "methods": methods,
@@ -152,8 +157,9 @@ def report(p: Params, paths) -> Path:
     unit = (-0.05, 1.05)
     write(Report("Montezuma's Revenge: forgetting of FAR rooms during PPO+RND fine-tuning", [
         Section(None, [
-            f"Route {route['rooms']} (score {route['score']:g}); CLOSE {route['close']}, FAR {route['far']} "
-            f"(boundary: route room #{route['far_boundary']} = room {boundary_room}). "
+            f"Route {route['rooms']} (score {route['score']:g}); FAR {route['far']} "
+            f"(boundary: route room #{route['far_boundary']} = room {boundary_room}); CLOSE, the part fine-tuning trains on, "
+            f"{route['task_close']}: training episodes start at {route['start']}. "
             f"{cfg.seeds} seeds per method; {cfg.updates} PPO updates × {cfg.envs} envs × {cfg.steps} steps "
             f"= {cfg.updates * cfg.envs * cfg.steps * p.env.frame_skip} emulator frames per seed; "
             f"room success from {cfg.eval_episodes} sticky-action episodes per room (≤ {cfg.eval_max_steps} steps).",
@@ -163,15 +169,15 @@ def report(p: Params, paths) -> Path:
             "Per seed, boundary-room minimum: " + "; ".join(
                 f"{m} {[round(x, 2) for x in methods[m]['boundary']['min']['per_seed']]}" for m in cfg.methods)]),
         study_section(summary["study"], "return",
-                      f"FAR: the boundary room {boundary_room}; CLOSE: the rooms before it; full task: the return of training "
-                      "episodes from the game start (forward transfer is then AUC − AUC_scratch, unnormalised). "
+                      f"FAR: the boundary room {boundary_room}; CLOSE: rooms {route['task_close']}; full task: the return of training "
+                      f"episodes from {route['start']} (forward transfer is then AUC − AUC_scratch, unnormalised). "
                       + floor_sentence(summary["frozen"])),
         Section(None, [
             figure("boundary_success.png", "boundary", "eval_step",
                    f"success in room {boundary_room} (route room #{route['far_boundary']}, FAR boundary)", "success", pi["boundary_success"], unit),
             figure("far_success.png", "far", "eval_step", f"success in FAR rooms {route['far']}", "success", pi["far_success"], unit),
-            figure("close_success.png", "close", "eval_step", f"success in CLOSE rooms {route['close']}", "success", pi["close_success"], unit),
-            figure("episode_return.png", "episode_return", "train_step", "return from the game start (training episodes)", "return"),
+            figure("close_success.png", "close", "eval_step", f"success in CLOSE rooms {route['task_close']}", "success", pi["close_success"], unit),
+            figure("episode_return.png", "episode_return", "train_step", f"return from {route['start']} (training episodes)", "return"),
             figure("rooms_visited.png", "rooms_visited", "train_step", "distinct rooms visited in training", "rooms"),
         ]),
     ]), paths.report)

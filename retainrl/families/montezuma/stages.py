@@ -20,7 +20,7 @@ What this module gives:
   segment of the demo (networks in :mod:`retainrl.families.montezuma.nets`);
 * :func:`far_buffer`, :func:`fisher` – π*'s FAR states with its outputs (for the BC retention
   method) and the diagonal Fisher on them (for EWC);
-* :func:`finetune` – PPO+RND (:mod:`retainrl.learners.ppo_rnd`) from the start of the game with one
+* :func:`finetune` – PPO+RND (:mod:`retainrl.learners.ppo_rnd`) from the first CLOSE room with one
   retention method, FAR/CLOSE room success evaluated along the way; ``results.evaluate`` and
   ``results.report`` – FAR vs CLOSE per method.
 
@@ -122,6 +122,11 @@ class RouteParams(Strict):
     #: leave out of the route the rooms the demo only peeks into (entered, then left back the same
     #: way with no reward or item): they are not on the path, and their "success" would be a failure
     drop_detours: bool = True
+    #: how many route rooms before the FAR boundary make up CLOSE, the part fine-tuning trains on:
+    #: training episodes start at the entry of the first of them (None: every room before the
+    #: boundary, from the game's start, the study's design). The default's one room is what PPO+RND
+    #: can learn in its CPU budget, so that fine-tuning can reach FAR and use π*'s skills there.
+    close_rooms: int | None = Field(1, ge=1, description="route rooms before the FAR boundary that fine-tuning starts in (None: the game's start)")
 
 
 class PretrainParams(Strict):
@@ -178,6 +183,11 @@ class Params(Strict):
     def _cross_checks(self):
         if self.env.frame_size != 84:
             raise ValueError(f"env.frame_size: the Nature CNN of the agent needs 84 (got {self.env.frame_size})")
+        if self.route.close_rooms is not None and self.route.close_rooms > self.route.far_boundary - 1:
+            raise ValueError(
+                f"route.close_rooms: {self.route.close_rooms} is more than the {self.route.far_boundary - 1} rooms before "
+                f"route.far_boundary={self.route.far_boundary} (null: all of them, from the game's start)"
+            )
         if self.search.stop_rooms is not None and self.search.stop_rooms < self.route.far_boundary:
             raise ValueError(
                 f"route.far_boundary: {self.route.far_boundary} is beyond search.stop_rooms="
@@ -214,9 +224,13 @@ class MontezumaEnv:
     The episode ends at game over or after ``max_steps`` agent steps (truncation).
     """
 
-    def __init__(self, p: EnvParams | None = None, *, seed: int = 0, sticky: float | None = None):
+    def __init__(self, p: EnvParams | None = None, *, seed: int = 0, sticky: float | None = None,
+                 start: np.ndarray | None = None):
         p = p or EnvParams()
         self.p = p
+        #: where ``reset()`` without a state starts an episode (None: the game's start); fine-tuning
+        #: envs start at the first CLOSE room's entry (:func:`training_start`)
+        self.start = start
         # Sticky actions are done here, per emulated frame exactly as ALE does them (with probability
         # ``sticky`` the previous frame's action is repeated), not by ALE: ALE keeps the repeated
         # action outside its saveable state, so a run restored from a checkpoint would diverge.
@@ -243,7 +257,8 @@ class MontezumaEnv:
         return decode_ram(self.ale.getRAM() if self._ram is None else self._ram)
 
     def reset(self, state: np.ndarray | None = None) -> np.ndarray:
-        """Start a new episode at the game's start, or at ``state`` (an array from demos)."""
+        """Start a new episode at ``state`` (an array from demos), else at ``start``, else at the game's start."""
+        state = self.start if state is None else state
         self.ale.reset_game()
         self._ram = None
         self._last_action = self.actions[0]  # ALE's reset does the same: the repeated action is NOOP
@@ -615,12 +630,15 @@ def load_demos(paths) -> tuple[dict[str, np.ndarray], dict]:
 def room_start_states(paths, p: Params, which: str = "far") -> list[dict]:
     """Start states of the CLOSE or FAR rooms, from demos, for evaluation and pre-training.
 
-    Each item: ``room``, ``entered_from`` (None for the game's start room), ``state`` (uint8).
+    CLOSE is the task's part before FAR: the last ``route.close_rooms`` rooms before the boundary
+    (all of them when it is None). Each item: ``room``, ``entered_from`` (None for the game's start
+    room), ``state`` (uint8).
     """
     arrays, route = load_demos(paths)
     rooms = [int(r) for r in arrays["rooms"]]
     close, far = split_route(rooms, p.route.far_boundary)
-    chosen = {"close": range(len(close)), "far": range(len(close), len(rooms))}
+    first = len(close) - (p.route.close_rooms or len(close))
+    chosen = {"close": range(first, len(close)), "far": range(len(close), len(rooms))}
     if which not in chosen:
         raise ConfigError(f"which: must be 'close' or 'far' (got {which!r})")
     out = []
@@ -628,6 +646,14 @@ def room_start_states(paths, p: Params, which: str = "far") -> list[dict]:
         came = int(arrays["entered_from"][i])
         out.append({"room": rooms[i], "entered_from": None if came < 0 else came, "state": arrays["entry_states"][i]})
     return out
+
+
+def training_start(paths, p: Params) -> np.ndarray | None:
+    """Where fine-tuning episodes start: the entry state of the first CLOSE room, or None (the
+    game's start) when CLOSE is the whole route before the boundary (``route.close_rooms: null``)."""
+    if p.route.close_rooms is None:
+        return None
+    return room_start_states(paths, p, "close")[0]["state"]
 
 
 def pretrain(p: Params, paths, device=None) -> Path:
@@ -853,7 +879,7 @@ def frozen_curves(p: Params, paths, device, updates) -> dict[str, np.ndarray]:
 
 
 def finetune(p: Params, paths, device, method: str) -> Path:
-    """Stage ``finetune``: PPO+RND from the start of the game with ``method``, ``finetune.seeds``
+    """Stage ``finetune``: PPO+RND from the first CLOSE room (:func:`training_start`) with ``method``, ``finetune.seeds``
     runs one after another; writes ``policy_seed<k>.safetensors`` and ``curves.json`` (per seed:
     training curves and FAR/CLOSE room success at every ``eval_every`` updates)."""
     import copy
@@ -875,6 +901,7 @@ def finetune(p: Params, paths, device, method: str) -> Path:
     buf = load_npz(Path(paths.far_buffer) / "buffer.npz", "Montezuma FAR buffer", required=("obs", "targets"))
     fim = load_file(str(require(Path(paths.fisher) / "fisher.safetensors", "Montezuma Fisher (fisher stage)")))
     on_eval = _rooms_evaluator(p, paths, dev)
+    start = training_start(paths, p)
     runs, weights = [], {}
     stage = f"montezuma_finetune@{method}"
     for k in range(cfg.seeds):
@@ -907,7 +934,7 @@ def finetune(p: Params, paths, device, method: str) -> Path:
             rnd.load_state_dict(load_file(str(Path(paths.pretrained) / "rnd.safetensors")))
         else:
             model = ActorCritic(n_actions=18, frame_stack=p.env.frame_stack, hidden=p.pretrain.hidden)
-        envs = [MontezumaEnv(p.env, seed=seed * 100 + i) for i in range(cfg.envs)]
+        envs = [MontezumaEnv(p.env, seed=seed * 100 + i, start=start) for i in range(cfg.envs)]
         curves = ppo_rnd.train(
             model, rnd, envs, cfg, retention, gen, device=dev,
             on_eval=lambda update, m, seed=seed: on_eval(seed * 10_000 + update, m), desc=f"montezuma {method} seed {seed}",
