@@ -252,7 +252,8 @@ def test_served_deployment_runs_from_the_api(ref, tmp_path):
     port = free_port()
     home = tmp_path / "prefect-home"
     env = {**ENV, "PREFECT_HOME": str(home), "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home}/prefect.db",
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+           "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5"}  # upcoming runs within seconds, not a minute
     api = env["PREFECT_API_URL"]
     procs = []
     logs = {name: open(tmp_path / f"{name}.log", "w") for name in ("server", "serve")}  # shown when the test fails
@@ -263,15 +264,23 @@ def test_served_deployment_runs_from_the_api(ref, tmp_path):
         wait_for(lambda: httpx.get(f"{api}/health", timeout=2).status_code == 200, 120, "server health")
         procs.append(subprocess.Popen([sys.executable, "-m", "flows.serve", "--root", str(ref), "--name", "test",
                                        "--cron", "0 3 * * *", "--profile", "smoke", "--seeds", "2", "apple_pretrain"],
-                                      env=env, cwd=ROOT, start_new_session=True, stdout=logs["serve"], stderr=subprocess.STDOUT))
+                                      env={**env, "RETAINRL_LOG": "INFO", "PREFECT_LOGGING_LEVEL": "INFO"}, cwd=ROOT,
+                                      start_new_session=True, stdout=logs["serve"], stderr=subprocess.STDOUT))
         dep = wait_for(lambda: _ok(httpx.get(f"{api}/deployments/name/retainrl-pipeline/test", timeout=5)), 120, "deployment")
         assert dep["parameters"]["profile"] == "smoke" and dep["parameters"]["targets"] == ["apple_pretrain"]
         schedules = dep.get("schedules") or []
         assert any(s["schedule"].get("cron") == "0 3 * * *" for s in schedules), schedules
+        # the server's scheduler turns the cron into upcoming runs (SQLAlchemy 2.1 broke its bulk
+        # insert under prefect 3.8.8: the schedule showed in the UI and never produced a run)
+        upcoming = wait_for(lambda: httpx.post(f"{api}/flow_runs/filter", timeout=10, json={
+            "deployments": {"id": {"any_": [dep["id"]]}}, "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}}}).json(),
+            240, "the scheduler's upcoming runs")
+        assert all(r["auto_scheduled"] and r["expected_start_time"][14:19] == "00:00" for r in upcoming), upcoming
         run = httpx.post(f"{api}/deployments/{dep['id']}/create_flow_run", json={}, timeout=10).json()
-        # generous: the served process polls, spawns the flow and runs two stages; a loaded 2-core box is slow
-        final = wait_for(lambda: _final(httpx.get(f"{api}/flow_runs/{run['id']}", timeout=5).json()), 600, "flow run")
-        assert final["state"]["type"] == "COMPLETED", final["state"]
+        # Waits on progress, not on a wall-clock budget: it fails only when neither the run's state
+        # nor its task runs nor its log have moved for STALL_S (a loaded 2-core box is slow, not stuck).
+        final = wait_for_progress(api, run["id"])
+        assert final["state"]["type"] == "COMPLETED", (final["state"], run_story(api, run["id"]))
         tasks = httpx.post(f"{api}/task_runs/filter", json={"flow_runs": {"id": {"any_": [run["id"]]}}}, timeout=10).json()
         assert sorted(t["name"] for t in tasks) == ["apple_collect_demos", "apple_pretrain"]
         assert all(t["state"]["type"] == "COMPLETED" for t in tasks)
@@ -286,7 +295,9 @@ def test_served_deployment_runs_from_the_api(ref, tmp_path):
         for f in logs.values():
             f.flush()
         tails = {n: (tmp_path / f"{n}.log").read_text()[-4000:] for n in logs}
-        raise AssertionError(f"{err!r}\n--- prefect server log (tail)\n{tails['server']}\n--- flows.serve log (tail)\n{tails['serve']}") from err
+        story = run_story(api, run["id"]) if "run" in locals() and isinstance(run, dict) and "id" in run else "no flow run was created"
+        raise AssertionError(f"{err!r}\n--- the flow run, from the API\n{story}\n--- prefect server log (tail)\n{tails['server']}"
+                             f"\n--- flows.serve log (tail)\n{tails['serve']}") from err
     finally:
         for p in reversed(procs):
             if p.poll() is None:
@@ -306,6 +317,56 @@ def _ok(r):
 
 def _final(fr):
     return fr if fr["state"] and fr["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") else None
+
+
+STALL_S = 300  # no visible progress of the served flow run for this long: it is stuck, not slow
+
+
+def _progress(api: str, run_id: str) -> tuple[dict, tuple]:
+    """The flow run, and what counts as progress: its state, each task run's state, its log's length."""
+    import httpx
+
+    fr = httpx.get(f"{api}/flow_runs/{run_id}", timeout=10).json()
+    tasks = httpx.post(f"{api}/task_runs/filter", json={"flow_runs": {"id": {"any_": [run_id]}}}, timeout=10).json()
+    logs = httpx.post(f"{api}/logs/filter", json={"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200}, timeout=10).json()
+    state = fr.get("state") or {}
+    return fr, (state.get("type"), state.get("name"), tuple(sorted((t["name"], (t.get("state") or {}).get("type")) for t in tasks)), len(logs))
+
+
+def wait_for_progress(api: str, run_id: str, stall_s: float = STALL_S, ceiling_s: float = 3600) -> dict:
+    """Poll the served flow run until it ends; fail if it shows no progress for ``stall_s``."""
+    start = last_move = time.monotonic()
+    seen = None
+    while time.monotonic() - start < ceiling_s:
+        try:
+            fr, mark = _progress(api, run_id)
+        except Exception:  # noqa: BLE001 — the server is busy: a missed poll is not progress, nor a failure
+            fr, mark = None, seen
+        if mark != seen:
+            seen, last_move = mark, time.monotonic()
+        if fr is not None and _final(fr):
+            return fr
+        if time.monotonic() - last_move > stall_s:
+            raise AssertionError(f"the flow run made no progress for {stall_s:.0f} s (last seen: {seen})")
+        time.sleep(1)
+    raise AssertionError(f"the flow run did not end within {ceiling_s:.0f} s (last seen: {seen})")
+
+
+def run_story(api: str, run_id: str) -> str:
+    """What the API knows of a flow run: its state history, its task runs, its last log lines."""
+    import httpx
+
+    try:
+        states = httpx.get(f"{api}/flow_run_states/", params={"flow_run_id": run_id}, timeout=10).json()
+        lines = [f"state {s['timestamp']} {s['type']} {s['name']}: {(s.get('message') or '')[:300]}" for s in states]
+        tasks = httpx.post(f"{api}/task_runs/filter", json={"flow_runs": {"id": {"any_": [run_id]}}}, timeout=10).json()
+        lines += [f"task {t['name']}: {(t.get('state') or {}).get('type')}" for t in tasks]
+        logs = httpx.post(f"{api}/logs/filter", json={"logs": {"flow_run_id": {"any_": [run_id]}}, "sort": "TIMESTAMP_DESC",
+                                                       "limit": 40}, timeout=10).json()
+        lines += [f"log {r['timestamp']} {r['message'][:300]}" for r in reversed(logs)]
+        return "\n".join(lines)
+    except Exception as err:  # noqa: BLE001 — the server may be what failed
+        return f"(the API did not answer: {err!r})"
 
 
 def wait_for(fn, timeout, what):

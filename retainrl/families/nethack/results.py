@@ -223,11 +223,14 @@ def play_all(p: Params, paths, jobs: list, processes: int | None = None):
             player.close()
         return
     import multiprocessing
+    import os
     from concurrent.futures import ProcessPoolExecutor
 
+    from retainrl.core.procs import pool_initializer
+
     ctx = multiprocessing.get_context("spawn")  # no fork of a process holding NLE and torch threads
-    with ProcessPoolExecutor(processes, mp_context=ctx, initializer=_start_player,
-                             initargs=(p, str(starts_dir(paths)), str(paths.pretrained))) as pool:
+    with ProcessPoolExecutor(processes, mp_context=ctx, initializer=pool_initializer,  # workers die with the stage
+                             initargs=(os.getpid(), _start_player, p, str(starts_dir(paths)), str(paths.pretrained))) as pool:
         yield from pool.map(_play_job, jobs)
 
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -580,10 +581,13 @@ def finetune(p: Params, paths, device=None, method: str = "finetune") -> dict:
         from concurrent.futures import ProcessPoolExecutor
 
         from retainrl.core.log import setup_logging
+        from retainrl.core.procs import pool_initializer
 
         log.info("finetune[%s]: %d seeds in %d processes", method, ft.seeds, processes)
         ctx = multiprocessing.get_context("spawn")  # no fork of a process holding NLE and torch threads
-        with ProcessPoolExecutor(processes, mp_context=ctx, initializer=setup_logging) as pool:
+        # the workers die with the stage: a killed stage leaves no orphan writing into its checkpoints
+        with ProcessPoolExecutor(processes, mp_context=ctx, initializer=pool_initializer,
+                                 initargs=(os.getpid(), setup_logging)) as pool:
             futures = [pool.submit(finetune_seed, p, paths, device, method, k, d, 1) for k, d in enumerate(dirs)]
             runs = [f.result() for f in futures]
     with atomic_path(paths.finetune(method), directory=True) as tmp:
