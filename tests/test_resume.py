@@ -359,11 +359,13 @@ def test_sigkilled_appo_stage_resumes_from_sample_factorys_checkpoint(tmp_path):
     def summary():
         runs = [json.loads((out / f"seed_{k}" / "retention.json").read_text()) for k in range(2)]
         snaps = [sorted(p.name for p in (out / f"seed_{k}" / "snapshots").iterdir()) for k in range(2)]
-        return runs, snaps, _sha(out / "seed_0" / "snapshots" / snaps[0][-1])
+        # Read now: the forced rerun below replaces the out, snapshots included.
+        final = torch.load(out / "seed_1" / "snapshots" / snaps[1][-1], weights_only=False)
+        return runs, snaps, _sha(out / "seed_0" / "snapshots" / snaps[0][-1]), final
 
-    runs, snaps, seed0 = summary()
+    runs, snaps, seed0, last = summary()
     subprocess.run([*dvc, "repro", "--force", "--no-run-cache", "-s", stage], cwd=repo, env=env, check=True, capture_output=True)
-    ref_runs, ref_snaps, ref_seed0 = summary()
+    ref_runs, ref_snaps, ref_seed0, ref_last = summary()
     assert snaps == ref_snaps and len(snaps[1]) == 5  # step 0 + the 4 scheduled, none twice, none missing
     assert seed0 == ref_seed0  # the kept seed is the uninterrupted run's, bit for bit
     for got, want in zip(runs, ref_runs):
@@ -376,5 +378,6 @@ def test_sigkilled_appo_stage_resumes_from_sample_factorys_checkpoint(tmp_path):
     # sample-factory's Learner._train skips a batch's remaining epochs when the epoch's actor loss
     # moves by < 1e-6, a data-dependent count of SGD steps. Allow 5%, no more.
     assert abs(runs[1]["actor_updates"] - ref_runs[1]["actor_updates"]) <= 0.05 * ref_runs[1]["actor_updates"]
-    last = torch.load(out / "seed_1" / "snapshots" / snaps[1][-1], weights_only=False)
+    # Each run's summary is its own final snapshot's (the resumed one's too, not the killed run's).
     assert last["actor_updates"] == runs[1]["actor_updates"] > 0
+    assert ref_last["actor_updates"] == ref_runs[1]["actor_updates"] > 0
