@@ -331,3 +331,29 @@ def test_fit_critic_mc_recovers_a_linear_value_and_sets_the_normaliser(tmp_path)
         v = ac.critic_linear(torch.from_numpy(x)).reshape(-1, 1).clone()
         ac.returns_normalizer(v, denormalize=True)
     np.testing.assert_allclose(v.numpy().ravel(), target, atol=1e-2)
+
+
+def test_a_resumed_env_goes_on_with_the_games_after_those_it_began(tmp_path):
+    """After a resume, env k plays the game its uninterrupted self would start next (the one after
+    the game in progress at the checkpoint), not game 0 again: its log holds 2 finished episodes,
+    so it began 3 games and its first reset is a fresh env's 4th."""
+    from types import SimpleNamespace
+
+    logs = tmp_path / "episode_log"
+    logs.mkdir()
+    (logs / "env_0001.jsonl").write_text("".join(json.dumps({"env_local_steps": s}) + "\n" for s in (40, 90)))
+    cfg = SimpleNamespace(nethack_character="mon-hum-neu-mal", nethack_seed=7, serial_mode=True, nethack_max_steps=5000,
+                          nethack_episode_log=str(logs), nethack_far_share=0.0, nethack_teacher="", nethack_steps_offset=0)
+    env_config = SimpleNamespace(env_id=1)
+    fresh = sf.make_sf_env("nethack", cfg, env_config)
+    resumed = sf.make_sf_env("nethack", SimpleNamespace(**{**vars(cfg), "nethack_steps_offset": 100}), env_config)
+    try:
+        assert fresh.episode == 0 and resumed.episode == 3 and resumed.steps == 100
+        first = [fresh.reset()[0]["chars"] for _ in range(4)]
+        got = resumed.reset()[0]["chars"]
+        assert np.array_equal(got, first[3]) and not np.array_equal(got, first[0])
+    finally:
+        fresh.close()
+        resumed.close()
+    with pytest.raises(ValueError, match="episode log"):
+        sf.games_begun(None)

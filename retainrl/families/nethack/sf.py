@@ -167,16 +167,34 @@ def make_sf_env(full_env_name, cfg=None, env_config=None, render_mode=None):
     if cfg is not None and not getattr(cfg, "serial_mode", True):
         torch.set_num_threads(1)
     log_dir = getattr(cfg, "nethack_episode_log", "")
+    episode_log = Path(log_dir) / f"env_{idx:04d}.jsonl" if log_dir else None
     far_share, far = float(getattr(cfg, "nethack_far_share", 0.0)), None
     if far_share > 0:
         from retainrl.families.nethack.games import far_start_states, load_demos
 
         demos = load_demos(cfg.nethack_demos)
         far = (demos, far_start_states(demos))
-    return NetHackSF(character=character, max_steps=int(getattr(cfg, "nethack_max_steps", 30_000)), seeds=seeds,
-                     teacher=getattr(cfg, "nethack_teacher", "") or None,
-                     episode_log=Path(log_dir) / f"env_{idx:04d}.jsonl" if log_dir else None,
-                     steps=int(getattr(cfg, "nethack_steps_offset", 0)), far=far, far_share=far_share)
+    steps = int(getattr(cfg, "nethack_steps_offset", 0))
+    env = NetHackSF(character=character, max_steps=int(getattr(cfg, "nethack_max_steps", 30_000)), seeds=seeds,
+                    teacher=getattr(cfg, "nethack_teacher", "") or None, episode_log=episode_log,
+                    steps=steps, far=far, far_share=far_share)
+    if steps > 0:  # a resumed run: go on with the games after those begun before the checkpoint
+        env.episode = games_begun(episode_log)
+        env.far_episodes = sum(far_episode(e, far_share) for e in range(env.episode)) if far is not None else 0
+    return env
+
+
+def games_begun(episode_log: Path | None) -> int:
+    """How many episodes an env of a resumed run began before the checkpoint: those its log (cut to
+    the checkpoint) holds as finished, plus the one it was playing. The resumed env starts the next
+    game of its sequence, not game 0 again: replaying the games it already trained on would make
+    the resumed run's experience narrower than the uninterrupted run's (measured:
+    experiments/nethack_resume_check.py). The game in progress cannot be restored (NLE cannot be
+    saved), so it is left, as a kill leaves it."""
+    if episode_log is None:
+        raise ValueError("a resumed NetHack env needs its episode log (--nethack_episode_log) to know where its games stopped")
+    finished = len(episode_log.read_text().splitlines()) if episode_log.is_file() else 0
+    return finished + 1
 
 
 # --------------------------------------------------------------------------- encoder
@@ -458,7 +476,8 @@ def run_appo(pretrained: Path | None, exp_dir: Path, retention, *, env_steps: in
     and a call on an ``exp_dir`` that holds such a checkpoint (a killed run) goes on from it
     (``retainrl.learners.appo`` says what comes back). The episode log is cut back to the
     episodes that ended before that checkpoint, and each env's step count starts at its share of
-    the checkpoint's env steps, so ``train_episodes.json`` reads as one run.
+    the checkpoint's env steps, so ``train_episodes.json`` reads as one run; each env goes on with
+    the next game of its sequence (:func:`games_begun`).
 
     Besides sample-factory's checkpoints, ``exp_dir`` gets ``snapshots/step_<n>.pth`` (see
     ``retainrl.learners.appo``) and ``train_episodes.json``: every training episode that ended, from the
