@@ -381,3 +381,14 @@ def test_sigkilled_appo_stage_resumes_from_sample_factorys_checkpoint(tmp_path):
     # Each run's summary is its own final snapshot's (the resumed one's too, not the killed run's).
     assert last["actor_updates"] == runs[1]["actor_updates"] > 0
     assert ref_last["actor_updates"] == ref_runs[1]["actor_updates"] > 0
+
+
+def test_the_docs_resume_table_is_the_committed_measurement():
+    """docs/orchestration.md's default-profile kill-and-resume table is generated from the committed
+    results of experiments/nethack_resume_check.py (before and after the next-game fix)."""
+    from experiments.nethack_resume_check import BEGIN, DOCS, END, GAME0, OUT, table
+
+    text = DOCS.read_text()
+    got = text.split(BEGIN, 1)[1].split(END, 1)[0].strip()
+    assert got == table(json.loads(GAME0.read_text()), json.loads(OUT.read_text())).strip(), \
+        "run: python experiments/nethack_resume_check.py --docs"
