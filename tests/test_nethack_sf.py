@@ -333,27 +333,53 @@ def test_fit_critic_mc_recovers_a_linear_value_and_sets_the_normaliser(tmp_path)
     np.testing.assert_allclose(v.numpy().ravel(), target, atol=1e-2)
 
 
-def test_a_resumed_env_goes_on_with_the_games_after_those_it_began(tmp_path):
-    """After a resume, env k plays the game its uninterrupted self would start next (the one after
-    the game in progress at the checkpoint), not game 0 again: its log holds 2 finished episodes,
-    so it began 3 games and its first reset is a fresh env's 4th."""
+def test_a_resumed_env_replays_the_game_it_was_playing_to_the_checkpoint(tmp_path):
+    """An env of a resumed run (its logs cut to the checkpoint's step count) comes back in the game
+    it was playing, at the step it had reached, and then goes on exactly as the uninterrupted env:
+    the same observations for the same actions, across the next episode boundary too."""
     from types import SimpleNamespace
 
     logs = tmp_path / "episode_log"
     logs.mkdir()
-    (logs / "env_0001.jsonl").write_text("".join(json.dumps({"env_local_steps": s}) + "\n" for s in (40, 90)))
-    cfg = SimpleNamespace(nethack_character="mon-hum-neu-mal", nethack_seed=7, serial_mode=True, nethack_max_steps=5000,
+    cfg = SimpleNamespace(nethack_character="mon-hum-neu-mal", nethack_seed=7, serial_mode=True, nethack_max_steps=30,
                           nethack_episode_log=str(logs), nethack_far_share=0.0, nethack_teacher="", nethack_steps_offset=0)
     env_config = SimpleNamespace(env_id=1)
+    acts = np.random.default_rng(0).integers(0, 8, 120)  # the 8 compass moves: no prompts, no quitting
+
+    def play(env, first_obs, actions):
+        seen, obs = [], first_obs
+        for a in actions:
+            obs, _, term, trunc, _ = env.step(int(a))
+            if term or trunc:  # as sample-factory does
+                obs = env.reset()[0]
+            seen.append(obs)
+        return seen
+
     fresh = sf.make_sf_env("nethack", cfg, env_config)
-    resumed = sf.make_sf_env("nethack", SimpleNamespace(**{**vars(cfg), "nethack_steps_offset": 100}), env_config)
     try:
-        assert fresh.episode == 0 and resumed.episode == 3 and resumed.steps == 100
-        first = [fresh.reset()[0]["chars"] for _ in range(4)]
-        got = resumed.reset()[0]["chars"]
-        assert np.array_equal(got, first[3]) and not np.array_equal(got, first[0])
+        uninterrupted = play(fresh, fresh.reset()[0], acts)
     finally:
         fresh.close()
+    ends = [json.loads(line)["env_local_steps"] for line in (logs / "env_0001.jsonl").read_text().splitlines()]
+    assert len(ends) >= 3 and (logs / "actions_0001.u8").read_bytes() == bytes(acts.tolist())
+    at = ends[1] + (ends[2] - ends[1]) // 2  # the checkpoint: mid-way through the third game
+    sf.cut_episode_log(logs, at)
+    resumed = sf.make_sf_env("nethack", SimpleNamespace(**{**vars(cfg), "nethack_steps_offset": at}), env_config)
+    try:
+        assert resumed.resume[0] == 2 and len(resumed.resume[1]) == at - ends[1]
+        obs = resumed.reset()[0]
+        for key in ("chars", "blstats", "message"):
+            assert np.array_equal(obs[key], uninterrupted[at - 1][key]), key
+        after = play(resumed, obs, acts[at:])
+        assert all(np.array_equal(a["chars"], b["chars"]) and np.array_equal(a["blstats"], b["blstats"])
+                   for a, b in zip(after, uninterrupted[at:]))
+    finally:
         resumed.close()
+    assert (logs / "actions_0001.u8").read_bytes() == bytes(acts.tolist())  # the replay is not logged twice
+    sf.cut_episode_log(logs, at)
+    with open(logs / "actions_0001.u8", "r+b") as f:
+        f.truncate(at - 1)
+    with pytest.raises(RuntimeError, match="logged actions for a checkpoint"):
+        sf.in_progress_game(logs / "env_0001.jsonl", at)
     with pytest.raises(ValueError, match="episode log"):
-        sf.games_begun(None)
+        sf.in_progress_game(None, at)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import gymnasium as gym
@@ -99,10 +100,33 @@ class NetHackSF(gym.Env):
         self.episode = offset
         self.render_mode = None
         self.episode_log = Path(episode_log) if episode_log else None
+        # Every action this env takes, one byte each, in order: what a resumed run replays to put
+        # the game that was in progress at the checkpoint back where it was (an NLE game cannot be
+        # saved, but seeds + actions replay it exactly). Unbuffered: a SIGKILL loses none of it.
+        self.action_log = None if self.episode_log is None else action_log_path(self.episode_log)
+        self._actions = None
+        self.resume: tuple[int, np.ndarray] | None = None  # (game index, its actions so far): see in_progress_game
         self.steps = steps  # env steps so far (a resumed run starts at the checkpoint's share)
         self.progress = None
+        if self.action_space.n > 256:
+            raise ValueError(f"{self.action_space.n} actions do not fit the one-byte action log")
 
     def reset(self, seed=None, options=None):
+        if self.resume is not None:  # a resumed run's first episode: the game in progress at the checkpoint
+            episode, actions = self.resume
+            self.resume = None
+            self.episode = episode
+            out = self._new_game()
+            for a in actions:  # replayed, not logged again (the log already holds them) nor counted in steps
+                obs, _, term, trunc, _ = self.env.step(int(a))
+                if term or trunc:
+                    raise RuntimeError(f"game {episode} ended while its {len(actions)} logged actions were replayed: not the logged game")
+                self.progress.update(obs)
+                out = self._obs(obs)  # also steps π* (KS's teacher) through the replay, as it was stepped then
+            return out, {}
+        return self._new_game(), {}
+
+    def _new_game(self) -> dict:
         from retainrl.families.nethack.games import reset_seeded, restore_far_state
 
         if self.far is not None and far_episode(self.episode, self.far_share):
@@ -117,7 +141,7 @@ class NetHackSF(gym.Env):
         if self.teacher is not None:
             self.teacher_rnn.zero_()
         self.progress = Progress.start(obs)
-        return self._obs(obs), {}
+        return self._obs(obs)
 
     def _obs(self, obs: dict) -> dict:
         out = sf_obs(obs)
@@ -129,6 +153,10 @@ class NetHackSF(gym.Env):
         return out
 
     def step(self, action):
+        if self.action_log is not None:
+            if self._actions is None:  # opened on the first step: an env only probed for its spaces writes nothing
+                self._actions = open(self.action_log, "ab", buffering=0)
+            self._actions.write(bytes((int(action),)))
         obs, reward, term, trunc, info = self.env.step(int(action))
         self.steps += 1
         self.progress.update(obs)
@@ -144,6 +172,8 @@ class NetHackSF(gym.Env):
         return None
 
     def close(self):
+        if self._actions is not None:
+            self._actions.close()
         self.env.close()
 
 
@@ -178,23 +208,37 @@ def make_sf_env(full_env_name, cfg=None, env_config=None, render_mode=None):
     env = NetHackSF(character=character, max_steps=int(getattr(cfg, "nethack_max_steps", 30_000)), seeds=seeds,
                     teacher=getattr(cfg, "nethack_teacher", "") or None, episode_log=episode_log,
                     steps=steps, far=far, far_share=far_share)
-    if steps > 0:  # a resumed run: go on with the games after those begun before the checkpoint
-        env.episode = games_begun(episode_log)
-        env.far_episodes = sum(far_episode(e, far_share) for e in range(env.episode)) if far is not None else 0
+    if steps > 0:  # a resumed run: the game in progress at the checkpoint, where it was
+        env.resume = in_progress_game(episode_log, steps)
+        env.far_episodes = sum(far_episode(e, far_share) for e in range(env.resume[0])) if far is not None else 0
     return env
 
 
-def games_begun(episode_log: Path | None) -> int:
-    """How many episodes an env of a resumed run began before the checkpoint: those its log (cut to
-    the checkpoint) holds as finished, plus the one it was playing. The resumed env starts the next
-    game of its sequence, not game 0 again: replaying the games it already trained on would make
-    the resumed run's experience narrower than the uninterrupted run's (measured:
-    experiments/nethack_resume_check.py). The game in progress cannot be restored (NLE cannot be
-    saved), so it is left, as a kill leaves it."""
+def action_log_path(episode_log: Path) -> Path:
+    """The action log beside an env's episode log (``env_0001.jsonl`` → ``actions_0001.u8``)."""
+    return episode_log.with_name(episode_log.stem.replace("env_", "actions_", 1) + ".u8")
+
+
+def in_progress_game(episode_log: Path | None, local_steps: int) -> tuple[int, np.ndarray]:
+    """(index, actions so far) of the game an env was playing when it had taken ``local_steps``
+    steps: the resumed run's checkpoint. The logs must be cut to that point (:func:`cut_episode_log`):
+    the episodes they hold as finished came before it, and the game in progress began where the
+    last of them ended. Replaying its actions puts the env exactly where it was; what cannot come
+    back is the policy's recurrent state, which starts from zeros as at an episode start.
+
+    Why not start a fresh game: the first version restarted every env at game 0, so a resumed run
+    replayed games it had trained on, and moved much further from π* than the uninterrupted run
+    (``experiments/nethack_resume_check.py``)."""
     if episode_log is None:
-        raise ValueError("a resumed NetHack env needs its episode log (--nethack_episode_log) to know where its games stopped")
-    finished = len(episode_log.read_text().splitlines()) if episode_log.is_file() else 0
-    return finished + 1
+        raise ValueError("a resumed NetHack env needs its episode log (--nethack_episode_log) to know where its game stood")
+    ends = [json.loads(line)["env_local_steps"] for line in episode_log.read_text().splitlines()] if episode_log.is_file() else []
+    actions_file = action_log_path(episode_log)
+    actions = np.frombuffer(actions_file.read_bytes(), np.uint8) if actions_file.is_file() else np.zeros(0, np.uint8)
+    if len(actions) != local_steps:
+        raise RuntimeError(f"{actions_file}: {len(actions)} logged actions for a checkpoint at {local_steps} env steps of this env; "
+                           "remove the run's .checkpoints/ folder to start it over")
+    start = max(ends, default=0)
+    return len(ends), actions[start:local_steps].copy()
 
 
 # --------------------------------------------------------------------------- encoder
@@ -476,8 +520,8 @@ def run_appo(pretrained: Path | None, exp_dir: Path, retention, *, env_steps: in
     and a call on an ``exp_dir`` that holds such a checkpoint (a killed run) goes on from it
     (``retainrl.learners.appo`` says what comes back). The episode log is cut back to the
     episodes that ended before that checkpoint, and each env's step count starts at its share of
-    the checkpoint's env steps, so ``train_episodes.json`` reads as one run; each env goes on with
-    the next game of its sequence (:func:`games_begun`).
+    the checkpoint's env steps, so ``train_episodes.json`` reads as one run; each env replays the
+    game it was playing at the checkpoint up to that point (:func:`in_progress_game`).
 
     Besides sample-factory's checkpoints, ``exp_dir`` gets ``snapshots/step_<n>.pth`` (see
     ``retainrl.learners.appo``) and ``train_episodes.json``: every training episode that ended, from the
@@ -569,11 +613,15 @@ def resume_point(exp_dir: Path) -> int | None:
 
 
 def cut_episode_log(log_dir: Path, env_local_steps: int) -> None:
-    """Drop the episodes that ended after a resumed checkpoint (their training was lost with the kill)."""
+    """Drop the episodes that ended after a resumed checkpoint, and the actions taken after it
+    (their training was lost with the kill; the resumed run takes those steps again)."""
     log_dir.mkdir(parents=True, exist_ok=True)
     for f in log_dir.glob("env_*.jsonl"):
         kept = [line for line in f.read_text().splitlines() if json.loads(line)["env_local_steps"] <= env_local_steps]
         f.write_text("".join(line + "\n" for line in kept))
+    for f in log_dir.glob("actions_*.u8"):
+        if f.stat().st_size > env_local_steps:
+            os.truncate(f, env_local_steps)
 
 
 def collect_episode_log(log_dir: Path, n_envs: int) -> list[dict]:
