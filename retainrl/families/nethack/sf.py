@@ -231,14 +231,16 @@ def in_progress_game(episode_log: Path | None, local_steps: int) -> tuple[int, n
     (``experiments/nethack_resume_check.py``)."""
     if episode_log is None:
         raise ValueError("a resumed NetHack env needs its episode log (--nethack_episode_log) to know where its game stood")
-    ends = [json.loads(line)["env_local_steps"] for line in episode_log.read_text().splitlines()] if episode_log.is_file() else []
     actions_file = action_log_path(episode_log)
     actions = np.frombuffer(actions_file.read_bytes(), np.uint8) if actions_file.is_file() else np.zeros(0, np.uint8)
-    if len(actions) != local_steps:
-        raise RuntimeError(f"{actions_file}: {len(actions)} logged actions for a checkpoint at {local_steps} env steps of this env; "
-                           "remove the run's .checkpoints/ folder to start it over")
+    if len(actions) < local_steps:  # parallel mode: envs do not step in lockstep, a slow one is behind the share
+        log.warning("%s: %d logged actions, fewer than this env's share %d of the checkpoint: replaying those",
+                    actions_file, len(actions), local_steps)
+    n = min(len(actions), local_steps)
+    ends = [json.loads(line)["env_local_steps"] for line in episode_log.read_text().splitlines()] if episode_log.is_file() else []
+    ends = [e for e in ends if e <= n]
     start = max(ends, default=0)
-    return len(ends), actions[start:local_steps].copy()
+    return len(ends), actions[start:n].copy()
 
 
 # --------------------------------------------------------------------------- encoder
