@@ -46,8 +46,11 @@ class FakeTask:
         return np.full(robot.BASE_OBS_DIM, self.tag), self.r, False, False, {"success": float(ok)}
 
 
+STUDY_TASKS = ["hammer", "push", "peg-unplug-side", "push-wall"]
+
+
 def fake_sequence(succeed_at=(3, 4, 5, 6), T=10, beta=1.5):
-    env = robot.EnvParams(T=T, beta=beta)
+    env = robot.EnvParams(tasks=STUDY_TASKS, T=T, beta=beta)  # the study's 4 stages (the default has 3)
     tasks = [FakeTask(s, tag=float(i)) for i, s in enumerate(succeed_at)]
     return robot.RoboticSequence(env, 0, task_envs=tasks), env
 
@@ -120,12 +123,13 @@ def test_start_at_a_given_stage_and_single_stage_episodes():
 def test_real_metaworld_positions_are_random_and_expert_solves_a_far_stage():
     env = robot.EnvParams()
     seq = robot.RoboticSequence(env, 3)
-    goals = {tuple(np.round(seq.reset(stage=3, single=True)[36:39], 4)) for _ in range(3)}
+    last = env.n_stages - 1  # push-wall, a FAR stage
+    goals = {tuple(np.round(seq.reset(stage=last, single=True)[36:39], 4)) for _ in range(3)}
     assert len(goals) == 3  # new goal position each stage start
     done, info = False, None
     while not done:
         _, _, _, done, info = seq.step(seq.expert_action())
-    assert info["success"] and info["stage"] == 3 and info["t"] < env.T
+    assert info["success"] and info["stage"] == last and info["t"] < env.T
 
 
 # --------------------------------------------------------------------------- agent
@@ -351,8 +355,8 @@ def test_good_params_and_em_for_sac(tmp_path):
 def test_gate_fails_with_a_clear_message():
     p = robot.Params()
     with pytest.raises(RuntimeError, match="pretrain gate failed.*push-wall"):
-        robot.check_gate(p, np.array([0.0, 0.0, 1.0, 0.5]))
-    robot.check_gate(p, np.array([0.0, 0.0, 0.95, 0.9]))
+        robot.check_gate(p, np.array([0.0, 1.0, 0.5]))  # drawer-close, peg-unplug-side, push-wall
+    robot.check_gate(p, np.array([0.0, 0.95, 0.9]))
 
 
 # --------------------------------------------------------------------------- critic pre-training
@@ -490,3 +494,19 @@ def test_an_episode_depends_on_the_sequence_seed_alone_not_on_the_pooled_envs_hi
     again = robot.RoboticSequence(env, 7)  # gets the same, now-used env objects back
     np.testing.assert_array_equal(again.reset(stage=1, single=True), start)
     assert not np.array_equal(robot.RoboticSequence(env, 9).reset(stage=1, single=True), start)
+
+
+def test_the_docs_close_probe_table_is_the_committed_probe_results(root):
+    """docs/robot.md's CLOSE-candidate table is generated from the committed probe file, and the
+    default CLOSE is the one candidate with any success there."""
+    import json
+
+    from retainrl.pipeline.docblocks import read_block
+    from experiments.probe_robot_close import BEGIN, DOCS, END, OUT, table
+
+    results = json.loads(OUT.read_text())
+    assert read_block(DOCS, BEGIN, END) == table(results).strip(), \
+        "run: python experiments/probe_robot_close.py --docs"
+    learned = [c["task"] for c in results["candidates"] if c["best_close_success"] > 0]
+    p = load_params(root / "params.yaml", only="robot").section("robot")
+    assert learned == p.env.tasks[: p.env.n_stages - len(p.env.far)]
