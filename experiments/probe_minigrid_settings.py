@@ -79,11 +79,9 @@ def table(results: dict) -> str:
 
 
 def write_docs(results: dict, docs: Path = DOCS) -> None:
-    text = docs.read_text()
-    if BEGIN not in text or END not in text:
-        raise SystemExit(f"{docs} has no sweep block ({BEGIN} … {END})")
-    head, rest = text.split(BEGIN, 1)
-    docs.write_text(f"{head}{BEGIN}\n{table(results)}{END}{rest.split(END, 1)[1]}")
+    from retainrl.pipeline.docblocks import write_block
+
+    write_block(docs, BEGIN, END, table(results))
 
 
 def main(argv=None) -> int:

@@ -223,10 +223,10 @@ def test_the_docs_sweep_table_is_the_committed_probe_results(root):
     """docs/minigrid.md's settings and coefficient table is generated from the committed probe file."""
     import json
 
+    from retainrl.pipeline.docblocks import read_block
     from experiments.probe_minigrid_settings import BEGIN, END, OUT, table
 
-    text = (root / "docs" / "minigrid.md").read_text()
-    assert text.split(BEGIN, 1)[1].split(END, 1)[0].strip() == table(json.loads(OUT.read_text())).strip(), \
+    assert read_block(root / "docs" / "minigrid.md", BEGIN, END) == table(json.loads(OUT.read_text())).strip(), \
         "run: python experiments/probe_minigrid_settings.py --docs"
 
 
