@@ -147,6 +147,22 @@ def obs_batch(n, stage=None, seed=0):
     return x
 
 
+def test_drift_from_pi_star_is_zero_at_pi_star_and_per_seed():
+    """The retention-vs-freezing columns: each stacked seed's mean KL(π*‖π) and action shift on
+    the given states are 0 while it is π*, and only the seed whose actor moved moves away from 0."""
+    from retainrl.families.robot.results import drift
+
+    pi = sac.SACAgent(SPEC, 1, generator=torch.Generator().manual_seed(0))
+    agent = pi.replicate(3)
+    x = obs_batch(64, seed=1)
+    for value in drift(pi, agent, x):
+        assert np.allclose(value, 0.0, atol=1e-6)
+    with torch.no_grad():
+        agent.actor.weights[-1][1] += 0.05  # seed 1's last actor layer, every head
+    for value in drift(pi, agent, x):
+        assert value[1] > 1e-3 and np.allclose(value[[0, 2]], 0.0, atol=1e-6)
+
+
 def test_heads_are_chosen_by_stage_id():
     agent = sac.SACAgent(SPEC, 1, generator=torch.Generator().manual_seed(0))
     x = obs_batch(1, stage=0)

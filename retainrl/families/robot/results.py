@@ -11,7 +11,7 @@ import logging
 
 import numpy as np
 
-from retainrl.families.robot.stages import Params
+from retainrl.families.robot.stages import ACT_DIM, Params
 from retainrl.pipeline.evaluation import auc, spread as _spread
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,65 @@ def study_curves(p: Params, curves: dict[str, dict[str, np.ndarray]]):
     }
 
 
+#: The report's drift columns: (key in ``kl_pi_star``, number format).
+DRIFT_COLUMNS = (("close", ".3g"), ("close_action_shift", ".2f"), ("far", ".3g"), ("far_action_shift", ".2f"))
+#: The name the KL states' sequences are seeded from (as a method's evaluation sequences are from
+#: its name): no training or evaluation episode starts where they do.
+KL_STATES = "kl_states"
+
+
+def drift(pi_star, agent, states) -> tuple[np.ndarray, np.ndarray]:
+    """Per stacked model of ``agent``, over ``states`` (B, D): the mean KL(π*‖π) of its actor
+    (between the pre-tanh Gaussians; the squashing is a bijection: the same KL), and the mean
+    Euclidean distance between its deterministic action tanh(μ) and π*'s. Why both: the KL is the
+    study's measure, but SAC shrinks σ as its temperature falls, and with a small σ any shift of
+    the mean makes the KL huge; the action distance (bounded, in the action's own units: at most
+    2√(action dims)) says how far the behaviour moved."""
+    import torch
+
+    from retainrl.retention.dists import kl
+
+    with torch.no_grad():
+        ref = pi_star.dist_params(states).expand(agent.n_models, -1, -1)
+        mine = agent.dist_params(states)
+        a_ref, a_mine = (torch.tanh(x.chunk(2, dim=-1)[0]) for x in (ref, mine))
+        return (kl("gaussian", ref, mine).mean(-1).cpu().numpy(),
+                (a_mine - a_ref).norm(dim=-1).mean(-1).cpu().numpy())
+
+
+def kl_to_pi_star(p: Params, paths, device, methods) -> tuple[dict, dict]:
+    """Each method's final actors against π*: KL(π*‖π) and the action shift (:func:`drift`) per seed
+    on CLOSE and on FAR.
+
+    Why: a retention method that keeps FAR by not moving at all is freezing, not retention; its
+    CLOSE KL beside its CLOSE success tells the two apart. The states are π*'s own (deterministic)
+    visits to each stage run alone, ``finetune.eval_episodes`` episodes per stage, from sequences
+    seeded for this alone (held out), the same states for every method. Returns (per method and
+    part: the spread over seeds, the number of states per part)."""
+    import torch
+
+    from retainrl.families.robot.stages import _load_agent, _load_pretrained, eval_sequences, rollout_stage_alone
+
+    pi_star = _load_pretrained(paths, device)
+    seqs = eval_sequences(p, KL_STATES, 1)
+    parts = {"close": [k for k in range(p.env.n_stages) if k not in p.env.far_stages], "far": p.env.far_stages}
+    states = {}
+    with torch.no_grad():
+        for part, stages in parts.items():
+            visited = [o for k in stages for o in rollout_stage_alone(pi_star, seqs, k, p.finetune.eval_episodes, record=True)[1][0]]
+            states[part] = torch.as_tensor(np.stack(visited), device=device)
+    for seq in seqs:
+        seq.close()
+    out = {}
+    for m in methods:
+        agent = _load_agent(paths.finetune(m) / "agent.safetensors", f"{m} agent (finetune stage)", device)
+        out[m] = {}
+        for part, x in states.items():
+            kl, shift = drift(pi_star, agent, x)
+            out[m][part], out[m][f"{part}_action_shift"] = _spread(kl), _spread(shift)
+    return out, {part: int(len(x)) for part, x in states.items()}
+
+
 def evaluate(p: Params, paths, device) -> None:
     """Aggregate every method's curves: summary.json (with per-seed values), metrics.json (scalars
     for `dvc metrics`), one plot file per stage and the stacked curves for the report.
@@ -82,7 +141,9 @@ def evaluate(p: Params, paths, device) -> None:
         for m in p.finetune.methods
     }
     floor = study_curves(p, {"frozen": frozen_curves(p, paths, device, next(iter(curves.values()))["step"])})["frozen"]
+    kl, kl_states = kl_to_pi_star(p, paths, device, p.finetune.methods)
     summary = {"pretrained": pi_star, "frozen": frozen_row(floor), "methods": summarize(p, pi_star, curves),
+               "kl_pi_star": kl, "kl_states": kl_states,
                "study": study_metrics(study_curves(p, curves), bounded=True, floor=floor)}
     out = paths.evaluation
     save_json(out / "summary.json", summary)
@@ -132,15 +193,22 @@ def report(p: Params, paths) -> None:
         r = metrics["methods"][m]
         rows.append([m, *(fmt(r[t]["final"]) for t in tasks), *(fmt(r[t]["forgetting"]) for t in far),
                      *(fmt(r[t]["forward_transfer"]) if "forward_transfer" in r[t] else "–" for t in tasks),
-                     fmt(r["stages_completed_final"])])
+                     fmt(r["stages_completed_final"]), *(fmt(metrics["kl_pi_star"][m][k], spec) for k, spec in DRIFT_COLUMNS)])
     table = Table(["method", *(f"{t} final" for t in tasks), *(f"{t} forgetting" for t in far),
-                   *(f"{t} fwd transfer" for t in tasks), "stages completed"], rows)
+                   *(f"{t} fwd transfer" for t in tasks), "stages completed", "KL(π*‖π) CLOSE", "action shift CLOSE",
+                   "KL(π*‖π) FAR", "action shift FAR"], rows)
+    n_kl = metrics["kl_states"]
     write(Report("RoboticSequence: forgetting of pre-trained capabilities", [
         Section(None, [
             f"Profile sequence {' → '.join(tasks)}; FAR = {', '.join(far)}; {cfg.seeds} seeds, {cfg.steps} env steps per seed, "
             f"{cfg.eval_episodes} evaluation episodes per stage per checkpoint.",
             "π* success on each stage alone: " + ", ".join(f"{t} {v:.2f}" for t, v in metrics["pretrained"]["success"].items()),
-            table]),
+            table,
+            f"KL(π*‖π) and action shift: the final actors' mean KL to π*, and the mean distance of their deterministic actions "
+            f"from π*'s (at most {2 * np.sqrt(ACT_DIM):.0f}), on {n_kl['close']} CLOSE and {n_kl['far']} FAR states that π* itself visits on each stage "
+            "alone, from held-out sequences. SAC shrinks σ as it trains, and with a small σ any move of the mean makes the KL "
+            "large: the action shift is the measure of how far the behaviour moved. Retention that keeps FAR without moving on CLOSE is freezing; one that moves "
+            "on CLOSE while keeping FAR is what the study means."]),
         study_section(metrics["study"], "share completed",
                       "CLOSE / FAR: mean success of their stages run alone; full task: share of the sequence completed. "
                       + floor_sentence(metrics["frozen"])),
