@@ -387,7 +387,7 @@ def test_the_docs_resume_table_is_the_committed_measurement():
     """docs/orchestration.md's default-profile kill-and-resume table is generated from the committed
     results of experiments/nethack_resume_check.py (every version of the resume measured)."""
     from retainrl.pipeline.docblocks import read_block
-    from experiments.nethack_resume_check import BEGIN, DOCS, END, committed_versions, table
+    from experiments.nethack_resume_check import BEGIN, DOCS, END, block
 
-    assert read_block(DOCS, BEGIN, END) == table(committed_versions()).strip(), \
+    assert read_block(DOCS, BEGIN, END) == block().strip(), \
         "run: python experiments/nethack_resume_check.py --docs"
