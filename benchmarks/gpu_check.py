@@ -533,19 +533,21 @@ def _ft_record(c: Check, run: Callable, expect_close: bool, why: str, **extra) -
 
 
 def section_finetune_apple(c: Check) -> dict:
-    from retainrl.core.artifacts import load_tensors
     from retainrl.core.paths import Paths
     from retainrl.families.apple import stages as apple
+    from retainrl.pipeline import far_buffer, fisher as fisher_stage
 
     p = c.params("apple", "smoke")
     if c.tiny:
         p = p.model_copy(update={"finetune": p.finetune.model_copy(update={"iterations": 10, "eval_every": 5, "eval_episodes": 50})})
     paths = Paths("apple", c.workdir("apple"))
-    for stage in (apple.collect_demos, apple.pretrain, apple.far_buffer, apple.fisher):  # the DAG's upstream stages
+    for stage in (apple.collect_demos, apple.pretrain):  # the DAG's upstream stages
         stage(p, paths, c.dev)
-    pretrained = apple.load_pretrained(paths)
-    far = apple._load_far(paths)
-    fisher = load_tensors(paths.fisher / "fisher.safetensors", "Fisher")
+    for generic in (far_buffer.far_buffer, fisher_stage.fisher):
+        generic(apple, p, paths, c.dev)
+    pretrained = apple.load_pretrained(p, paths)
+    far = {k: torch.as_tensor(v) for k, v in far_buffer.load(paths).items()}
+    fisher = fisher_stage.load(paths)
 
     def run(dev):
         curves, policy = apple.finetune_seeds("ewc", p, pretrained, far, fisher, progress=False)

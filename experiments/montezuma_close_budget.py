@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     from retainrl.core.log import setup_logging
     from retainrl.core.paths import Paths
     from retainrl.families.montezuma import stages
+    from retainrl.pipeline import generic
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--method", default="finetune")
@@ -52,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
                 link.parent.mkdir(parents=True, exist_ok=True)
                 link.symlink_to(getattr(repo, name).resolve())
             t0 = time.perf_counter()
-            out = stages.finetune(p, paths, None, args.method)
+            generic.stage(stages, "finetune")(p, paths, None, args.method)
+            out = paths.finetune(args.method)
             seconds = time.perf_counter() - t0
             for run in load_json(out / "curves.json", "probe curves")["runs"]:
                 rows.append({

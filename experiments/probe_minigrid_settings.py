@@ -38,6 +38,7 @@ from retainrl.core.config import load_params
 from retainrl.core.paths import Paths
 from retainrl.families.minigrid import results as mg_results
 from retainrl.families.minigrid import stages
+from retainrl.pipeline import far_buffer, generic
 
 log = logging.getLogger(__name__)
 OUT = Path(__file__).resolve().parent / "results" / "minigrid_settings_probe.json"
@@ -102,19 +103,19 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         paths = Paths(env="minigrid", root=Path(tmp))
         p0 = stages.Params.model_validate(base)
-        for stage in (stages.collect_demos, stages.pretrain, stages.far_buffer, stages.fisher):
-            stage(p0, paths)
+        for stage in ("collect_demos", "pretrain", "far_buffer", "fisher"):
+            generic.stage(stages, stage)(p0, paths)
         pi_star = json.loads((paths.pretrained / "scores.json").read_text())
-        pretrained = stages.load_pretrained(paths, p0)
+        pretrained = stages.load_pretrained(p0, paths)
         demos = np.load(paths.demos / "demos.npz")
         close_obs = torch.as_tensor(demos["obs"][demos["rooms"] < p0.env.close_rooms])
-        far_obs = torch.as_tensor(np.load(paths.far_buffer / "buffer.npz")["obs"])
+        far_obs = torch.as_tensor(far_buffer.load(paths)["obs"])
         for name in args.variants:
             method, over = VARIANTS[name]
             p = stages.Params.model_validate(_merge(base, {**over, "finetune": {**over.get("finetune", {}), "seeds": args.seeds,
                                                                                   "updates": updates}}))
             t0 = time.perf_counter()
-            stages.finetune(p, paths, None, method)
+            generic.stage(stages, "finetune")(p, paths, None, method)
             runs = json.loads((paths.finetune(method) / "curves.json").read_text())["runs"]
             policies = mg_results._final_policies(p, paths, method, [r["seed"] for r in runs])
             kl_close, kl_far = mg_results._kl(pretrained, policies, close_obs), mg_results._kl(pretrained, policies, far_obs)

@@ -77,15 +77,17 @@ def _paths(tmp: Path):
 def _finetune(args, tmp: str, method: str) -> dict:
     import torch
 
-    from retainrl.families.nethack import stages as nhf
     from retainrl.core.paths import Paths
+    from retainrl.families.nethack import stages as nhf
+    from retainrl.pipeline import generic
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     paths = Paths("nethack", root=Path(tmp))
-    res = nhf.finetune(_params(args), paths, None, method)
+    generic.stage(nhf, "finetune")(_params(args), paths, None, method)
+    runs = [json.loads((d / "retention.json").read_text()) for d in sorted(Path(paths.finetune(method)).glob("seed_*"))]
     return {"method": method, "seconds": time.perf_counter() - t0,
-            "env_steps_per_s": [r["env_steps_per_s"] for r in res["runs"]],
+            "env_steps_per_s": [r["env_steps_per_s"] for r in runs],
             "train_score_by_fifth": [train_curve(d / "train_episodes.json") for d in sorted(Path(paths.finetune(method)).glob("seed_*"))]}
 
 

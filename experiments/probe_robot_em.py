@@ -176,7 +176,7 @@ def main() -> None:
     torch.set_num_threads(1)
     p = load_params(only="robot").section("robot")
     paths = Paths("robot")
-    pi_star = robot._load_pretrained(paths, "cpu")
+    pi_star = robot.load_pretrained(p, paths, "cpu")
     memory = {k: torch.as_tensor(v) for k, v in robot._load_memory(paths).items()}
     started = time.perf_counter()
     results = [run_variant(v, p, pi_star, memory, args) for v in args.variants]

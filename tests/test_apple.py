@@ -115,7 +115,7 @@ def test_finetuning_forgets_and_bc_retains():
 
     p = A.Params.model_validate({"finetune": {"iterations": 150, "eval_every": 5, "eval_episodes": 300}})
     pi = A.clone(A.make_demos(p.env, p.demos), p.pretrain)
-    far = A.far_states(pi, p.env, p.far_buffer)
+    far = A.far_buffer_in_memory(pi, p.env, p.far_buffer)
     f = fisher_diagonal(pi, far["obs"])
     forget = {}
     for method in ("finetune", "bc"):

@@ -8,6 +8,7 @@ import yaml
 
 from retainrl.core.config import PROFILES, load_params
 from retainrl.core.family import STAGES, TRAINING_STAGES, family_names, module_name
+from retainrl.pipeline import generic
 
 FAMILIES = family_names()
 
@@ -22,7 +23,9 @@ def test_family_modules_export_the_stage_api(family):
     results = importlib.import_module(module_name(family, "evaluate"))
     assert hasattr(stages, "Params")
     for stage in TRAINING_STAGES:
-        assert callable(getattr(stages, stage, None)), f"{family}.stages.{stage}"
+        # its own function, or the answers the generic stage asks (load_pretrained, far_states, train…)
+        assert callable(generic.stage(stages, stage)), f"{family}.stages.{stage}"
+        assert not generic.missing_answers(stages, stage), (family, stage)
     for stage in ("evaluate", "report"):
         assert callable(getattr(results, stage, None)), f"{family}.results.{stage}"
 
@@ -40,3 +43,15 @@ def test_family_has_every_stage_in_dvc_yaml(family, root):
 def test_family_params_validate_on_every_profile(family, profile):
     section = load_params("params.yaml", profile=profile, only=family).section(family)
     assert section.finetune.methods, (family, profile)
+
+
+def test_a_family_without_the_answers_a_generic_stage_asks_is_told_which():
+    import types
+
+    bare = types.ModuleType("retainrl.families.pear.stages")
+    bare.load_pretrained = lambda p, paths, device=None: None
+    with pytest.raises(AttributeError, match="far_states"):
+        generic.stage(bare, "far_buffer")
+    assert callable(generic.stage(bare, "fisher"))
+    bare.far_buffer = lambda p, paths, device=None: None  # its own stage replaces the generic one
+    assert generic.stage(bare, "far_buffer") is bare.far_buffer

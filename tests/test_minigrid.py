@@ -10,6 +10,7 @@ import torch
 pytest.importorskip("minigrid")
 
 from retainrl.families.minigrid import stages  # noqa: E402
+from retainrl.pipeline import generic  # noqa: E402
 from retainrl.families.minigrid.env import FORWARD, TOGGLE, ChainEnv, expert_action  # noqa: E402
 from retainrl.families.minigrid.nets import IN_FEATURES, ActorCritic, one_hot  # noqa: E402
 
@@ -133,12 +134,12 @@ def test_pi_star_cloned_on_far_is_good_on_far_and_bad_on_close(tmp_path):
     stages.pretrain(p, paths)
     scores = __import__("json").loads((paths.pretrained / "scores.json").read_text())
     assert scores["far_success"] >= 0.8 and scores["close_success"] <= 0.2
-    stages.far_buffer(p, paths)
-    stages.fisher(p, paths)  # the exact estimator runs torch.func over the one-hot encoding
+    generic.stage(stages, "far_buffer")(p, paths)
+    generic.stage(stages, "fisher")(p, paths)  # the exact estimator runs torch.func over the one-hot encoding
     from safetensors.torch import load_file
 
     fim = load_file(str(paths.fisher / "fisher.safetensors"))
-    model = stages.load_pretrained(paths, p)
+    model = stages.load_pretrained(p, paths)
     assert set(fim) == {n for n, _ in model.retained_parameters()} and all(bool((v > 0).all()) for v in fim.values())
 
 
@@ -160,7 +161,7 @@ def test_ppo_on_roomchain_resumes_bit_for_bit(method, tmp_path, monkeypatch):
     to the uninterrupted run's weights and curves."""
     from retainrl.families.minigrid.nets import GridRND
     from retainrl.learners import ppo_rnd
-    from retainrl.learners.checkpoint import Checkpoint
+    from retainrl.core.checkpoint import Checkpoint
     from retainrl.retention.methods import build_retention, context_for
 
     monkeypatch.chdir(tmp_path)

@@ -12,6 +12,7 @@ pytest.importorskip("ale_py")
 
 from retainrl.families.montezuma import results as mz_results
 from retainrl.families.montezuma import stages as mz
+from retainrl.pipeline import generic
 from retainrl.core.paths import Paths
 from test_montezuma_search import _fixture_result  # tests/ is on sys.path (rootdir-relative imports)
 
@@ -43,11 +44,11 @@ def test_all_stages_tiny(tmp_path, monkeypatch):
     try:
         mz.collect_demos(p, paths)
         mz.pretrain(p, paths)
-        mz.far_buffer(p, paths)
-        mz.fisher(p, paths)
-        pretrained = {k: v.clone() for k, v in mz.load_pretrained(paths, p).state_dict().items()}
+        generic.stage(mz, "far_buffer")(p, paths)
+        generic.stage(mz, "fisher")(p, paths)
+        pretrained = {k: v.clone() for k, v in mz.load_pretrained(p, paths).state_dict().items()}
         for m in methods:
-            mz.finetune(p, paths, "cpu", m)
+            generic.stage(mz, "finetune")(p, paths, "cpu", m)
         mz_results.evaluate(p, paths, "cpu")
         mz_results.report(p, paths)
     finally:

@@ -12,6 +12,7 @@ pytest.importorskip("ale_py")
 
 from retainrl.core.config import ConfigError
 from retainrl.families.montezuma import stages as mz
+from retainrl.pipeline import generic
 from retainrl.families.montezuma import search as ms
 from retainrl.core.paths import Paths
 
@@ -220,11 +221,11 @@ def test_far_buffer_and_fisher(tmp_path, monkeypatch):
     try:
         mz.collect_demos(p, paths)
         mz.pretrain(p, paths)
-        mz.far_buffer(p, paths)
-        mz.fisher(p, paths)
+        generic.stage(mz, "far_buffer")(p, paths)
+        generic.stage(mz, "fisher")(p, paths)
     finally:
         torch.set_num_threads(threads)
-    with np.load(paths.far_buffer / "buffer.npz") as buf:
+    with np.load(paths.far_buffer / "far_buffer.npz") as buf:
         assert buf["obs"].shape == (40, 4, 84, 84) and buf["targets"].shape == (40, 18) and buf["critic"].shape == (40, 2)
         assert set(buf["rooms"].tolist()) & {2, 6}
     fim = load_file(str(paths.fisher / "fisher.safetensors"))

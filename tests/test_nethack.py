@@ -16,6 +16,13 @@ from retainrl.core.config import ConfigError  # noqa: E402
 from retainrl.families.nethack import stages as nhf  # noqa: E402
 from retainrl.families.nethack import results as nethack_eval  # noqa: E402
 from retainrl.core.paths import Paths  # noqa: E402
+from retainrl.pipeline import far_buffer, generic  # noqa: E402
+
+
+def finetune(p, paths, method: str) -> dict:
+    """The finetune stage in process (the generic driver running NetHack's loop): each seed's ``retention.json``."""
+    generic.stage(nhf, "finetune")(p, paths, None, method)
+    return {"runs": [json.loads((d / "retention.json").read_text()) for d in sorted(paths.finetune(method).glob("seed_*"))]}
 
 SEEDS = nhf.game_seeds(0, 2)
 
@@ -188,17 +195,16 @@ def test_bc_pretrain_writes_a_sample_factory_policy_and_far_buffer(tmp_path):
     assert len(ckpt) == 1 and (paths.pretrained / "config.json").exists()
     ac, cfg = sf.load_sf_policy(paths.pretrained)
     assert cfg.use_rnn and cfg.rnn_type == "gru"
-    res = nhf.far_buffer(p, paths)
-    buf = np.load(paths.far_buffer / "buffer.npz")
-    assert res["states"] == len(buf["logits"]) == 12
-    assert buf["logits"].shape == (12, 121) and buf["rnn"].shape == (12, cfg.rnn_size)
-    assert (buf["blstats"][:, 12] >= 2).all()  # FAR only
+    generic.stage(nhf, "far_buffer")(p, paths)
+    buf = far_buffer.load(paths, required=("targets", "action"))
+    assert buf["targets"].shape == (12, 121) and buf["obs"]["rnn"].shape == (12, cfg.rnn_size)
+    assert (buf["obs"]["blstats"][:, 12] >= 2).all()  # FAR only
     # The stored logits are π*'s on the stored state and GRU context.
     ac.eval()
     with torch.no_grad():
-        x = {k: torch.from_numpy(buf[k][:3]) for k in ("chars", "blstats", "misc", "message")}
-        out = ac(x, torch.from_numpy(buf["rnn"][:3]))
-    np.testing.assert_allclose(out["action_logits"].numpy(), buf["logits"][:3], rtol=1e-4, atol=1e-4)
+        x = {k: torch.from_numpy(buf["obs"][k][:3]) for k in ("chars", "blstats", "misc", "message")}
+        out = ac(x, torch.from_numpy(buf["obs"]["rnn"][:3]))
+    np.testing.assert_allclose(out["action_logits"].numpy(), buf["targets"][:3], rtol=1e-4, atol=1e-4)
     # EWC's Fisher: one non-negative tensor per actor parameter, none for the critic.
     from safetensors.torch import load_file
 
@@ -235,7 +241,7 @@ def test_bc_pretrain_writes_a_sample_factory_policy_and_far_buffer(tmp_path):
     p2 = p.model_copy(update={"finetune": p.finetune.model_copy(update={
         "env_steps": 256, "num_envs": 2, "rollout": 16, "batch_size": 64, "seeds": 2, "snapshots": 2, "max_episode_steps": 100,
         "processes": 2})})
-    res = nhf.finetune(p2, paths, method="bc")  # the 2 seeds side by side in 2 spawned processes
+    res = finetune(p2, paths, "bc")  # the 2 seeds side by side in 2 spawned processes
     assert [r["seed"] for r in res["runs"]] == [0, 1]
     for k, r in enumerate(res["runs"]):
         assert r["status"] == 0 and r["actor_updates"] > 0 and r["retention_loss_last"] > 0 and r["env_steps"] >= 256
@@ -264,17 +270,17 @@ def test_bc_pretrain_writes_a_sample_factory_policy_and_far_buffer(tmp_path):
 
     # Kickstarting: π* is stepped in the env and its logits reach the learner with the batch.
     p2k = p2.model_copy(update={"finetune": p2.finetune.model_copy(update={"seeds": 1, "snapshots": 1})})
-    res = nhf.finetune(p2k, paths, method="ks")
+    res = finetune(p2k, paths, "ks")
     assert res["runs"][0]["status"] == 0 and res["runs"][0]["actor_updates"] > 0 and res["runs"][0]["retention_loss_last"] > 0
     # finetune.epochs: sample-factory trains on each batch that many times, the retention term in every SGD step.
     p2e = p2k.model_copy(update={"finetune": p2k.finetune.model_copy(update={"epochs": 3})})
-    res3 = nhf.finetune(p2e, paths, method="ks")
+    res3 = finetune(p2e, paths, "ks")
     assert res3["runs"][0]["env_steps"] == res["runs"][0]["env_steps"]
     assert res3["runs"][0]["actor_updates"] == 3 * res["runs"][0]["actor_updates"]
 
     # finetune.far_share reaches sample-factory's envs: every other training episode starts on the demos' FAR state.
     p2f = p2k.model_copy(update={"finetune": p2k.finetune.model_copy(update={"far_share": 0.5, "env_steps": 512})})
-    nhf.finetune(p2f, paths, method="finetune")
+    finetune(p2f, paths, "finetune")
     eps = json.loads((paths.finetune("finetune") / "seed_0" / "train_episodes.json").read_text())
     by_env = {}
     for e in eps:
@@ -284,7 +290,7 @@ def test_bc_pretrain_writes_a_sample_factory_policy_and_far_buffer(tmp_path):
     # Parallel mode (the paper profile's): 2 rollout-worker processes + a learner process; the
     # retention learner runs in the spawned learner process and still applies the KS loss.
     p2p = p2k.model_copy(update={"finetune": p2k.finetune.model_copy(update={"workers": 2, "env_steps": 1024, "max_episode_steps": 16})})
-    res = nhf.finetune(p2p, paths, method="ks")
+    res = finetune(p2p, paths, "ks")
     run = res["runs"][0]
     assert run["status"] == 0 and run["workers"] == 2 and run["env_steps"] >= 1024
     assert run["actor_updates"] > 0 and run["retention_loss_last"] > 0
@@ -406,11 +412,11 @@ def test_finetune_refuses_em_and_missing_pretrained_before_any_compute(tmp_path)
     p = nhf.validate_params({})
     paths = Paths("nethack", root=tmp_path)
     with pytest.raises(ConfigError, match="'em' .*off-policy"):
-        nhf.finetune(p, paths, method="em")
+        finetune(p, paths, "em")
     with pytest.raises(ConfigError, match="missing pretrained NetHack policy"):
-        nhf.finetune(p, paths, method="ks")
+        finetune(p, paths, "ks")
     with pytest.raises(ConfigError, match="missing pretrained NetHack policy"):
-        nhf.finetune(p, paths, method="l2")
+        finetune(p, paths, "l2")
 
 
 def test_registered_family_validates_through_params_yaml(tmp_path):

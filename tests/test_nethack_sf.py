@@ -30,6 +30,7 @@ from retainrl.families.nethack import stages as nhf  # noqa: E402
 from retainrl.families.nethack import sf  # noqa: E402
 from retainrl.learners.appo import RetentionLearner, SFTeacher, attach  # noqa: E402
 from retainrl.core.paths import Paths  # noqa: E402
+from retainrl.pipeline import generic  # noqa: E402
 from retainrl.retention.dists import kl  # noqa: E402
 from retainrl.retention.methods import REGISTRY, RetentionContext  # noqa: E402
 from retainrl.retention.methods import RetentionParams  # noqa: E402
@@ -225,7 +226,7 @@ def test_finetune_and_scratch_add_nothing(monkeypatch, net):
 
 def test_em_is_refused_naming_the_method_list(tmp_path):
     with pytest.raises(ConfigError, match=r"nethack\.finetune\.methods: method 'em' \(episodic memory\) needs an off-policy learner"):
-        nhf.finetune(nhf.validate_params({}), Paths("nethack", root=tmp_path), method="em")
+        generic.stage(nhf, "finetune")(nhf.validate_params({}), Paths("nethack", root=tmp_path), None, "em")
     with pytest.raises(ConfigError, match=r"nethack\.finetune\.methods: .*'em'"):
         nhf.validate_params({"finetune": {"methods": ["finetune", "em"]}})
 

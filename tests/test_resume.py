@@ -22,7 +22,7 @@ import torch
 
 import retainrl.families.apple.stages as A
 from conftest import smoke_copy  # tests/ is on sys.path (pytest rootdir import mode)
-from retainrl.learners.checkpoint import Checkpoint
+from retainrl.core.checkpoint import Checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -86,7 +86,7 @@ def test_reinforce_resumes_bit_for_bit(method, tmp_path):
     p = A.Params.model_validate({"finetune": {"iterations": 40, "eval_every": 5, "eval_episodes": 50, "seeds": 2,
                                               "episodes_per_iteration": 16}})
     pi = A.LogisticPolicy(1, torch.tensor([[0.9, -1.2]]))
-    far = A.far_states(pi, p.env, p.far_buffer)
+    far = A.far_buffer_in_memory(pi, p.env, p.far_buffer)
     fisher = fisher_diagonal(pi, far["obs"])
     ref_curves, ref_pol = A.finetune_seeds(method, p, pi, far, fisher, progress=False)
 

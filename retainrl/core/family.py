@@ -3,23 +3,34 @@
 A family is found, not listed: adding ``retainrl/families/<name>/`` (with a ``stages`` module)
 and a ``<name>:`` section in params.yaml is what it takes. A family has two modules:
 
-* ``stages``: ``Params`` (its params.yaml section, a pydantic model) and the training stages;
+* ``stages``: ``Params`` (its params.yaml section, a pydantic model), its own training stages
+  and its answers to the generic ones;
 * ``results``: the result stages, which read what training wrote.
 
-The split is what keeps a cached pipeline cheap: DVC deps follow each stage's imports, so a
-change to the shared statistics or reports (``retainrl.pipeline``, imported by ``results``)
-reruns evaluation and reports, never fine-tuning. The functions (``p`` is the validated
-``Params``, ``paths`` a :class:`retainrl.core.paths.Paths`, ``device`` a torch device; each
-writes only its own artifact directory, atomically):
+Three training stages are the same for every family and live in ``retainrl.pipeline``
+(``far_buffer``, ``fisher``, ``finetune``: the generic driver). A family answers what they ask
+(``p`` is the validated ``Params``, ``paths`` a :class:`retainrl.core.paths.Paths`, ``device`` a
+torch device):
 
-    stages.collect_demos(p, paths, device)     -> paths.demos
-    stages.pretrain(p, paths, device)          -> paths.pretrained
-    stages.far_buffer(p, paths, device)        -> paths.far_buffer
-    stages.fisher(p, paths, device)            -> paths.fisher
-    stages.finetune(p, paths, device, method)  -> paths.finetune(method)
-    results.evaluate(p, paths, device)         -> paths.evaluation (metrics.json + curves)
-    results.report(p, paths)                   -> paths.report (report.md + figures)
-    results.<other>(p, paths, device, arg)     -> e.g. AppleRetrieval's sweep over M and c
+    stages.collect_demos(p, paths, device)            -> paths.demos (the family's own)
+    stages.pretrain(p, paths, device)                 -> paths.pretrained (the family's own)
+    stages.load_pretrained(p, paths, device)          π*, a RetainablePolicy   (far_buffer, fisher, finetune)
+    stages.far_states(p, paths, π*, device)           {"obs": …, extras}       (far_buffer: which states are FAR)
+    stages.learner                                    the learner module (its LEARNER name, OFF_POLICY)
+    stages.train(p, paths, device, run)               the fine-tuning loop into run.out (finetune)
+    stages.retention_loaders(p, paths, device)        optional: context fields only it can load (EM's memory)
+    results.evaluate(p, paths, device)                -> paths.evaluation (metrics.json + curves)
+    results.report(p, paths)                          -> paths.report (report.md + figures)
+    results.<other>(p, paths, device, arg)            -> e.g. AppleRetrieval's sweep over M and c
+
+A family that defines ``far_buffer``, ``fisher`` or ``finetune`` itself replaces the generic
+stage (NetHack: its recurrent π* acts on a history, not a state); ``pipeline.generic.stage``
+is the rule, and ``tests/test_families.py`` checks every family answers what it uses.
+
+The stages/results split is what keeps a cached pipeline cheap: DVC deps follow each stage's
+imports, so a change to the shared statistics or reports (``retainrl.pipeline``'s result
+modules, imported by ``results``) reruns evaluation and reports, never fine-tuning. Every
+stage writes only its own artifact directory, atomically.
 
 Heavy imports (NLE, ALE, Meta-World, sample-factory) stay inside a family's functions, so
 loading params is cheap and a stage of one family never imports another's simulator.

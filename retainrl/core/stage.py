@@ -2,13 +2,14 @@
 
 ``python -m stages.<stage> <env> [<method|axis>]`` loads params.yaml (active profile applied),
 validates the env's section before any compute, resolves ``device: auto`` and calls the
-family's function for that stage. Bad input exits with status 2 and a one-line message that
+family's function for that stage, or the generic stage with the family's answers. Bad input exits with status 2 and a one-line message that
 names the key; outputs are only ever moved into place on success (see ``artifacts``).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import sys
@@ -21,7 +22,10 @@ from retainrl.core.paths import Paths
 log = logging.getLogger("retainrl.core.stage")
 
 
-def main(stage: str, argv: list[str] | None = None, *, extra: str | None = None) -> int:
+def main(stage: str, argv: list[str] | None = None, *, extra: str | None = None, generic=None) -> int:
+    """Run ``stage``. ``generic``: the stage every family shares (``retainrl.pipeline.<stage>``),
+    called as ``generic(family_module, params, paths, device[, extra])``; a family that defines
+    the stage itself replaces it (NetHack's recurrent π* needs its own FAR buffer and Fisher)."""
     parser = argparse.ArgumentParser(prog=f"python -m stages.{stage}", description=f"Run the `{stage}` stage for one environment family.")
     parser.add_argument("env", help="environment family (a top-level section of params.yaml)")
     if extra:
@@ -41,6 +45,8 @@ def main(stage: str, argv: list[str] | None = None, *, extra: str | None = None)
         device = resolve_device(params.device)
         torch.set_num_threads(int(os.environ.get("RETAINRL_THREADS", "1")))
         fn = getattr(family, stage, None)
+        if fn is None and generic is not None:
+            fn = functools.partial(generic, family)
         if fn is None:
             raise ConfigError(f"env: {args.env!r} has no `{stage}` stage")
         paths = Paths(args.env)

@@ -46,6 +46,10 @@ from sample_factory.algo.learning.learner import Learner
 from retainrl.retention.methods import RetentionMethod
 from retainrl.retention.policy import RetainablePolicy
 
+LEARNER = "appo"
+#: APPO learns from the rollouts it just collected: no replay, so no episodic memory.
+OFF_POLICY = False
+
 
 class SFPolicy(RetainablePolicy):
     """The learner's sample-factory actor-critic as a :class:`RetainablePolicy` (categorical actions).

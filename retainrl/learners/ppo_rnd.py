@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from retainrl.learners.checkpoint import Checkpoint
+from retainrl.core.checkpoint import Checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -20,11 +20,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from retainrl.learners.checkpoint import Checkpoint
+from retainrl.core.checkpoint import Checkpoint
 from retainrl.retention.methods import RetentionMethod
 from retainrl.retention.policy import RetainablePolicy
 
 OFF_POLICY = False
+LEARNER = "reinforce"
 
 
 class Config(Protocol):

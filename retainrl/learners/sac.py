@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from retainrl.learners.checkpoint import Checkpoint
+from retainrl.core.checkpoint import Checkpoint
 from retainrl.retention.methods import RetentionMethod
 from retainrl.retention.policy import RetainablePolicy
 from retainrl.retention.replay import ProtectedReplay

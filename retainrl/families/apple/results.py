@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from retainrl.families.apple.stages import Params, clone, far_states, finetune_seeds, make_demos
+from retainrl.families.apple.stages import Params, clone, far_buffer_in_memory, finetune_seeds, make_demos
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ def evaluate(p: Params, paths, device) -> None:
         curves = load_npz(paths.finetune(method) / "curves.npz", f"{method} curves (finetune stage)", ("iteration", "close", "far", "full"))
         methods[method] = curves
     steps = next(iter(methods.values()))["iteration"]
-    floor = frozen_curves(p, load_pretrained(paths), steps)
+    floor = frozen_curves(p, load_pretrained(p, paths), steps)
     frozen = Curves(step=steps, **floor)
     summary = {
         "pretrained": pretrained_scores,
@@ -57,7 +57,7 @@ def sweep(p: Params, paths, device, axis: str) -> None:
     """
     from retainrl.core.artifacts import atomic_path, save_json
     from retainrl.pipeline.evaluation import summarize_method
-    from retainrl.retention.fisher import fisher_diagonal
+    from retainrl.pipeline.fisher import estimate as fisher_estimate
 
     if axis not in ("M", "c"):
         raise ValueError(f"sweep axis must be 'M' or 'c' (got {axis!r})")
@@ -65,8 +65,8 @@ def sweep(p: Params, paths, device, axis: str) -> None:
     for value in getattr(p.sweep, axis):
         env = p.env.model_copy(update={axis: value})
         pretrained = clone(make_demos(env, p.demos), p.pretrain)
-        far = far_states(pretrained, env, p.far_buffer)
-        f = fisher_diagonal(pretrained, far["obs"][: p.fisher.states], estimator=p.fisher.estimator, min_value=p.fisher.min_value)
+        far = far_buffer_in_memory(pretrained, env, p.far_buffer)
+        f, _ = fisher_estimate(pretrained, far, p.fisher)
         for method in p.sweep.methods:
             curves, _ = finetune_seeds(method, p, pretrained, far, f, env=env, progress=False)
             summary = summarize_method({k: v.numpy() for k, v in curves.items()})

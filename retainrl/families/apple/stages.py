@@ -26,17 +26,18 @@ from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from retainrl.core.config import Strict
-from retainrl.learners.checkpoint import Checkpoint, CheckpointParams
-from retainrl.retention.params import FisherParams
-from retainrl.retention.methods import RetentionParams
-from retainrl.retention.methods import method_list
-from retainrl.retention.policy import RetainablePolicy
+from retainrl.core.checkpoint import CheckpointParams
+from retainrl.learners import reinforce as learner
 from retainrl.learners.reinforce import Rollout
+from retainrl.pipeline.far_buffer import pi_star_outputs
+from retainrl.pipeline.finetune import retention_from, run_seed
+from retainrl.retention.methods import RetentionParams, method_list
+from retainrl.retention.params import FisherParams
+from retainrl.retention.policy import RetainablePolicy
 
 log = logging.getLogger(__name__)
 
 LEFT, RIGHT = 0, 1
-LEARNER = "reinforce"
 
 
 # --------------------------------------------------------------------------- params
@@ -73,7 +74,7 @@ class FarBufferParams(Strict):
 
 
 class FinetuneParams(Strict):
-    methods: method_list(LEARNER, off_policy=False) = ["scratch", "finetune", "l2", "ewc", "bc", "ks"]
+    methods: method_list(learner.LEARNER, off_policy=learner.OFF_POLICY) = ["scratch", "finetune", "l2", "ewc", "bc", "ks"]
     seeds: int = Field(5, gt=0)
     iterations: int = Field(400, gt=0)
     episodes_per_iteration: int = Field(32, gt=0)
@@ -92,7 +93,7 @@ class FinetuneParams(Strict):
 class SweepParams(Strict):
     """Forgetting against M (at the base c) and against c (at the base M)."""
 
-    methods: method_list(LEARNER, off_policy=False) = ["finetune", "ewc", "bc"]
+    methods: method_list(learner.LEARNER, off_policy=learner.OFF_POLICY) = ["finetune", "ewc", "bc"]
     M: list[int] = [5, 10, 20, 30, 40, 50]
     c: list[float] = [0.1, 0.25, 0.5, 0.75, 1.0, 1.5]
 
@@ -288,38 +289,31 @@ def clone(demos: dict[str, torch.Tensor], cfg: PretrainParams) -> LogisticPolicy
 
 
 @torch.no_grad()
-def far_states(policy: LogisticPolicy, env: EnvParams, cfg: FarBufferParams) -> dict[str, torch.Tensor]:
-    """FAR states visited by π* in phase 2 (from the apple), with π*'s logits on them."""
+def visit_far(policy: LogisticPolicy, env: EnvParams, cfg: FarBufferParams) -> torch.Tensor:
+    """FAR states visited by π* in phase 2 (from the apple): ``far_buffer.size`` observations."""
     rng = np.random.default_rng(cfg.seed)
-    weight = policy.weight.detach().numpy()
+    weight = policy.weight.detach().cpu().numpy()
     sim = AppleRetrieval(env.c, env.M, env.T, (1, cfg.size))
     obs = sim.reset(2)
     seen: list[np.ndarray] = []
     while not sim.done.all() and sum(len(s) for s in seen) < cfg.size:
         seen.append(obs[~sim.done])
         obs, _, _ = sim.step(sample_actions(weight, obs, rng))
-    states = torch.from_numpy(np.concatenate(seen)[: cfg.size])
-    return {"obs": states, "targets": policy.dist_params(states)[0]}
+    return torch.from_numpy(np.concatenate(seen)[: cfg.size])
 
 
-def retention_context(pretrained: LogisticPolicy | None, far: dict | None, fisher: dict | None, gen: torch.Generator):
-    from retainrl.retention.methods import RetentionContext
-
-    return RetentionContext(
-        pretrained=pretrained,
-        far_obs=None if far is None else far["obs"],
-        far_targets=None if far is None else far["targets"],
-        fisher=fisher,
-        generator=gen,
-    )
+def far_buffer_in_memory(policy: LogisticPolicy, env: EnvParams, cfg: FarBufferParams) -> dict[str, torch.Tensor]:
+    """What the far_buffer stage stores, without the files (the sweep remakes it per value of M or c)."""
+    obs = visit_far(policy, env, cfg)
+    return {"obs": obs, "targets": torch.as_tensor(pi_star_outputs(policy, obs.numpy())["targets"])}
 
 
 def finetune_seeds(
     method: str,
     p: Params,
     pretrained: LogisticPolicy,
-    far: dict[str, torch.Tensor],
-    fisher: dict[str, torch.Tensor],
+    far: dict[str, torch.Tensor] | None,
+    fisher: dict[str, torch.Tensor] | None,
     *,
     env: EnvParams | None = None,
     seeds: int | None = None,
@@ -327,36 +321,40 @@ def finetune_seeds(
     progress: bool = True,
     on_eval=None,
     checkpoint=None,
+    retention=None,
 ) -> tuple[dict[str, torch.Tensor], LogisticPolicy]:
-    """Fine-tune ``seeds`` independent copies with one retention method, batched in one model
-    (``checkpoint``: a :class:`retainrl.learners.checkpoint.Checkpoint` to save to and resume from)."""
-    from retainrl.learners import reinforce
-    from retainrl.retention.methods import REGISTRY, build_retention
+    """Fine-tune ``seeds`` independent copies with one retention method, batched in one model.
 
+    The run draws from :func:`retainrl.pipeline.finetune.run_seed` (``method``, ``seed_offset``),
+    the rule every family follows. ``retention``: a function of the run's generator giving its
+    retention method (the finetune stage's, built from the method's needs); without it the method
+    is built from ``pretrained``/``far``/``fisher`` in memory (the sweep, tests).
+    ``checkpoint``: a :class:`retainrl.core.checkpoint.Checkpoint` to save to and resume from."""
     env = env or p.env
     n = seeds or p.finetune.seeds
-    # each method its own random stream, fixed by its place in the registry (new methods go last)
-    seed = 10_000 * (seed_offset + 1) + list(REGISTRY).index(method)
+    seed = run_seed(method, seed_offset)
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
-    retention = build_retention(
-        method, retention_context(pretrained, far, fisher, gen), p.retention, learner=LEARNER, off_policy=reinforce.OFF_POLICY
-    )
-    if retention.starts_from_pretrained:
+    if retention is None:
+        def retention(g):
+            return retention_from(method, p.retention, g, pretrained=pretrained, fisher=fisher,
+                                  far_obs=None if far is None else far["obs"], far_targets=None if far is None else far["targets"])
+    method_ = retention(gen)
+    if method_.starts_from_pretrained:
         init = pretrained.weight.detach().expand(n, 2)
     else:
         init = p.finetune.scratch_init_std * torch.randn(n, 2, generator=gen)
     policy = LogisticPolicy(n, init)
-    curves = reinforce.train(
+    curves = learner.train(
         policy,
         lambda pol, episodes, r: rollout(pol, env, episodes, r),
         lambda pol, r: evaluate_policy(pol, env, p.finetune.eval_episodes, r),
-        p.finetune, retention, rng, gen, on_eval=on_eval, progress=progress, desc=f"apple {method}", checkpoint=checkpoint,
+        p.finetune, method_, rng, gen, on_eval=on_eval, progress=progress, desc=f"apple {method}", checkpoint=checkpoint,
     )
     return curves, policy
 
 
-FROZEN_STREAM = 9_999  # the frozen-π* row's random stream: apart from every method's (10_000·(offset+1) + registry index)
+FROZEN_STREAM = 9_999  # the frozen-π* row's random stream: apart from every method's (``run_seed``)
 
 
 def frozen_curves(p: Params, pretrained: LogisticPolicy, iterations: np.ndarray) -> dict[str, np.ndarray]:
@@ -377,7 +375,7 @@ def frozen_curves(p: Params, pretrained: LogisticPolicy, iterations: np.ndarray)
 # --------------------------------------------------------------------------- stage API (I/O)
 
 
-def load_pretrained(paths) -> LogisticPolicy:
+def load_pretrained(p: Params, paths, device=None) -> LogisticPolicy:
     from retainrl.core.artifacts import load_tensors
 
     t = load_tensors(paths.pretrained / "policy.safetensors", "pre-trained policy (pretrain stage)")
@@ -409,58 +407,30 @@ def pretrain(p: Params, paths, device) -> None:
     log.info("π*: w=%s, success close=%.2f far=%.2f full=%.2f", policy.weight.tolist(), scores["close"], scores["far"], scores["full"])
 
 
-def far_buffer(p: Params, paths, device) -> None:
-    from retainrl.core.artifacts import atomic_path, save_npz
-
-    buf = far_states(load_pretrained(paths), p.env, p.far_buffer)
-    with atomic_path(paths.far_buffer, directory=True) as out:
-        save_npz(out / "far_buffer.npz", obs=buf["obs"].numpy(), targets=buf["targets"].numpy())
+def far_states(p: Params, paths, pretrained: LogisticPolicy, device) -> dict[str, np.ndarray]:
+    """The generic far_buffer stage's question: which states are FAR (π*'s own phase-2 walk)."""
+    return {"obs": visit_far(pretrained, p.env, p.far_buffer).numpy()}
 
 
-def _load_far(paths) -> dict[str, torch.Tensor]:
-    from retainrl.core.artifacts import load_npz
-
-    arrays = load_npz(paths.far_buffer / "far_buffer.npz", "FAR buffer (far_buffer stage)", ("obs", "targets"))
-    return {k: torch.as_tensor(v) for k, v in arrays.items()}
-
-
-def fisher(p: Params, paths, device) -> None:
-    from retainrl.core.artifacts import atomic_path, save_tensors
-    from retainrl.retention.fisher import fisher_diagonal
-
-    far = _load_far(paths)
-    obs = far["obs"][: p.fisher.states]
-    gen = torch.Generator().manual_seed(0)
-    f = fisher_diagonal(load_pretrained(paths), obs, estimator=p.fisher.estimator, min_value=p.fisher.min_value, generator=gen)
-    with atomic_path(paths.fisher, directory=True) as out:
-        save_tensors(out / "fisher.safetensors", f, {"estimator": p.fisher.estimator, "states": int(obs.shape[0])})
-    log.info("Fisher (%s, %d states): %s", p.fisher.estimator, obs.shape[0], {k: v.tolist() for k, v in f.items()})
-
-
-def finetune(p: Params, paths, device, method: str) -> None:
-    """Fine-tune every seed of one method (batched), logging CLOSE/FAR/full success through dvclive."""
+def train(p: Params, paths, device, run) -> None:
+    """The generic finetune stage's loop: every seed of one method batched in one model, CLOSE/FAR/full
+    success logged through dvclive; curves and weights into ``run.out``."""
     from dvclive import Live
 
-    from retainrl.core.artifacts import atomic_path, load_tensors, save_npz, save_tensors
-    from retainrl.retention.methods import check_method
+    from retainrl.core.artifacts import save_npz, save_tensors
 
-    check_method(method, learner=LEARNER, off_policy=False)
-    pretrained = load_pretrained(paths)
-    far = _load_far(paths)
-    f = load_tensors(paths.fisher / "fisher.safetensors", "Fisher (fisher stage)")
-    ckpt = Checkpoint.for_stage(f"apple_finetune@{method}", p.checkpoint.every_s, family="apple", method=method, params=p,
-                                inputs=(paths.pretrained, paths.far_buffer, paths.fisher))
-    with atomic_path(paths.finetune(method), directory=True) as out:
-        with Live(str(out / "live"), save_dvc_exp=False, dvcyaml=None, report=None) as live:
+    ckpt = run.checkpoint()
+    with Live(str(run.out / "live"), save_dvc_exp=False, dvcyaml=None, report=None) as live:
 
-            def on_eval(it, scores):
-                live.step = it
-                for k, v in scores.items():
-                    live.log_metric(f"{k}_success", float(v.mean()))
-                    for s, x in enumerate(v.tolist()):
-                        live.log_metric(f"seeds/{k}_success_{s}", x, plot=False)
+        def on_eval(it, scores):
+            live.step = it
+            for k, v in scores.items():
+                live.log_metric(f"{k}_success", float(v.mean()))
+                for s, x in enumerate(v.tolist()):
+                    live.log_metric(f"seeds/{k}_success_{s}", x, plot=False)
 
-            curves, policy = finetune_seeds(method, p, pretrained, far, f, on_eval=on_eval, checkpoint=ckpt)
-        save_npz(out / "curves.npz", **{k: v.numpy() for k, v in curves.items()})
-        save_tensors(out / "policy.safetensors", {"weight": policy.weight})
-    ckpt.clear()  # the outputs are in place: nothing left to resume
+        pretrained = run.pretrained() if run.cls.starts_from_pretrained else None
+        curves, policy = finetune_seeds(run.method, p, pretrained, None, None, on_eval=on_eval, checkpoint=ckpt,
+                                        retention=lambda gen: run.retention(0, gen))
+    save_npz(run.out / "curves.npz", **{k: v.numpy() for k, v in curves.items()})
+    save_tensors(run.out / "policy.safetensors", {"weight": policy.weight})

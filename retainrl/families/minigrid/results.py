@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from retainrl.families.minigrid.stages import Params, eval_tag, load_pretrained, new_policy, score
+from retainrl.pipeline import far_buffer
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def _curves(p: Params, paths) -> dict[str, dict]:
 
 def _frozen(p: Params, paths, seeds: list[int], updates: np.ndarray, device) -> dict[str, np.ndarray]:
     """π* on each checkpoint's evaluation episodes: (seeds, checkpoints) per score."""
-    model = load_pretrained(paths, p, device)
+    model = load_pretrained(p, paths, device)
     rows = {k: np.zeros((len(seeds), len(updates))) for k in ("far", "close", "full")}
     for i, seed in enumerate(seeds):
         for j, u in enumerate(updates):
@@ -100,8 +101,8 @@ def evaluate(p: Params, paths, device=None) -> Path:
 
     demos = load_npz(Path(paths.demos) / "demos.npz", "MiniGrid demos (collect_demos stage)", required=("obs", "rooms"))
     close_obs = torch.as_tensor(demos["obs"][demos["rooms"] < p.env.close_rooms])
-    far_obs = torch.as_tensor(load_npz(Path(paths.far_buffer) / "buffer.npz", "MiniGrid FAR buffer", required=("obs",))["obs"])
-    pretrained = load_pretrained(paths, p, "cpu")
+    far_obs = torch.as_tensor(far_buffer.load(paths)["obs"])
+    pretrained = load_pretrained(p, paths, "cpu")
 
     outcomes, methods = {}, {}
     for m in cfg.methods:

@@ -27,14 +27,14 @@ import torch
 from pydantic import Field, model_validator
 
 from retainrl.core.config import Strict
-from retainrl.learners.checkpoint import CheckpointParams
+from retainrl.core.checkpoint import CheckpointParams
+from retainrl.learners import ppo_rnd as learner
 from retainrl.learners.ppo_rnd_params import PPORNDParams
 from retainrl.retention.methods import RetentionParams, method_list
 from retainrl.retention.params import FisherParams
 
 log = logging.getLogger(__name__)
 
-LEARNER = "ppo_rnd"
 #: first element of every SeedSequence: which stream it is (so no two purposes share draws)
 DEMO_STREAM, BC_STREAM, BUFFER_STREAM, TRAIN_STREAM, EVAL_STREAM = range(5)
 
@@ -77,7 +77,7 @@ class FarBufferParams(Strict):
 class FinetuneParams(PPORNDParams):
     """PPO(+RND) from room 0. ``updates`` × ``envs`` × ``steps`` agent steps per seed."""
 
-    methods: method_list(LEARNER, off_policy=False) = ["scratch", "finetune", "l2", "ewc", "bc", "ks"]
+    methods: method_list(learner.LEARNER, off_policy=False) = ["scratch", "finetune", "l2", "ewc", "bc", "ks"]
     seeds: int = Field(5, gt=0)
     seed: int = 0
     # PPO+RND's knobs (PPORNDParams); what differs from the study's Montezuma values: a small grid
@@ -120,7 +120,7 @@ def new_policy(p: Params):
     return ActorCritic(hidden=p.pretrain.hidden)
 
 
-def load_pretrained(paths, p: Params, device=None):
+def load_pretrained(p: Params, paths, device=None):
     from safetensors.torch import load_file
 
     from retainrl.core.artifacts import require
@@ -240,115 +240,51 @@ def pretrain(p: Params, paths, device=None) -> Path:
     return paths.pretrained
 
 
-def far_buffer(p: Params, paths, device=None) -> Path:
-    """Stage ``far_buffer``: π* played from FAR starts until ``size`` states; stores the obs and
-    π*'s logits and critic outputs on them (``buffer.npz``, what BC distils)."""
-    from retainrl.core.artifacts import atomic_path
-
-    model = load_pretrained(paths, p, device)
+def far_states(p: Params, paths, pretrained, device=None) -> dict[str, np.ndarray]:
+    """The generic far_buffer stage's question: π* played from FAR starts (room ``close_rooms``)
+    until ``far_buffer.size`` states."""
     env = make_env(p, BUFFER_STREAM, p.far_buffer.seed, start_room=p.env.close_rooms)
     gen = torch.Generator().manual_seed(p.far_buffer.seed)
+    dev = torch.device(device or "cpu")
     seen: list[np.ndarray] = []
     with torch.no_grad():
         while len(seen) < p.far_buffer.size:
             o, done = env.reset(), False
             while not done and len(seen) < p.far_buffer.size:
                 seen.append(o)
-                a = torch.multinomial(model.dist_params(torch.as_tensor(o)[None]).softmax(-1), 1, generator=gen).item()
+                logits = pretrained.dist_params(torch.as_tensor(o)[None].to(dev)).cpu()
+                a = torch.multinomial(logits.softmax(-1), 1, generator=gen).item()
                 o, _, terminated, truncated, _ = env.step(a)
                 done = terminated or truncated
-        obs = torch.as_tensor(np.stack(seen))
-        logits, critic = model.dist_params(obs), model.critic_output(obs)
-    with atomic_path(paths.far_buffer, directory=True) as tmp:
-        with (tmp / "buffer.npz").open("wb") as fh:
-            np.savez_compressed(fh, obs=obs.numpy(), targets=logits.numpy(), critic=critic.numpy())
-    log.info("MiniGrid FAR buffer: %d states -> %s", len(obs), paths.far_buffer)
-    return paths.far_buffer
+    return {"obs": np.stack(seen)}
 
 
-def fisher(p: Params, paths, device=None) -> Path:
-    """Stage ``fisher``: diagonal Fisher of π*'s actor on ``fisher.states`` FAR-buffer states."""
-    from safetensors.torch import save_file
-
-    from retainrl.core.artifacts import atomic_path, load_npz
-    from retainrl.retention.fisher import fisher_diagonal
-
-    model = load_pretrained(paths, p, device)
-    buf = load_npz(Path(paths.far_buffer) / "buffer.npz", "MiniGrid FAR buffer (far_buffer stage)", required=("obs",))
-    gen = torch.Generator().manual_seed(0)
-    idx = torch.randperm(len(buf["obs"]), generator=gen)[: p.fisher.states]
-    fim = fisher_diagonal(model, torch.as_tensor(buf["obs"])[idx], estimator=p.fisher.estimator, min_value=p.fisher.min_value,
-                          generator=gen)
-    with atomic_path(paths.fisher, directory=True) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in fim.items()}, str(tmp / "fisher.safetensors"))
-    log.info("MiniGrid Fisher (%s) on %d FAR states -> %s", p.fisher.estimator, len(idx), paths.fisher)
-    return paths.fisher
-
-
-def finetune(p: Params, paths, device, method: str) -> Path:
-    """Stage ``finetune``: PPO(+RND) from room 0 with ``method``, ``finetune.seeds`` runs one after
-    another; writes ``policy_seed<k>.safetensors`` and ``curves.json`` (per seed: training curves
-    and FAR/CLOSE/full-task success every ``eval_every`` updates). A killed run resumes from its
-    checkpoint, bit for bit."""
+def train(p: Params, paths, device, run) -> None:
+    """The generic finetune stage's loop: PPO(+RND) from room 0, ``finetune.seeds`` runs one after
+    another (``run.seeds_in_turn``), each scored on the evaluation episodes of its checkpoints
+    (the same for every method: paired). A killed run resumes from its checkpoint, bit for bit."""
     import copy
 
-    from safetensors.torch import load_file, save_file
-
-    from retainrl.core.artifacts import atomic_path, load_npz, require
     from retainrl.families.minigrid.nets import GridRND
-    from retainrl.learners import ppo_rnd
-    from retainrl.learners.checkpoint import Checkpoint
-    from retainrl.retention.methods import build_retention, check_method, context_for
 
-    check_method(method, learner=ppo_rnd.LEARNER, off_policy=ppo_rnd.OFF_POLICY)
     cfg = p.finetune
     dev = torch.device(device or "cpu")
-    pretrained = load_pretrained(paths, p, dev)
 
-    def buffer():
-        return load_npz(Path(paths.far_buffer) / "buffer.npz", "MiniGrid FAR buffer (far_buffer stage)", required=("obs", "targets"))
-
-    loaders = {
-        "pretrained": lambda: pretrained,
-        "far_obs": lambda: torch.as_tensor(buffer()["obs"]),
-        "far_targets": lambda: torch.as_tensor(buffer()["targets"]),
-        "far_critic": lambda: torch.as_tensor(buffer()["critic"]),
-        "fisher": lambda: {k: v.to(dev) for k, v in
-                           load_file(str(require(Path(paths.fisher) / "fisher.safetensors", "MiniGrid Fisher (fisher stage)"))).items()},
-    }
-    stage = f"minigrid_finetune@{method}"
-    runs, weights = [], {}
-    for k in range(cfg.seeds):
-        seed = cfg.seed + k
-        ckpt = Checkpoint.for_stage(stage, p.checkpoint.every_s, family="minigrid", method=method, params=p,
-                                    inputs=(paths.pretrained, paths.far_buffer, paths.fisher), part=f"seed{seed}")
-        done = ckpt.load()
-        if done is not None and "result" in done:
-            runs.append(done["result"]["run"])
-            weights[seed] = done["result"]["weights"]
-            log.info("%s seed %d: finished before the interruption, taken from its checkpoint", method, seed)
-            continue
-        gen = torch.Generator().manual_seed(int(np.random.SeedSequence([TRAIN_STREAM, seed, sum(map(ord, method))]).generate_state(1)[0]))
-        retention = build_retention(method, context_for(method, gen, **loaders), p.retention, learner=ppo_rnd.LEARNER,
-                                    off_policy=ppo_rnd.OFF_POLICY)
+    def train_one(k: int, seed: int, ckpt):
+        gen = run.generator(k)
+        retention = run.retention(k, gen)
         torch.manual_seed(seed)
         rnd = GridRND()
-        model = copy.deepcopy(pretrained) if retention.starts_from_pretrained else new_policy(p)
+        model = copy.deepcopy(run.pretrained()) if retention.starts_from_pretrained else new_policy(p).to(dev)
         envs = [make_env(p, TRAIN_STREAM, seed, i) for i in range(cfg.envs)]
 
-        def on_eval(update, m, seed=seed):
+        def on_eval(update, m):
             s = score(m, p, eval_tag(seed, update), cfg.eval_episodes, dev)
             return {key: float(v.mean()) for key, v in s.items()}
 
-        curves = ppo_rnd.train(model, rnd, envs, cfg, retention, gen, device=dev, on_eval=on_eval,
-                               desc=f"minigrid {method} seed {seed}", checkpoint=ckpt)
-        log.info("%s seed %d: FAR %s", method, seed, [round(e["far"], 2) for e in curves["eval"]])
-        runs.append({"seed": seed, **curves})
-        weights[seed] = {name: v.detach().cpu().contiguous() for name, v in model.state_dict().items()}
-        ckpt.save({"progress": "finished", "result": {"run": runs[-1], "weights": weights[seed]}})
-    with atomic_path(paths.finetune(method), directory=True) as tmp:
-        for seed, state in weights.items():
-            save_file(state, str(tmp / f"policy_seed{seed}.safetensors"))
-        (tmp / "curves.json").write_text(json.dumps({"method": method, "runs": runs}, indent=2) + "\n")
-    Checkpoint.clear_stage(stage)
-    return paths.finetune(method)
+        curves = learner.train(model, rnd, envs, cfg, retention, gen, device=dev, on_eval=on_eval,
+                               desc=f"minigrid {run.method} seed {seed}", checkpoint=ckpt)
+        log.info("%s seed %d: FAR %s", run.method, seed, [round(e["far"], 2) for e in curves["eval"]])
+        return curves, model.state_dict()
+
+    run.seeds_in_turn([cfg.seed + k for k in range(cfg.seeds)], train_one)

@@ -18,11 +18,11 @@ What this module gives:
 * :func:`room_success_rates` – the evaluation metric: success rate when started in each room;
 * :func:`pretrain` – BC of the CNN actor-critic and fitting of the RND predictor on the FAR
   segment of the demo (networks in :mod:`retainrl.families.montezuma.nets`);
-* :func:`far_buffer`, :func:`fisher` – π*'s FAR states with its outputs (for the BC retention
-  method) and the diagonal Fisher on them (for EWC);
-* :func:`finetune` – PPO+RND (:mod:`retainrl.learners.ppo_rnd`) from the first CLOSE room with one
-  retention method, FAR/CLOSE room success evaluated along the way; ``results.evaluate`` and
-  ``results.report`` – FAR vs CLOSE per method.
+* :func:`far_states` – π*'s FAR states (the generic far_buffer stage adds π*'s outputs; the
+  generic fisher stage estimates EWC's Fisher on them);
+* :func:`train` – the generic finetune stage's loop: PPO+RND (:mod:`retainrl.learners.ppo_rnd`)
+  from the first CLOSE room with one retention method, FAR/CLOSE room success evaluated along
+  the way; ``results.evaluate`` and ``results.report`` – FAR vs CLOSE per method.
 
 One ale-py 0.11.2 quirk shapes the code: after ``restoreState`` the RAM and screen that
 ``getRAM``/``getScreenGrayscale`` return are still those of the last *emulated* frame. The search
@@ -46,7 +46,8 @@ from retainrl.core.config import ConfigError, Strict
 from retainrl.retention.params import FisherParams
 from retainrl.retention.methods import RetentionParams
 from retainrl.retention.methods import method_list
-from retainrl.learners.checkpoint import CheckpointParams
+from retainrl.core.checkpoint import CheckpointParams
+from retainrl.learners import ppo_rnd as learner
 from retainrl.learners.ppo_rnd_params import PPORNDParams
 from retainrl.families.montezuma.ale import GAMES, RamInfo, array_to_state, decode_ram, make_ale, state_to_array
 
@@ -154,7 +155,7 @@ class FinetuneParams(PPORNDParams):
     """PPO+RND fine-tuning from the start of the game (the study's hyperparameters by default,
     except the scale: ``envs`` × ``steps`` × ``updates`` fit a 2-core CPU)."""
 
-    methods: method_list("ppo_rnd", off_policy=False) = ["scratch", "finetune", "l2", "ewc", "bc", "ks"]
+    methods: method_list(learner.LEARNER, off_policy=learner.OFF_POLICY) = ["scratch", "finetune", "l2", "ewc", "bc", "ks"]
     #: independent runs per method (seed, seed + 1, …), one after another in the stage's process
     seeds: int = Field(2, gt=0)
     seed: int = 0
@@ -751,7 +752,7 @@ def room_success_rates(
     return rates
 
 
-def load_pretrained(paths, p: Params, device=None):
+def load_pretrained(p: Params, paths, device=None):
     """π* (ActorCritic) from ``paths.pretrained``."""
     import torch
     from safetensors.torch import load_file
@@ -765,17 +766,14 @@ def load_pretrained(paths, p: Params, device=None):
     return model.to(torch.device(device or "cpu")).eval()
 
 
-def far_buffer(p: Params, paths, device=None) -> Path:
-    """Stage ``far_buffer``: π* rolled out from each FAR start state in turn (sticky actions on)
-    until ``size`` states are seen; stores obs (uint8), π*'s logits and critic outputs and the
-    room of each state in ``buffer.npz``."""
+def far_states(p: Params, paths, pretrained, device=None) -> dict[str, np.ndarray]:
+    """The generic far_buffer stage's question: π* rolled out from each FAR start state in turn
+    (sticky actions on, a rollout ends at a lost life) until ``far_buffer.size`` states; the
+    observations (uint8) and the room of each."""
     import torch
-
-    from retainrl.core.artifacts import atomic_path
 
     cfg = p.far_buffer
     dev = torch.device(device or "cpu")
-    model = load_pretrained(paths, p, dev)
     starts = room_start_states(paths, p, "far")
     env = MontezumaEnv(p.env, seed=cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -790,42 +788,12 @@ def far_buffer(p: Params, paths, device=None) -> Path:
             for _ in range(cfg.rollout_steps):
                 obs_l.append(obs)
                 room_l.append(env.ram().room)
-                logits = model.dist_params(torch.as_tensor(obs)[None].to(dev)).cpu()
+                logits = pretrained.dist_params(torch.as_tensor(obs)[None].to(dev)).cpu()
                 obs, _, terminated, truncated, info = env.step(int(torch.multinomial(logits.softmax(-1), 1, generator=gen)))
                 if terminated or truncated or info["lives"] < lives or len(obs_l) >= cfg.size:
                     break
-    obs = np.stack(obs_l)
-    with torch.no_grad():
-        t = torch.as_tensor(obs)
-        logits = torch.cat([model.dist_params(t[j : j + 256].to(dev)).cpu() for j in range(0, len(t), 256)])
-        critic = torch.cat([model.critic_output(t[j : j + 256].to(dev)).cpu() for j in range(0, len(t), 256)])
-    with atomic_path(paths.far_buffer, directory=True) as tmp:
-        with (tmp / "buffer.npz").open("wb") as fh:
-            np.savez_compressed(fh, obs=obs, targets=logits.numpy(), critic=critic.numpy(), rooms=np.asarray(room_l))
-    log.info("FAR buffer: %d states from rooms %s -> %s", len(obs), sorted(set(room_l)), paths.far_buffer)
-    return paths.far_buffer
-
-
-def fisher(p: Params, paths, device=None) -> Path:
-    """Stage ``fisher``: diagonal Fisher of π*'s actor on ``fisher.states`` FAR-buffer states."""
-    import torch
-
-    from retainrl.core.artifacts import atomic_path, load_npz
-    from retainrl.retention.fisher import fisher_diagonal
-    from safetensors.torch import save_file
-
-    cfg = p.fisher
-    dev = torch.device(device or "cpu")
-    model = load_pretrained(paths, p, dev)
-    buf = load_npz(Path(paths.far_buffer) / "buffer.npz", "Montezuma FAR buffer", required=("obs",))
-    gen = torch.Generator().manual_seed(0)
-    idx = torch.randperm(len(buf["obs"]), generator=gen)[: cfg.states]
-    obs = torch.as_tensor(buf["obs"])[idx].to(dev)
-    fim = fisher_diagonal(model, obs, estimator=cfg.estimator, min_value=cfg.min_value, chunk_size=8, generator=gen)
-    with atomic_path(paths.fisher, directory=True) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in fim.items()}, str(tmp / "fisher.safetensors"))
-    log.info("Fisher (%s) on %d FAR states -> %s", cfg.estimator, len(obs), paths.fisher)
-    return paths.fisher
+    log.info("FAR states from rooms %s", sorted(set(room_l)))
+    return {"obs": np.stack(obs_l), "rooms": np.asarray(room_l)}
 
 
 def _rooms_evaluator(p: Params, paths, device):
@@ -863,7 +831,7 @@ def frozen_curves(p: Params, paths, device, updates) -> dict[str, np.ndarray]:
 
     cfg = p.finetune
     dev = torch.device(device or "cpu")
-    model = load_pretrained(paths, p, dev)
+    model = load_pretrained(p, paths, dev)
     on_eval = _rooms_evaluator(p, paths, dev)
     rows: dict[str, list] = {"boundary": [], "far": [], "close": []}
     with tqdm(total=cfg.seeds * len(updates), desc="montezuma frozen π*", mininterval=5.0) as bar:
@@ -878,78 +846,44 @@ def frozen_curves(p: Params, paths, device, updates) -> dict[str, np.ndarray]:
     return {k: np.asarray(v, dtype=float) for k, v in rows.items()}
 
 
-def finetune(p: Params, paths, device, method: str) -> Path:
-    """Stage ``finetune``: PPO+RND from the first CLOSE room (:func:`training_start`) with ``method``, ``finetune.seeds``
-    runs one after another; writes ``policy_seed<k>.safetensors`` and ``curves.json`` (per seed:
-    training curves and FAR/CLOSE room success at every ``eval_every`` updates)."""
+def train(p: Params, paths, device, run) -> None:
+    """The generic finetune stage's loop: PPO+RND from the first CLOSE room (:func:`training_start`),
+    ``finetune.seeds`` runs one after another (``run.seeds_in_turn``), FAR/CLOSE room success at
+    every ``eval_every`` updates. One room evaluator is carried across the seeds (its env RNGs go
+    into each seed's checkpoint, so a resumed stage evaluates as an uninterrupted one)."""
     import copy
 
     import torch
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
-    from retainrl.learners import ppo_rnd
-    from retainrl.learners.checkpoint import Checkpoint
-    from retainrl.core.artifacts import atomic_path, load_npz, require
     from retainrl.families.montezuma.nets import ActorCritic
     from retainrl.learners.rnd import RND
-    from retainrl.retention.methods import RetentionContext, build_retention, check_method
 
-    check_method(method, learner=ppo_rnd.LEARNER, off_policy=ppo_rnd.OFF_POLICY)
     cfg = p.finetune
     dev = torch.device(device or "cpu")
-    pretrained = load_pretrained(paths, p, dev)
-    buf = load_npz(Path(paths.far_buffer) / "buffer.npz", "Montezuma FAR buffer", required=("obs", "targets"))
-    fim = load_file(str(require(Path(paths.fisher) / "fisher.safetensors", "Montezuma Fisher (fisher stage)")))
     on_eval = _rooms_evaluator(p, paths, dev)
     start = training_start(paths, p)
-    runs, weights = [], {}
-    stage = f"montezuma_finetune@{method}"
-    for k in range(cfg.seeds):
-        seed = cfg.seed + k
-        # one checkpoint per seed; a finished seed keeps its result there until the stage succeeds
-        ckpt = Checkpoint.for_stage(stage, p.checkpoint.every_s, family="montezuma", method=method, params=p,
-                                    inputs=(paths.pretrained, paths.far_buffer, paths.fisher, paths.demos), part=f"seed{seed}")
-        done = ckpt.load()
-        if done is not None and "result" in done:
-            on_eval.evaluator.set_state(done["evaluator"])  # as the evaluations after this seed found them
-            runs.append(done["result"]["run"])
-            weights[seed] = done["result"]["weights"]
-            log.info("%s seed %d: finished before the interruption, taken from its checkpoint", method, seed)
-            continue
+
+    def train_one(k: int, seed: int, ckpt):
         ckpt.attach("evaluator", on_eval.evaluator.get_state, on_eval.evaluator.set_state)
-        gen = torch.Generator().manual_seed(seed * 1000 + sum(map(ord, method)))
-        ctx = RetentionContext(
-            pretrained=pretrained,
-            far_obs=torch.as_tensor(buf["obs"]),
-            far_targets=torch.as_tensor(buf["targets"]),
-            far_critic=torch.as_tensor(buf["critic"]) if "critic" in buf else None,
-            fisher={name: v.to(dev) for name, v in fim.items()},
-            generator=gen,
-        )
-        retention = build_retention(method, ctx, p.retention, learner=ppo_rnd.LEARNER, off_policy=ppo_rnd.OFF_POLICY)
+        gen = run.generator(k)
+        retention = run.retention(k, gen)
         torch.manual_seed(seed)
         rnd = RND()
         if retention.starts_from_pretrained:
-            model = copy.deepcopy(pretrained)
+            model = copy.deepcopy(run.pretrained())
             rnd.load_state_dict(load_file(str(Path(paths.pretrained) / "rnd.safetensors")))
         else:
-            model = ActorCritic(n_actions=18, frame_stack=p.env.frame_stack, hidden=p.pretrain.hidden)
+            model = ActorCritic(n_actions=18, frame_stack=p.env.frame_stack, hidden=p.pretrain.hidden).to(dev)
         envs = [MontezumaEnv(p.env, seed=seed * 100 + i, start=start) for i in range(cfg.envs)]
-        curves = ppo_rnd.train(
+        curves = learner.train(
             model, rnd, envs, cfg, retention, gen, device=dev,
-            on_eval=lambda update, m, seed=seed: on_eval(seed * 10_000 + update, m), desc=f"montezuma {method} seed {seed}",
+            on_eval=lambda update, m: on_eval(seed * 10_000 + update, m), desc=f"montezuma {run.method} seed {seed}",
             checkpoint=ckpt,
         )
-        log.info(
-            "%s seed %d: boundary-room success %s", method, seed, [round(e["boundary_success"], 2) for e in curves["eval"]]
-        )
-        runs.append({"seed": seed, **curves})
-        weights[seed] = {name: v.detach().cpu().contiguous() for name, v in model.state_dict().items()}
-        ckpt.save({"progress": "finished", "result": {"run": runs[-1], "weights": weights[seed]},
-                   "evaluator": on_eval.evaluator.get_state()})
-    with atomic_path(paths.finetune(method), directory=True) as tmp:
-        for seed, state in weights.items():
-            save_file(state, str(tmp / f"policy_seed{seed}.safetensors"))
-        (tmp / "curves.json").write_text(json.dumps({"method": method, "runs": runs}, indent=2) + "\n")
-    Checkpoint.clear_stage(stage)  # the outputs are in place: nothing left to resume
-    return paths.finetune(method)
+        log.info("%s seed %d: boundary-room success %s", run.method, seed, [round(e["boundary_success"], 2) for e in curves["eval"]])
+        return curves, model.state_dict()
+
+    run.seeds_in_turn([cfg.seed + k for k in range(cfg.seeds)], train_one,
+                      keep=lambda: {"evaluator": on_eval.evaluator.get_state()},
+                      restore=lambda saved: on_eval.evaluator.set_state(saved["evaluator"]))

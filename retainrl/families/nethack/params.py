@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from retainrl.core.config import ConfigError, Strict
-from retainrl.learners.checkpoint import CheckpointParams
+from retainrl.core.checkpoint import CheckpointParams
 from retainrl.retention.methods import method_list
 from retainrl.retention.methods import RetentionParams
 

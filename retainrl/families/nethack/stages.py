@@ -28,9 +28,11 @@ Stages (the family stage API; the sample-factory side lives in ``sf``):
   ``games.npz`` (seeds, uint8 actions, per-game score / max depth / turns / FAR step),
   ``far_starts.npz`` (FAR start states: seeds + prefix length), ``meta.json`` (summary);
 * ``pretrain``: BC of sample-factory's recurrent ActorCritic, then its critic → an SF experiment dir;
-* ``far_buffer``: FAR states (depth ≥ far.boundary) with π*'s logits and GRU state;
-* ``fisher``: EWC's diagonal Fisher of π*'s actor on those states;
-* ``finetune``: APPO (sample-factory: serial mode on CPU, parallel with ``finetune.workers`` > 1) from π* with scratch/finetune/l2/ewc/bc/ks; em refused;
+* ``far_states`` (the generic far_buffer stage's question): FAR states (depth ≥ far.boundary)
+  with π*'s logits and GRU state;
+* ``fisher`` (replaces the generic stage): EWC's diagonal Fisher of π*'s actor on those states;
+* ``train`` (the generic finetune driver's loop): APPO (sample-factory: serial mode on CPU,
+  parallel with ``finetune.workers`` > 1) from π* with scratch/finetune/l2/ewc/bc/ks; em refused;
 * ``evaluate`` and ``report`` (the ``results`` module): every policy from fresh games (CLOSE)
   and from the FAR start states (FAR); report.md and its figures.
 """
@@ -373,25 +375,44 @@ def critic_warmup(p: Params, exp_dir: Path, cfg, device=None) -> dict:
     return out
 
 
-def far_buffer(p: Params, paths, device=None) -> dict:
-    """Stage: FAR states (depth ≥ far.boundary) of the demos with π*'s logits and GRU state.
+def __getattr__(name: str):
+    """``learner`` (the APPO adapter) is imported on first use: it pulls in sample-factory, which
+    loading params or running collect_demos does not need."""
+    if name == "learner":
+        from retainrl.learners import appo
+
+        return appo
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def load_pretrained(p: Params, paths, device=None):
+    """π* as retention methods see it inside APPO (:class:`retainrl.learners.appo.SFTeacher`): its
+    weights θ*; its outputs on online states come from the envs, which step π* alongside."""
+    from retainrl.families.nethack import sf
+    from retainrl.learners.appo import SFTeacher
+
+    return SFTeacher(sf.load_sf_policy(paths.pretrained)[0])
+
+
+def far_states(p: Params, paths, pretrained=None, device=None) -> dict:
+    """The generic far_buffer stage's question: FAR states (depth ≥ far.boundary) of the demos,
+    with π*'s logits (``targets``) and GRU state (``obs/rnn``) on them.
 
     π* is run along each whole demo (its recurrent state depends on the history), and every
     ``far_buffer.every``-th step at depth ≥ boundary is kept until ``far_buffer.size`` states.
     The stored GRU state lets the BC retention loss evaluate the fine-tuned policy on exactly
-    the context π* had.
+    the context π* had, which is also why the family computes π*'s outputs itself.
     """
     import torch
     from tqdm import tqdm
 
-    from retainrl.core.artifacts import atomic_path
     from retainrl.families.nethack import sf
 
     demos = load_demos(paths.demos)
     ac, cfg = sf.load_sf_policy(paths.pretrained)
     ac.eval()
     env = make_env(p.env.character, 10**7)
-    keep: dict[str, list] = {k: [] for k in ("chars", "blstats", "misc", "message", "logits", "rnn", "action", "game", "step")}
+    keep: dict[str, list] = {k: [] for k in (*OBS_PARTS, "rnn", "targets", "action", "game", "step")}
     n = 0
     try:
         with torch.no_grad():
@@ -409,7 +430,7 @@ def far_buffer(p: Params, paths, device=None) -> dict:
                         if far_steps % p.far_buffer.every == 0 and n < p.far_buffer.size:
                             for k, v in x.items():
                                 keep[k].append(v[0].numpy())
-                            keep["logits"].append(out["action_logits"][0].numpy())
+                            keep["targets"].append(out["action_logits"][0].numpy())
                             keep["rnn"].append(rnn[0].numpy())
                             keep["action"].append(action)
                             keep["game"].append(g)
@@ -421,25 +442,19 @@ def far_buffer(p: Params, paths, device=None) -> dict:
         env.close()
     if n == 0:
         raise ConfigError(f"far_buffer: no demo step reaches depth ≥ far.boundary={p.far.boundary}; collect more or longer demos")
+    log.info("FAR states: %d from %d games", n, len(set(keep["game"])))
     arrays = {k: np.stack(v) for k, v in keep.items()}
-    with atomic_path(paths.far_buffer, directory=True) as tmp:
-        with (tmp / "buffer.npz").open("wb") as fh:
-            np.savez_compressed(fh, **arrays)
-    log.info("FAR buffer: %d states from %d games", n, len(set(keep["game"])))
-    return {"states": n, "games": len(set(keep["game"]))}
+    return {"obs": {k: arrays.pop(k) for k in (*OBS_PARTS, "rnn")}, **arrays}
 
 
-FAR_BUFFER_ARRAYS = ("chars", "blstats", "misc", "message", "logits", "rnn", "action")
-
-
-def load_far_buffer(buffer_dir: str | Path) -> dict[str, np.ndarray]:
-    from retainrl.core.artifacts import load_npz
-
-    return load_npz(Path(buffer_dir) / "buffer.npz", "NetHack FAR buffer", required=FAR_BUFFER_ARRAYS)
+#: The observation parts sample-factory's encoder reads (``sf.sf_obs``); a FAR state is them plus π*'s GRU state.
+OBS_PARTS = ("chars", "blstats", "misc", "message")
 
 
 def fisher(p: Params, paths, device=None) -> dict:
-    """Stage: diagonal Fisher of π*'s actor (everything but the critic) on FAR-buffer states.
+    """Stage: diagonal Fisher of π*'s actor (everything but the critic) on FAR-buffer states. It
+    replaces the generic fisher stage: π*'s output on a state depends on its GRU state, which
+    torch.func's per-state Jacobians of the generic estimator do not carry.
 
     Each state is evaluated with the GRU state π* had there (stored in the buffer), so the
     gradients are those of the policy as it acts in FAR. Written as safetensors, one tensor per
@@ -449,8 +464,9 @@ def fisher(p: Params, paths, device=None) -> dict:
 
     from retainrl.core.artifacts import atomic_path, save_tensors
     from retainrl.families.nethack import sf
+    from retainrl.pipeline import far_buffer
 
-    buf = load_far_buffer(paths.far_buffer)
+    buf = far_buffer.load(paths, required=("targets", "action"))
     ac, cfg = sf.load_sf_policy(paths.pretrained)
     ac.eval()
     params = {n: q for n, q in ac.named_parameters() if not n.startswith("critic_linear")}
@@ -459,8 +475,8 @@ def fisher(p: Params, paths, device=None) -> dict:
     n = min(p.fisher.states, len(buf["action"]))
     idx = torch.randperm(len(buf["action"]), generator=gen)[:n].tolist()
     for i in idx:
-        x = {k: torch.from_numpy(buf[k][i : i + 1]) for k in ("chars", "blstats", "misc", "message")}
-        out = ac(x, torch.from_numpy(buf["rnn"][i : i + 1]))
+        x = {k: torch.from_numpy(buf["obs"][k][i : i + 1]) for k in OBS_PARTS}
+        out = ac(x, torch.from_numpy(buf["obs"]["rnn"][i : i + 1]))
         logp = torch.log_softmax(out["action_logits"], -1)[0]
         if p.fisher.estimator == "expert":
             a = int(buf["action"][i])
@@ -478,29 +494,16 @@ def fisher(p: Params, paths, device=None) -> dict:
     return {"states": n, "tensors": len(fisher_diag), "total": total}
 
 
-def _retention(p: Params, paths, method: str, seed: int):
-    """The retention method of one fine-tuning run, given just what it needs: π* (θ* for l2/ewc;
-    for ks, π*'s outputs on the online states come from the envs, which run π* alongside), the
-    Fisher (ewc), the FAR buffer with π*'s logits and GRU states (bc)."""
-    import functools
+def _retention(p: Params, paths, method: str, k: int):
+    """Run ``k``'s retention method, built in the process that trains it, by the generic driver's
+    rule (:func:`retainrl.pipeline.finetune.retention_for`: just what the method needs, one
+    seeding rule): θ* for l2/ewc (π*'s outputs on the online states come from the envs, which
+    run π* alongside, for ks), the Fisher (ewc), the FAR buffer with π*'s logits and GRU states (bc)."""
+    import sys
 
-    import torch
-    from safetensors.torch import load_file
+    from retainrl.pipeline.finetune import retention_for, retention_loaders
 
-    from retainrl.core.artifacts import require
-    from retainrl.families.nethack import sf
-    from retainrl.learners.appo import SFTeacher
-    from retainrl.retention.methods import REGISTRY, context_for
-
-    buffer = functools.cache(lambda: load_far_buffer(paths.far_buffer))
-    ctx = context_for(
-        method, torch.Generator().manual_seed(seed),
-        pretrained=lambda: SFTeacher(sf.load_sf_policy(paths.pretrained)[0]),
-        fisher=lambda: load_file(str(require(Path(paths.fisher) / "fisher.safetensors", "NetHack Fisher"))),
-        far_obs=lambda: {k: torch.from_numpy(np.asarray(buffer()[k])) for k in ("chars", "blstats", "misc", "message", "rnn")},
-        far_targets=lambda: torch.from_numpy(np.asarray(buffer()["logits"])).float(),
-    )
-    return REGISTRY[method](ctx, p.retention)
+    return retention_for(method, k, p, retention_loaders(sys.modules[__name__], p, paths, None))
 
 
 def finetune_seed(p: Params, paths, device, method: str, k: int, run_dir: Path, threads: int | None = None) -> dict:
@@ -523,7 +526,7 @@ def finetune_seed(p: Params, paths, device, method: str, k: int, run_dir: Path, 
         torch.set_num_threads(threads)
     ft = p.finetune
     seed = ft.seed + k
-    retention = _retention(p, paths, method, seed)
+    retention = _retention(p, paths, method, k)
     log.info("finetune[%s] seed %d/%d: %d env steps", method, k + 1, ft.seeds, ft.env_steps)
     res = sf.run_appo(Path(paths.pretrained).resolve() if retention.starts_from_pretrained else None, run_dir, retention,
                       env_steps=ft.env_steps, lr=ft.lr, epochs=ft.epochs, entropy=0.0 if retention.retains else ft.entropy,
@@ -540,14 +543,12 @@ def finetune_seed(p: Params, paths, device, method: str, k: int, run_dir: Path, 
     return res
 
 
-def finetune(p: Params, paths, device=None, method: str = "finetune") -> dict:
-    """Stage: APPO fine-tuning of π* with one retention method, ``finetune.seeds`` runs.
-
-    Writes ``paths.finetune(method)/seed_<k>/`` (a sample-factory experiment dir: checkpoints,
-    ``snapshots/step_<n>.pth``, ``train_episodes.json``, ``retention.json``), seed = finetune.seed + k.
-    EM is refused before any compute (episodic memory needs an off-policy learner; APPO is
-    on-policy). ``scratch`` starts from a random init (same network), the others from π*; entropy
-    is off and the encoder frozen whenever a retention method is on (the study's setting).
+def train(p: Params, paths, device, run) -> list[dict]:
+    """The generic finetune stage's loop: APPO fine-tuning of π* with one retention method,
+    ``finetune.seeds`` runs into ``run.out/seed_<k>/`` (a sample-factory experiment dir:
+    checkpoints, ``snapshots/step_<n>.pth``, ``train_episodes.json``, ``retention.json``), seed =
+    finetune.seed + k. ``scratch`` starts from a random init (same network), the others from π*;
+    entropy is off and the encoder frozen whenever a retention method is on (the study's setting).
 
     In serial mode (``finetune.workers`` 1: one process steps the envs and learns) the seeds run
     side by side in ``finetune.processes`` spawned processes, one thread each: on a 2-core box
@@ -556,24 +557,20 @@ def finetune(p: Params, paths, device=None, method: str = "finetune") -> dict:
     run one after another.
 
     Resumable: the runs live in ``.checkpoints/nethack_finetune@<method>/<key>/seed_<k>/`` (outside
-    DVC's outs, which DVC deletes before a rerun) and move into the out when all are done. A rerun
-    after a kill keeps the finished seeds and resumes the others from sample-factory's last
-    checkpoint (every ``checkpoint.every_s``).
+    DVC's outs, which DVC deletes before a rerun) and are copied into the out when all are done.
+    A rerun after a kill keeps the finished seeds and resumes the others from sample-factory's
+    last checkpoint (every ``checkpoint.every_s``).
     """
     import shutil
 
-    from retainrl.core.artifacts import atomic_path, require
-    from retainrl.learners.checkpoint import Checkpoint
-    from retainrl.retention.methods import check_method
+    from retainrl.core.artifacts import require
 
-    if check_method(method, learner="appo", off_policy=False, key="nethack.finetune.methods").starts_from_pretrained:
+    if run.cls.starts_from_pretrained:
         require(paths.pretrained, "pretrained NetHack policy (π*)")
     ft = p.finetune
+    method = run.method
     processes = 1 if ft.workers > 1 else min(ft.seeds, ft.processes or cpu_cores())
-    stage = f"nethack_finetune@{method}"
-    ckpt = Checkpoint.for_stage(stage, p.checkpoint.every_s, family="nethack", method=method, params=p,
-                                inputs=(paths.pretrained, paths.far_buffer, paths.fisher))
-    dirs = [(ckpt.directory / f"seed_{k}").resolve() for k in range(ft.seeds)]
+    dirs = [(run.checkpoint().directory / f"seed_{k}").resolve() for k in range(ft.seeds)]
     if processes == 1:
         runs = [finetune_seed(p, paths, device, method, k, d) for k, d in enumerate(dirs)]
     else:
@@ -590,8 +587,6 @@ def finetune(p: Params, paths, device=None, method: str = "finetune") -> dict:
                                  initargs=(os.getpid(), setup_logging)) as pool:
             futures = [pool.submit(finetune_seed, p, paths, device, method, k, d, 1) for k, d in enumerate(dirs)]
             runs = [f.result() for f in futures]
-    with atomic_path(paths.finetune(method), directory=True) as tmp:
-        for k, d in enumerate(dirs):
-            shutil.copytree(d, tmp / f"seed_{k}")
-    Checkpoint.clear_stage(stage)  # the outputs are in place: nothing left to resume
-    return {"method": method, "runs": runs}
+    for k, d in enumerate(dirs):
+        shutil.copytree(d, run.out / f"seed_{k}")
+    return runs

@@ -103,9 +103,9 @@ def kl_to_pi_star(p: Params, paths, device, methods) -> tuple[dict, dict]:
     part: the spread over seeds, the number of states per part)."""
     import torch
 
-    from retainrl.families.robot.stages import _load_agent, _load_pretrained, eval_sequences, rollout_stage_alone
+    from retainrl.families.robot.stages import _load_agent, eval_sequences, load_pretrained, rollout_stage_alone
 
-    pi_star = _load_pretrained(paths, device)
+    pi_star = load_pretrained(p, paths, device)
     seqs = eval_sequences(p, KL_STATES, 1)
     parts = {"close": [k for k in range(p.env.n_stages) if k not in p.env.far_stages], "far": p.env.far_stages}
     states = {}

@@ -64,14 +64,14 @@ import torch
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from retainrl.core.config import Strict
-from retainrl.learners.checkpoint import CheckpointParams
-from retainrl.retention.methods import RetentionParams
+from retainrl.core.checkpoint import CheckpointParams
+from retainrl.learners import sac as learner
+from retainrl.pipeline.finetune import retention_from, run_seed
+from retainrl.retention.methods import RetentionParams, method_list
 from retainrl.retention.params import BCParams, EMParams, EWCParams, FisherParams, KSParams, L2Params
-from retainrl.retention.methods import method_list
 
 log = logging.getLogger(__name__)
 
-LEARNER = "sac"
 BASE_OBS_DIM = 39
 ACT_DIM = 4
 
@@ -172,7 +172,7 @@ class NetParams(Strict):
 
 
 class FinetuneParams(Strict):
-    methods: method_list(LEARNER, off_policy=True) = ["scratch", "finetune", "l2", "ewc", "bc", "ks", "em"]
+    methods: method_list(learner.LEARNER, off_policy=learner.OFF_POLICY) = ["scratch", "finetune", "l2", "ewc", "bc", "ks", "em"]
     seeds: int = Field(3, gt=0)
     steps: int = Field(3000, gt=0, description="env steps per seed")
     batch_size: int = Field(128, gt=0)
@@ -727,7 +727,7 @@ def _save_agent(path, agent, **meta) -> None:
     save_tensors(path, agent.state_dict(), {"spec": asdict(agent.spec), **meta})
 
 
-def _load_pretrained(paths, device):
+def load_pretrained(p: Params, paths, device=None):
     return _load_agent(paths.pretrained / "agent.safetensors", "pre-trained agent π* (pretrain stage)", device)
 
 
@@ -781,11 +781,9 @@ def pretrain(p: Params, paths, device) -> None:
         save_json(out / "scores.json", summary)
 
 
-def far_buffer(p: Params, paths, device) -> None:
-    """FAR states visited by π* (stochastic rollouts of each FAR stage alone) with π*'s outputs."""
-    from retainrl.core.artifacts import atomic_path, save_npz
-
-    agent = _load_pretrained(paths, device)
+def far_states(p: Params, paths, pretrained, device=None) -> dict[str, np.ndarray]:
+    """The generic far_buffer stage's question: states π* visits on each FAR stage alone
+    (stochastic rollouts), ``far_buffer.size`` in all, the same share per stage."""
     gen = torch.Generator().manual_seed(p.far_buffer.seed)
     seq = [RoboticSequence(p.env, 50_000 + p.far_buffer.seed)]
     states: list[np.ndarray] = []
@@ -793,37 +791,17 @@ def far_buffer(p: Params, paths, device) -> None:
     for k in p.env.far_stages:
         got: list[np.ndarray] = []
         while len(got) < per_stage:
-            _, visited = rollout_stage_alone(agent, seq, k, 1, deterministic=False, generator=gen, record=True)
+            _, visited = rollout_stage_alone(pretrained, seq, k, 1, deterministic=False, generator=gen, record=True)
             got.extend(visited[0])
         states.extend(got[:per_stage])
     seq[0].close()
-    obs = torch.as_tensor(np.stack(states)[: p.far_buffer.size], device=device)
-    with torch.no_grad():
-        targets = agent.dist_params(obs)[0]
-    with atomic_path(paths.far_buffer, directory=True) as out:
-        save_npz(out / "far_buffer.npz", obs=obs.cpu().numpy(), targets=targets.cpu().numpy())
-    log.info("FAR buffer: %d states", obs.shape[0])
+    return {"obs": np.stack(states)[: p.far_buffer.size].astype(np.float32)}
 
 
-def _load_far(paths) -> dict[str, torch.Tensor]:
-    from retainrl.core.artifacts import load_npz
-
-    arrays = load_npz(paths.far_buffer / "far_buffer.npz", "FAR buffer (far_buffer stage)", ("obs", "targets"))
-    return {k: torch.as_tensor(v) for k, v in arrays.items()}
-
-
-def fisher(p: Params, paths, device) -> None:
-    from retainrl.core.artifacts import atomic_path, save_tensors
-    from retainrl.retention.fisher import fisher_diagonal
-
-    agent = _load_pretrained(paths, device)
-    far = _load_far(paths)
-    gen = torch.Generator().manual_seed(0)
-    idx = torch.randperm(far["obs"].shape[0], generator=gen)[: p.fisher.states]
-    f = fisher_diagonal(agent, far["obs"][idx].to(device), estimator=p.fisher.estimator, min_value=p.fisher.min_value, generator=gen)
-    with atomic_path(paths.fisher, directory=True) as out:
-        save_tensors(out / "fisher.safetensors", f, {"estimator": p.fisher.estimator, "states": int(idx.numel())})
-    log.info("Fisher (%s, %d states): mean %.3g over %d tensors", p.fisher.estimator, idx.numel(), float(torch.cat([v.flatten() for v in f.values()]).mean()), len(f))
+def retention_loaders(p: Params, paths, device) -> dict:
+    """What the generic finetune driver cannot load itself: EM's pre-training transitions, one
+    copy per stacked model."""
+    return {"pretrain_transitions": lambda: em_transitions(_load_memory(paths), p.finetune.seeds)}
 
 
 def em_transitions(memory: dict[str, np.ndarray], n_models: int) -> dict[str, torch.Tensor]:
@@ -835,31 +813,34 @@ def em_transitions(memory: dict[str, np.ndarray], n_models: int) -> dict[str, to
     return out
 
 
-def finetune_seeds(method: str, p: Params, pretrained, far, fisher_diag, memory, device, *, seeds: int | None = None, steps: int | None = None, progress=True, on_eval=None, seed_offset: int = 0, checkpoint=None):
+def finetune_seeds(method: str, p: Params, pretrained, far, fisher_diag, memory, device, *, seeds: int | None = None, steps: int | None = None, progress=True, on_eval=None, seed_offset: int = 0, checkpoint=None, retention=None):
     """Fine-tune ``seeds`` stacked models with one method on the full sequence; returns (curves, agent).
-    ``memory``: the pre-training transitions EM keeps. ``checkpoint``: a
-    :class:`retainrl.learners.checkpoint.Checkpoint` to save to and resume from; the curves so far
+
+    The run draws from :func:`retainrl.pipeline.finetune.run_seed` (``method``, ``seed_offset``),
+    the rule every family follows. ``retention``: a function of the run's generator giving its
+    retention method (the finetune stage's, built from the method's needs); without it the method
+    is built in memory from ``pretrained``, ``far``, ``fisher_diag`` and ``memory`` (the
+    pre-training transitions EM keeps). ``checkpoint``: a
+    :class:`retainrl.core.checkpoint.Checkpoint` to save to and resume from; the curves so far
     and the evaluation sequences go into it beside the learner's state, and a resumed run calls
     ``on_eval(step, scores, None)`` again for the evaluations before the checkpoint (no agent: it
     is gone), so a logger sees the whole run."""
     from retainrl.learners import sac
-    from retainrl.retention.methods import RetentionContext, build_retention
     from retainrl.retention.replay import ProtectedReplay
 
     cfg = p.finetune
     m = seeds or cfg.seeds
     steps = steps or cfg.steps
-    base = 1000 * (seed_offset + 1) + sum(map(ord, method))
+    base = run_seed(method, seed_offset)
     gen = torch.Generator().manual_seed(base)
-    ctx = RetentionContext(
-        pretrained=pretrained,
-        far_obs=None if far is None else far["obs"].to(device),
-        far_targets=None if far is None else far["targets"].to(device),
-        fisher=None if fisher_diag is None else {k: v.to(device) for k, v in fisher_diag.items()},
-        pretrain_transitions=None if memory is None else em_transitions(memory, m),
-        generator=gen,
-    )
-    retention = build_retention(method, ctx, p.retention, learner=LEARNER, off_policy=sac.OFF_POLICY)
+    if retention is None:
+        def retention(g):
+            return retention_from(
+                method, p.retention, g, pretrained=pretrained,
+                far_obs=None if far is None else far["obs"].to(device), far_targets=None if far is None else far["targets"].to(device),
+                fisher=None if fisher_diag is None else {k: v.to(device) for k, v in fisher_diag.items()},
+                pretrain_transitions=None if memory is None else em_transitions(memory, m))
+    retention = retention(gen)
     if retention.starts_from_pretrained:
         agent = pretrained.replicate(m)
     else:
@@ -927,7 +908,7 @@ def frozen_curves(p: Params, paths, device, steps) -> dict[str, np.ndarray]:
     from tqdm import tqdm
 
     cfg = p.finetune
-    agent = _load_pretrained(paths, device).replicate(cfg.seeds)
+    agent = load_pretrained(p, paths, device).replicate(cfg.seeds)
     seqs = eval_sequences(p, FROZEN, cfg.seeds)
     success, completed = [], []
     for _ in tqdm(list(steps), desc="robot frozen π*", mininterval=5.0):
@@ -939,55 +920,49 @@ def frozen_curves(p: Params, paths, device, steps) -> dict[str, np.ndarray]:
     return {"step": np.asarray(steps), "success": np.stack(success, -1), "completed": np.stack(completed, -1)}
 
 
-def finetune(p: Params, paths, device, method: str) -> None:
-    """All seeds of one method in one stacked learner; curves, dvclive metrics and actor snapshots.
+def train(p: Params, paths, device, run) -> None:
+    """The generic finetune stage's loop: all seeds of one method in one stacked learner; curves,
+    dvclive metrics and actor snapshots into ``run.out``.
 
     Resumable (``.checkpoints/robot_finetune@<method>/``): the actor snapshots written so far and
     the curves go into the checkpoint too, and a resumed run writes them and logs them to dvclive
     again before it goes on, so its outputs are those of an uninterrupted run."""
     from dvclive import Live
 
-    from retainrl.core.artifacts import atomic_path, load_tensors, save_npz, save_tensors
-    from retainrl.learners.checkpoint import Checkpoint
-    from retainrl.retention.methods import check_method
+    from retainrl.core.artifacts import save_npz, save_tensors
 
-    check_method(method, learner=LEARNER, off_policy=True)
-    pretrained = _load_pretrained(paths, device)
-    far = _load_far(paths)
-    f = load_tensors(paths.fisher / "fisher.safetensors", "Fisher (fisher stage)")
-    memory = _load_memory(paths)
     cfg = p.finetune
+    out = run.out
     marks = set(np.linspace(0, cfg.steps, cfg.checkpoints + 1).round().astype(int)[1:].tolist()) if cfg.checkpoints else set()
-    ckpt = Checkpoint.for_stage(f"robot_finetune@{method}", p.checkpoint.every_s, family="robot", method=method, params=p,
-                                inputs=(paths.pretrained, paths.far_buffer, paths.fisher))
-    with atomic_path(paths.finetune(method), directory=True) as out:
-        (out / "checkpoints").mkdir()
-        with Live(str(out / "live"), save_dvc_exp=False, dvcyaml=None, report=None) as live:
-            snapshots: dict[int, dict] = {}  # step → actor tensors (kept in the checkpoint as well)
+    ckpt = run.checkpoint()
+    (out / "checkpoints").mkdir()
+    with Live(str(out / "live"), save_dvc_exp=False, dvcyaml=None, report=None) as live:
+        snapshots: dict[int, dict] = {}  # step → actor tensors (kept in the checkpoint as well)
 
-            def save_snapshot(step, actor):
-                snapshots[step] = actor
-                save_tensors(out / "checkpoints" / f"actor_{step:08d}.safetensors", actor, {"step": step})
+        def save_snapshot(step, actor):
+            snapshots[step] = actor
+            save_tensors(out / "checkpoints" / f"actor_{step:08d}.safetensors", actor, {"step": step})
 
-            def restore(saved):
-                for step, actor in saved.items():
-                    save_snapshot(step, actor)
+        def restore(saved):
+            for step, actor in saved.items():
+                save_snapshot(step, actor)
 
-            ckpt.attach("snapshots", lambda: snapshots, restore)
+        ckpt.attach("snapshots", lambda: snapshots, restore)
 
-            def on_eval(step, scores, agent):
-                live.step = step
-                for k, task in enumerate(p.env.tasks):
-                    live.log_metric(f"success/{task}", float(scores["success"][:, k].mean()))
-                live.log_metric("completed", float(scores["completed"].mean()))
-                last = max(snapshots, default=0)
-                if agent is not None and any(step >= mk and mk > last for mk in marks):
-                    save_snapshot(step, {k: v.detach().clone() for k, v in agent.state_dict().items() if k.startswith("actor")})
+        def on_eval(step, scores, agent):
+            live.step = step
+            for k, task in enumerate(p.env.tasks):
+                live.log_metric(f"success/{task}", float(scores["success"][:, k].mean()))
+            live.log_metric("completed", float(scores["completed"].mean()))
+            last = max(snapshots, default=0)
+            if agent is not None and any(step >= mk and mk > last for mk in marks):
+                save_snapshot(step, {k: v.detach().clone() for k, v in agent.state_dict().items() if k.startswith("actor")})
 
-            curves, agent = finetune_seeds(method, p, pretrained, far, f, memory, device, on_eval=on_eval, checkpoint=ckpt)
-        save_npz(out / "curves.npz", **curves)
-        _save_agent(out / "agent.safetensors", agent, method=method)
-    ckpt.clear()  # the outputs are in place: nothing left to resume
+        # the agent is always built from π* (a scratch run takes its fixed input scaling)
+        curves, agent = finetune_seeds(run.method, p, run.pretrained(), None, None, None, device, on_eval=on_eval, checkpoint=ckpt,
+                                       retention=lambda gen: run.retention(0, gen))
+    save_npz(out / "curves.npz", **curves)
+    _save_agent(out / "agent.safetensors", agent, method=run.method)
 
 
 # --------------------------------------------------------------------------- evaluate / report
