@@ -271,8 +271,8 @@ def train(p: Params, paths, device, run) -> None:
     dev = torch.device(device or "cpu")
 
     def train_one(k: int, seed: int, ckpt):
-        gen = run.generator(k)
-        retention = run.retention(k, gen)
+        gen = run.generator(seed)
+        retention = run.retention(seed, gen)
         torch.manual_seed(seed)
         rnd = GridRND()
         model = copy.deepcopy(run.pretrained()) if retention.starts_from_pretrained else new_policy(p).to(dev)

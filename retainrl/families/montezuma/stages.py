@@ -866,8 +866,8 @@ def train(p: Params, paths, device, run) -> None:
 
     def train_one(k: int, seed: int, ckpt):
         ckpt.attach("evaluator", on_eval.evaluator.get_state, on_eval.evaluator.set_state)
-        gen = run.generator(k)
-        retention = run.retention(k, gen)
+        gen = run.generator(seed)
+        retention = run.retention(seed, gen)
         torch.manual_seed(seed)
         rnd = RND()
         if retention.starts_from_pretrained:

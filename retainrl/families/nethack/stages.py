@@ -494,8 +494,8 @@ def fisher(p: Params, paths, device=None) -> dict:
     return {"states": n, "tensors": len(fisher_diag), "total": total}
 
 
-def _retention(p: Params, paths, method: str, k: int):
-    """Run ``k``'s retention method, built in the process that trains it, by the generic driver's
+def _retention(p: Params, paths, method: str, seed: int):
+    """The retention method of the run with seed ``seed``, built in the process that trains it, by the generic driver's
     rule (:func:`retainrl.pipeline.finetune.retention_for`: just what the method needs, one
     seeding rule): θ* for l2/ewc (π*'s outputs on the online states come from the envs, which
     run π* alongside, for ks), the Fisher (ewc), the FAR buffer with π*'s logits and GRU states (bc)."""
@@ -503,7 +503,7 @@ def _retention(p: Params, paths, method: str, k: int):
 
     from retainrl.pipeline.finetune import retention_for, retention_loaders
 
-    return retention_for(method, k, p, retention_loaders(sys.modules[__name__], p, paths, None))
+    return retention_for(method, seed, p, retention_loaders(sys.modules[__name__], p, paths, None))
 
 
 def finetune_seed(p: Params, paths, device, method: str, k: int, run_dir: Path, threads: int | None = None) -> dict:
@@ -526,7 +526,7 @@ def finetune_seed(p: Params, paths, device, method: str, k: int, run_dir: Path, 
         torch.set_num_threads(threads)
     ft = p.finetune
     seed = ft.seed + k
-    retention = _retention(p, paths, method, k)
+    retention = _retention(p, paths, method, seed)
     log.info("finetune[%s] seed %d/%d: %d env steps", method, k + 1, ft.seeds, ft.env_steps)
     res = sf.run_appo(Path(paths.pretrained).resolve() if retention.starts_from_pretrained else None, run_dir, retention,
                       env_steps=ft.env_steps, lr=ft.lr, epochs=ft.epochs, entropy=0.0 if retention.retains else ft.entropy,
