@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -24,7 +25,7 @@ from retainrl.orchestration.imports import (
     project_files,
     stage_roots,
 )
-from conftest import copy_repo  # tests/ is on sys.path (pytest rootdir import mode)
+from conftest import copy_repo, smoke_copy  # tests/ is on sys.path (pytest rootdir import mode)
 from retainrl.core.family import family_names
 
 
@@ -247,3 +248,45 @@ def test_a_new_family_is_its_folder_and_its_params_section(tmp_path):
     res = subprocess.run([sys.executable, "-m", "dvc", "repro", "pear_fisher"], cwd=repo, env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     assert (repo / "data/pear/fisher").is_dir() and not (repo / "data/apple/demos").exists()
+
+
+@pytest.mark.slow
+def test_a_new_method_is_one_class_and_its_params(tmp_path):
+    """A throw-away method ``l1`` (an L1 pull towards θ*): one class in retention/methods.py and its
+    params in params.yaml are all it takes. dvc.yaml does not change (DVC's matrix expands the
+    methods), the new stage reads its own params section only, and it runs on the smoke profile
+    through the shared finetune driver of a family that knows nothing of it."""
+    repo = tmp_path / "repo"
+    registry = "cls.name: cls for cls in (Scratch, Finetune, L2, EWC, BC, KS, EM)"
+
+    def add_l1(params):
+        methods = repo / "retainrl/retention/methods.py"
+        text = methods.read_text()
+        assert registry in text
+        methods.write_text(text.replace(registry, registry[:-1] + ", L1)").replace("\nclass EM(RetentionMethod):", '''
+class L1(_ParameterAnchor):
+    name = "l1"
+    Params = L2Params
+
+    def coef(self, step):
+        return self.params.l1.coef
+
+    def aux_loss(self, policy, online_obs, step):
+        pull = sum((q - self.anchor[n].to(q.device)).abs().sum() for n, q in policy.retained_parameters(self.include_critic))
+        return self.coef(step) * pull
+
+
+class EM(RetentionMethod):'''))
+        params["apple"]["finetune"]["methods"].append("l1")
+        params["apple"]["retention"]["l1"] = {"coef": 0.01}
+
+    repo, env = smoke_copy(ROOT, repo, add_l1)
+    res = subprocess.run([sys.executable, "-m", "retainrl.orchestration.dvcgen"], cwd=repo, env=env, capture_output=True, text=True)
+    assert res.returncode == 0 and (repo / "dvc.yaml").read_text() == (ROOT / "dvc.yaml").read_text(), res.stderr
+    show = "from dvc.repo import Repo\nprint([k for s in Repo('.').index.stages if s.addressing == 'apple_finetune@l1' for p in s.params for k in p.params])"
+    res = subprocess.run([sys.executable, "-c", show], cwd=repo, env=env, capture_output=True, text=True, check=True)
+    assert "apple.retention.l1" in res.stdout and "apple.retention.ewc" not in res.stdout, res.stdout
+    res = subprocess.run([sys.executable, "-m", "dvc", "repro", "apple_finetune@l1"], cwd=repo, env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    smoke = yaml.safe_load((repo / "params.yaml").read_text())["profiles"]["smoke"]["apple"]["finetune"]["seeds"]
+    assert np.load(repo / "models/apple/finetune/l1/curves.npz")["far"].shape[0] == smoke
