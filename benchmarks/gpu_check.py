@@ -543,8 +543,8 @@ def section_finetune_apple(c: Check) -> dict:
     paths = Paths("apple", c.workdir("apple"))
     for stage in (apple.collect_demos, apple.pretrain):  # the DAG's upstream stages
         stage(p, paths, c.dev)
-    for generic in (far_buffer.far_buffer, fisher_stage.fisher):
-        generic(apple, p, paths, c.dev)
+    for generic in (far_buffer.far_buffer, fisher_stage.fisher):  # AppleRetrieval's π* lives on the CPU
+        generic(apple, p, paths, torch.device("cpu"))
     pretrained = apple.load_pretrained(p, paths)
     far = {k: torch.as_tensor(v) for k, v in far_buffer.load(paths).items()}
     fisher = fisher_stage.load(paths)
