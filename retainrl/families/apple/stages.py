@@ -376,10 +376,11 @@ def frozen_curves(p: Params, pretrained: LogisticPolicy, iterations: np.ndarray)
 
 
 def load_pretrained(p: Params, paths, device=None) -> LogisticPolicy:
+    """π* on ``device`` (the shared stages put the states they hand it there; rollouts run in NumPy)."""
     from retainrl.core.artifacts import load_tensors
 
     t = load_tensors(paths.pretrained / "policy.safetensors", "pre-trained policy (pretrain stage)")
-    return LogisticPolicy(1, t["weight"])
+    return LogisticPolicy(1, t["weight"]).to(device or "cpu")
 
 
 def collect_demos(p: Params, paths, device) -> None:
