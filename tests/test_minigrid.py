@@ -241,3 +241,43 @@ def test_sweep_table_rows_are_means_with_the_seed_range():
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells == ["`l2_coef_0.01`", "2 × 40", "0.60 (0.40–0.80)", "0.60 (0.40–0.80)", "0.75 (0.50–1.00)",
                      "0.45 (0.40–0.50)", "0.200 (0.100–0.300)", "0.100 (0.000–0.200)"]
+
+
+def _probe_results(full_bc, full_ft):
+    """A π* probe results dict (experiments/probe_minigrid_pistar.py) from final full-task successes."""
+    def runs(finals):
+        return {"runs": [{"seed": k, "eval": [{"update": 0, "far": 1.0, "close": 0.0, "full": 0.0},
+                                             {"update": 5, "far": 0.9, "close": f, "full": f}]} for k, f in enumerate(finals)]}
+
+    return {"pistars": {str(i): {"pistar_seed": i, "pretrained": {"far_success": 1.0, "close_success": 0.0},
+                                 "methods": {"finetune": runs(ft), "bc": runs(bc)}}
+                        for i, (bc, ft) in enumerate(zip(full_bc, full_ft))}}
+
+
+def test_the_pistar_probe_counts_the_draw_of_pistar_in_its_interval():
+    from experiments.probe_minigrid_pistar import analyse, table
+
+    # BC ahead on every π*: shown per π* and over π*s
+    clear = _probe_results([[1.0, 0.9, 1.0, 0.95, 1.0]] * 3, [[0.0, 0.1, 0.0, 0.05, 0.0]] * 3)
+    clear["analysis"] = analyse(clear)
+    over = clear["analysis"]["bc"]["full"]["over_pistars"]
+    assert over["ci_low"] > 0.8 and over["pistars"] == 3
+    assert all(c["ci_low"] > 0 for c in clear["analysis"]["bc"]["full"]["per_pistar"])
+    # BC ahead on one π* only, level on the others: that π* is shown alone, the interval over π*s reaches 0
+    mixed = _probe_results([[1.0] * 5, [1.0] * 5, [1.0] * 5], [[0.0] * 5, [1.0] * 5, [1.0] * 5])
+    mixed["analysis"] = analyse(mixed)
+    per = mixed["analysis"]["bc"]["full"]["per_pistar"]
+    assert per[0]["diff"] == 1.0 and per[1]["diff"] == 0.0
+    assert mixed["analysis"]["bc"]["full"]["over_pistars"]["ci_low"] == 0.0
+    assert "over 3 π*s" in table(mixed)
+
+
+def test_the_docs_pistar_table_is_the_committed_probe_results():
+    import json
+
+    from experiments.probe_minigrid_pistar import BEGIN, DOCS, END, OUT, table
+    from retainrl.pipeline.docblocks import read_block
+
+    if not OUT.exists():
+        pytest.skip("the π* probe has not been run")
+    assert read_block(DOCS, BEGIN, END) == table(json.loads(OUT.read_text())).strip()
