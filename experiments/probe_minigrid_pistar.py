@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from retainrl.core.artifacts import save_json
 from retainrl.core.config import load_params
 from retainrl.core.paths import Paths
 from retainrl.families.minigrid import stages
@@ -182,9 +183,8 @@ def main(argv=None) -> int:
             os.chdir(here)
     results["seconds"] = round(time.perf_counter() - started, 1)
     results["analysis"] = analyse(results)
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(results, indent=2) + "\n")
-    write_docs(results)
+    save_json(OUT, results)  # atomic
+    write_docs(json.loads(OUT.read_text()))
     return 0
 
 
