@@ -8,7 +8,9 @@ family gives the compute each family's DAG took, whatever ran in parallel. Run o
     python benchmarks/dag_minutes.py /tmp/repro.log --note "idle 2-core box"   # → benchmarks/results/dag_default.json
 
 ``--merge`` keeps the families the logs do not cover from the existing file (each family carries
-the note and date of its own measurement), so families rerun in different sessions add up.
+the note and date of its own measurement), so families rerun in different sessions add up; of a
+family the logs cover only in part (its stages that DVC found up to date did not run), the stages
+they miss keep their earlier minutes, listed under ``carried`` with the date they were measured.
 """
 
 from __future__ import annotations
@@ -38,6 +40,18 @@ def minutes(logs: list[Path]) -> dict:
     }
 
 
+def merge_family(old: dict | None, new: dict) -> dict:
+    """``new`` plus the stages only ``old`` has (a partial rerun), each carried with its date."""
+    if not old:
+        return new
+    carried = {k: v for k, v in old["minutes_per_stage"].items() if k not in new["minutes_per_stage"]}
+    if not carried:
+        return new
+    per_stage = dict(sorted({**new["minutes_per_stage"], **carried}.items()))
+    dates = {k: old.get("carried", {}).get(k, old["measured"]) for k in carried}
+    return {**new, "minutes": round(sum(per_stage.values()), 1), "minutes_per_stage": per_stage, "carried": dates}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("logs", nargs="+", type=Path)
@@ -51,7 +65,7 @@ def main() -> None:
         f["measured"] = date.today().isoformat()
     if args.merge and args.out.exists():
         old = json.loads(args.out.read_text())["families"]
-        fams = {**old, **fams}
+        fams = {**old, **{name: merge_family(old.get(name), f) for name, f in fams.items()}}
     out = {"what": "compute minutes per family's default-profile DAG, summed from each stage's own timing",
            "machine": {"platform": platform.platform(), "python": platform.python_version()},
            "families": dict(sorted(fams.items())), "total_minutes": round(sum(f["minutes"] for f in fams.values()), 1)}

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -38,9 +39,9 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.probe_nethack_budget import _override, train_curve
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # `python experiments/<this>.py` from the root, as the docs run it, finds its sibling
+from experiments.probe_nethack_budget import _override, train_curve  # noqa: E402
 log = logging.getLogger("nethack_retention_sweep")
 PI_STAR, BASE = "pretrained", "finetune"  # π*'s label in the rows; the reference every variant is compared with
 

@@ -41,3 +41,19 @@ def test_an_unfinished_run_is_refused():
 
     with pytest.raises(SystemExit, match="did the run finish"):
         T.parse(LOG.rsplit("rc=", 1)[0])
+
+
+def test_dag_minutes_merge_carries_the_stages_a_partial_rerun_did_not_run():
+    """A rerun in which DVC found pretrain up to date logs only the later stages: the family's
+    minutes still count pretrain, at its earlier measurement, and say so."""
+    from dag_minutes import merge_family
+
+    old = {"minutes": 13.0, "minutes_per_stage": {"pretrain": 10.0, "finetune": 3.0}, "measured": "2026-12-01"}
+    new = {"minutes": 5.0, "minutes_per_stage": {"finetune": 5.0}, "measured": "2026-12-07", "note": "rerun"}
+    got = merge_family(old, new)
+    assert got["minutes"] == 15.0 and got["minutes_per_stage"] == {"finetune": 5.0, "pretrain": 10.0}
+    assert got["carried"] == {"pretrain": "2026-12-01"} and got["measured"] == "2026-12-07"
+    # carried again in a later partial rerun, a stage keeps the date it was measured
+    again = merge_family(got, {**new, "measured": "2026-12-09"})
+    assert again["carried"] == {"pretrain": "2026-12-01"}
+    assert merge_family(None, new) == new and merge_family(old, {**new, "minutes_per_stage": {"pretrain": 9.0, "finetune": 1.0}})["minutes"] == 5.0

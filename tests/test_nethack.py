@@ -177,7 +177,7 @@ def test_default_params_are_the_studys_monk():
     assert p.env.character == "mon-hum-neu-mal" and p.far.boundary == 2 and p.far.start_depth == 4
 
 
-def test_bc_pretrain_writes_a_sample_factory_policy_and_far_buffer(tmp_path):
+def test_bc_pretrain_writes_a_sample_factory_policy_and_far_buffer(tmp_path, monkeypatch):
     """Smoke: collect → BC (a few updates) → sample-factory checkpoint reloads → FAR buffer."""
     pytest.importorskip("sample_factory")
     from retainrl.families.nethack import sf
@@ -338,7 +338,14 @@ def test_bc_pretrain_writes_a_sample_factory_policy_and_far_buffer(tmp_path):
     assert len(bc_final["far_score_gain"]["per_seed"]) == 2 and bc_final["far_max_depth"]["min"] >= 2
     assert bc_final["close_max_depth"]["min"] >= 1
     metrics = json.loads((paths.evaluation / "metrics.json").read_text())
-    assert set(metrics) == {"pretrained", "frozen", "bc", "study"} and set(metrics["bc"]["close_score_gain"]) == {"mean", "std"}
+    assert set(metrics) == {"pretrained", "frozen", "bc", "study", "protocol", "paired"} and set(metrics["bc"]["close_score_gain"]) == {"mean", "std"}
+    # `dvc metrics show` names the protocol (distinct held-out FAR starts, the expert and π*/expert) and every paired
+    # comparison with its Holm verdict, as the evaluation's summary has them
+    assert metrics["protocol"]["far_starts"] == summary["far_starts"]
+    assert metrics["protocol"]["expert"]["far"]["expert_score_gain"] == summary["expert"]["far"]["expert_score_gain"]
+    assert metrics["protocol"]["holm_comparisons"] == len(summary["comparisons"]) == len(metrics["paired"])
+    c = summary["comparisons"][0]
+    assert metrics["paired"][f"{c['part']}/{c['metric']}/{c['a']}-vs-{c['b']}"]["p_holm"] == c["p_holm"]
     assert set(metrics["study"]["bc"]) >= {"forgetting", "close_final", "far_final", "full_final", "auc"}
     assert metrics["pretrained"]["far_kl_pi_star"]["mean"] == 0.0 and metrics["bc"]["far_kl_pi_star"]["mean"] > 0.0
     # KL(π*‖π) on the visited states: exactly 0 for π* against itself, positive once the policy moved.
@@ -369,6 +376,16 @@ def test_bc_pretrain_writes_a_sample_factory_policy_and_far_buffer(tmp_path):
 
         assert exact(together) == exact(alone)
         assert [e["kl_pi_star"] for e in together] == pytest.approx([e["kl_pi_star"] for e in alone], rel=1e-5)
+        # `moved` keeps π*'s encoder (as fine-tuning with a frozen encoder does), so the teacher reuses its
+        # encoding; encoding twice gives the same episodes and KLs, and another encoder is not reused.
+        assert nethack_eval.same_encoder(moved, pi_star)
+        with monkeypatch.context() as mp:
+            mp.setattr(nethack_eval, "same_encoder", lambda a, b: False)
+            assert play(moved, steps=40) == together
+        other = copy.deepcopy(moved)
+        with torch.no_grad():
+            next(other.encoder.parameters()).add_(1.0)
+        assert not nethack_eval.same_encoder(other, pi_star)
         # Common random numbers: the same policy with the same sampling seed replays its episodes
         # exactly; another sampling seed plays them differently.
         assert play(moved, steps=40) == together

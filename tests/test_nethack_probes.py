@@ -77,3 +77,23 @@ def test_params_yaml_coefficients_are_the_committed_sweeps_choice():
         pick = probes.choose(s, method)
         assert pick is not None, f"the committed sweep has no {method} coefficient that moves like KS and keeps FAR"
         assert getattr(p.retention, method).coef == pick["coef"], method
+
+
+def test_the_docs_results_block_is_what_the_committed_files_give(root):
+    """docs/nethack.md's findings are generated from the committed metrics, sweep and DAG minutes:
+    a rerun that changes a number fails here until ``python -m retainrl.families.nethack.digest``
+    rewrites the block."""
+    from retainrl.families.nethack import digest
+    from retainrl.pipeline.docblocks import read_block
+
+    assert read_block(root / digest.DOCS, digest.BEGIN, digest.END) == digest.block(root).strip()
+
+
+def test_the_digest_calls_a_comparison_shown_only_after_holm():
+    """Shown = the Holm-corrected verdict; an interval that excludes 0 alone is said to be less."""
+    from retainrl.families.nethack.digest import _finding
+
+    base = {"diff": -5.0, "ci_low": -9.0, "ci_high": -1.0}
+    assert _finding({**base, "verdict": "lower"}) == "shown after Holm"
+    assert _finding({**base, "verdict": "no difference shown"}).startswith("its interval excludes 0")
+    assert _finding({**base, "ci_high": 2.0, "verdict": "no difference shown"}) == "not shown"

@@ -87,7 +87,8 @@ def _nethack(repo, params):
             assert list((run_dir / "checkpoint_p0").glob("checkpoint_*.pth")), run_dir
             assert list((run_dir / "snapshots").glob("step_*.pth")) and (run_dir / "train_episodes.json").exists(), run_dir
     nh_metrics = json.loads((repo / "reports/nethack/eval/metrics.json").read_text())
-    assert set(nh_metrics) == {"pretrained", "frozen", "study", *nh["methods"]}
+    assert set(nh_metrics) == {"pretrained", "frozen", "study", "protocol", "paired", *nh["methods"]}
+    assert nh_metrics["protocol"]["far_starts"] >= 1 and "pi_star_over_expert" in nh_metrics["protocol"]["expert"]["far"]
     report = (repo / "reports/nethack/report/report.md").read_text()
     assert all(f"| {m} |" in report for m in nh["methods"])
     # the committed coefficient sweep and 16-epoch control, in the report and in `dvc metrics`

@@ -60,6 +60,9 @@ def run_episodes(ac, cfg, envs: list, starts: list[dict], max_steps: int, greedy
     ``teacher``: π* (an ActorCritic), stepped alongside on the same observations with its own
     GRU state; ``kl_pi_star`` is then the mean over the episode's steps of KL(π*(·|s) ‖ π(·|s))
     on the states this policy visits — how far the policy has moved from π* there (0 for π*).
+    Fine-tuning from π* keeps π*'s encoder frozen, and the encoder is most of a forward pass, so
+    when the two encoders are equal (:func:`same_encoder`) the teacher reuses the policy's
+    encoding: the same numbers, one encoder pass per step instead of two.
     """
     import torch
 
@@ -75,19 +78,22 @@ def run_episodes(ac, cfg, envs: list, starts: list[dict], max_steps: int, greedy
     rnn = torch.zeros(n, cfg.rnn_size)
     t_rnn = None if teacher is None else torch.zeros_like(rnn)
     active = list(range(n))
+    shared = teacher is not None and same_encoder(ac, teacher)
+
+    def logits(net, head, state, idx):  # sample-factory's forward, without its action sampling
+        core, state[idx] = net.forward_core(head, state[idx])
+        return torch.log_softmax(net.forward_tail(core, values_only=False, sample_actions=False)["action_logits"], -1)
+
     with torch.no_grad():
         for t in range(1, max_steps + 1):
             if not active:
                 break
             idx = torch.as_tensor(active)
             x = {k: torch.from_numpy(np.stack([cur[i][k] for i in active])) for k in cur[active[0]]}
-            out = ac(x, rnn[idx])
-            rnn[idx] = out["new_rnn_states"]
-            logp = torch.log_softmax(out["action_logits"], -1)
+            head = ac.forward_head(x)
+            logp = logits(ac, head, rnn, idx)
             if teacher is not None:
-                t_out = teacher(x, t_rnn[idx])
-                t_rnn[idx] = t_out["new_rnn_states"]
-                logp_t = torch.log_softmax(t_out["action_logits"], -1)
+                logp_t = logits(teacher, head if shared else teacher.forward_head(x), t_rnn, idx)
                 step_kl = (logp_t.exp() * (logp_t - logp)).sum(-1).tolist()
             if greedy:
                 actions = logp.argmax(-1).tolist()
@@ -111,6 +117,14 @@ def run_episodes(ac, cfg, envs: list, starts: list[dict], max_steps: int, greedy
     return [{"score": pg.score, "score_gain": pg.score - s0, "start_depth": d0, "max_depth": pg.max_depth,
              "levels": pg.max_depth - d0, "turns": pg.turns, "xplvl": pg.xplvl, "steps": steps[i], "died": died[i],
              "kl_pi_star": kl[i] / max(steps[i], 1)} for i, (pg, (s0, d0)) in enumerate(zip(pgs, first))]
+
+
+def same_encoder(a, b) -> bool:
+    """Whether two sample-factory ActorCritics have the same encoder, weight for weight."""
+    import torch
+
+    sa, sb = a.encoder.state_dict(), b.encoder.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 #: What the evaluation reports per part (CLOSE: from the game start; FAR: from a FAR start state).
@@ -341,7 +355,7 @@ def evaluate(p: Params, paths, device=None) -> dict:
     }, bounded=False, floor=floor)
     metrics = {"pretrained": scalar_metrics(summary["pretrained"]), **{m: scalar_metrics({k: v for k, v in s.items() if k != "final_step"})
                                                                         for m, s in summary["methods"].items()},
-               "frozen": summary["frozen"], "study": summary["study"]}
+               "frozen": summary["frozen"], "study": summary["study"], **protocol_metrics(summary)}
     with atomic_path(paths.evaluation, directory=True) as tmp:
         save_json(tmp / "metrics.json", metrics)
         save_json(tmp / "summary.json", summary)
@@ -404,6 +418,24 @@ def expert_on_protocol(expert: dict, rows: list[dict]) -> dict:
                      "pi_star_score_gain": float(pi.mean()),
                      "pi_star_over_expert": paired_ratio(pi, ex) if ex.mean() > 0 else None}
     return out
+
+
+def protocol_metrics(summary: dict) -> dict:
+    """What ``dvc metrics show`` (and the generated block of docs/nethack.md) says of the protocol
+    beyond the shared metrics: the number of distinct held-out FAR starts, the expert on the same
+    games and starts with π*/expert, and every paired comparison of the final policies with its
+    Holm-corrected verdict, keyed ``<part>/<metric>/<policy>-vs-<policy>``."""
+    from retainrl.pipeline.stats import verdict
+
+    ex = summary["expert"]
+    paired = {f"{c['part']}/{c['metric']}/{c['a']}-vs-{c['b']}": {
+        **{k: float(c[k]) for k in ("diff", "ci_low", "ci_high", "p_holm")}, "verdict": verdict(c)}
+        for c in summary.get("comparisons", [])}
+    return {"protocol": {"far_starts": int(summary["far_starts"]), "holm_comparisons": len(paired),
+                         "expert": {part: {"expert_score_gain": ex[part]["expert_score_gain"],
+                                           "pi_star_score_gain": ex[part]["pi_star_score_gain"],
+                                           "pi_star_over_expert": ex[part]["pi_star_over_expert"]} for part in PARTS}},
+            "paired": paired}
 
 
 def report(p: Params, paths) -> None:
