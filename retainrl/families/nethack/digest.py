@@ -120,13 +120,13 @@ def minutes_sentence(dag: dict) -> str:
 
 
 def block(root: Path = ROOT) -> str:
-    import yaml
+    from retainrl.core.config import load_params
 
     metrics = json.loads((root / METRICS).read_text())
     sweep = json.loads((root / probes.SWEEP_FILE).read_text())
     dag = json.loads((root / DAG_MINUTES).read_text())
-    ret = yaml.safe_load((root / "params.yaml").read_text())["nethack"]["retention"]
-    paras = [results_paragraph(metrics), sweep_paragraph(sweep, {m: float(ret[m]["coef"]) for m in ("l2", "ewc")}),
+    ret = load_params(str(root / "params.yaml"), only="nethack").section("nethack").retention  # the DAG's default profile
+    paras = [results_paragraph(metrics), sweep_paragraph(sweep, {m: float(getattr(ret, m).coef) for m in ("l2", "ewc")}),
              minutes_sentence(dag)]
     return "\n\n".join(paras) + "\n"
 
