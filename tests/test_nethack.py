@@ -128,6 +128,25 @@ def test_collect_demos_round_trip_and_far_state_restore(tmp_path, env, monkeypat
     assert int(before["blstats"][12]) == 1
 
 
+def test_held_out_starts_are_the_same_on_one_process_and_on_two(tmp_path):
+    """eval_starts plays the expert's games on a process pool; the games are independent and
+    deterministic, so the starts (the first n candidate games, in seed order, that reach the
+    depth), the expert's episodes and the count of games tried do not depend on the process count."""
+    from retainrl.families.nethack import heldout
+
+    p = nhf.validate_params({"env": {"max_steps": 600}, "far": {"start_depth": 2}, "evaluate": {"episodes": 3, "max_steps": 15}})
+    out = {}
+    for procs in (1, 2):
+        paths = Paths("nethack", root=tmp_path / f"p{procs}")
+        summary = heldout.eval_starts(p, paths, processes=procs)
+        games, _ = heldout.load_starts(heldout.starts_dir(paths))
+        out[procs] = (summary, games, heldout.load_expert(heldout.starts_dir(paths)))
+    (s1, g1, e1), (s2, g2, e2) = out[1], out[2]
+    assert s1 == s2 and e1 == e2 and s1["starts"] == 3 and s1["games_played"] >= 3
+    assert all(np.array_equal(g1[k], g2[k]) for k in ("seeds", "actions", "offsets"))
+    assert len(e1["close"]) == 3 and all(e["start_depth"] == 2 and e["steps"] <= 15 for e in e1["far"])
+
+
 def test_empty_missing_and_corrupted_demo_files_name_the_file(tmp_path):
     with pytest.raises(ConfigError, match="games.npz: missing NetHack demonstrations"):
         nhf.load_demos(tmp_path)

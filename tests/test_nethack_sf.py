@@ -384,3 +384,42 @@ def test_a_resumed_env_replays_the_game_it_was_playing_to_the_checkpoint(tmp_pat
     assert game == 2 and len(actions) == at - 1 - ends[1]
     with pytest.raises(ValueError, match="episode log"):
         sf.in_progress_game(None, at)
+
+
+def test_a_frozen_encoder_runs_once_per_batch_and_the_run_is_bit_identical(monkeypatch, tmp_path):
+    """With the encoder frozen, the learner computes its output once per batch instead of once per
+    SGD epoch; with one minibatch per epoch that is the same computation on the same tensor, so a
+    multi-epoch run ends on exactly the weights of the uncached run. A trained encoder (scratch)
+    is not cached."""
+    import gymnasium as gym
+    from sample_factory.algo.learning.learner import Learner
+    from sample_factory.model.actor_critic import create_actor_critic
+
+    pistar = tmp_path / "pistar"
+    cfg = sf.sf_config(tmp_path, "pistar")
+    torch.manual_seed(0)
+    sf.save_sf_checkpoint(create_actor_critic(cfg, sf.obs_space(), gym.spaces.Discrete(sf.N_ACTIONS)), cfg, pistar, 1e-3)
+    cached_calls: list[bool] = []
+    original = Learner._calculate_losses
+
+    def spy(self, mb, num_invalids):
+        cached_calls.append("head_outputs" in mb and "forward_head" in vars(self.actor_critic))
+        return original(self, mb, num_invalids)
+
+    monkeypatch.setattr(Learner, "_calculate_losses", spy)
+
+    def run(name: str, cache: bool, pretrained=pistar) -> dict:
+        monkeypatch.setattr(RetentionLearner, "cache_head", cache)
+        cached_calls.clear()
+        sf.run_appo(pretrained, tmp_path / name, method("finetune"), env_steps=64, num_envs=2, rollout=8, batch_size=16,
+                    lr=1e-2, entropy=0.001, epochs=4, max_episode_steps=40, seed=3)
+        snaps = sorted((tmp_path / name / "snapshots").glob("step_*.pth"))
+        return {"model": torch.load(snaps[-1], map_location="cpu")["model"], "cached": list(cached_calls)}
+
+    on, off = run("cached", True), run("uncached", False)
+    assert on["cached"] and all(on["cached"]) and not any(off["cached"])
+    assert len(on["cached"]) == len(off["cached"]) >= 8  # ≥ 2 batches × 4 epochs, one minibatch each
+    start = sf.load_sf_policy(pistar)[0].state_dict()
+    assert any(not torch.equal(on["model"][k], start[k]) for k in start)  # the run did train
+    assert all(torch.equal(on["model"][k], off["model"][k]) for k in on["model"]), "the cache changed the run"
+    assert not any(run("scratch", True, pretrained=None)["cached"])  # scratch trains its encoder: nothing cached

@@ -19,6 +19,14 @@ What the subclass adds:
 * the encoder is frozen after the learner loads π* (the study froze encoders while fine-tuning);
   or, with ``train_only``, everything but the parameters under those name prefixes (the critic
   warm-up of ``pretrain``: APPO on π*'s own games with only ``critic_linear`` trained);
+* a frozen encoder is run once per batch, not once per SGD epoch: sample-factory's
+  ``_calculate_losses`` recomputes ``forward_head`` on every minibatch of every epoch, although
+  with no trainable encoder parameter (and a deterministic encoder, as every encoder here is) its
+  output cannot change within a batch. ``_train`` computes it over the whole batch and stores it
+  in the batch (``head_outputs``), so every minibatch slices it with the rest. With one minibatch
+  per epoch (the NetHack runs) that is the same computation on the same tensor, so the run is
+  bit-identical (tested); the NetHack encoder was about half of the learner's time at 16 epochs
+  (``benchmarks/bench_appo_head_cache.py``);
 * the model is saved to ``snapshot_dir/step_<n>.pth`` at the initial weights (n = 0) and when
   the learner's env-step count first reaches each of ``snapshot_steps``; every snapshot also
   records how many actor updates were taken and the retention loss's last value (the learner
@@ -124,6 +132,7 @@ class RetentionLearner(Learner):
     snapshot_dir: Path | None = None
     pending: list[int] = []
     resumed: bool = False
+    cache_head: bool = True  # off only to measure what the cache saves
 
     def snapshot(self, step: int) -> None:
         if self.snapshot_dir is None:
@@ -173,8 +182,25 @@ class RetentionLearner(Learner):
             gen.set_state(mine["generator"])
         self.resumed = True
 
+    def _head_is_frozen(self) -> bool:
+        return self.cache_head and not any(p.requires_grad for p in self.actor_critic.encoder.parameters())
+
+    def _train(self, gpu_buffer, batch_size, experience_size, num_invalids):
+        if self._head_is_frozen():
+            with torch.no_grad(), self.timing.add_time("forward_head_once"):
+                gpu_buffer["head_outputs"] = self.actor_critic.forward_head(gpu_buffer["normalized_obs"])
+        return super()._train(gpu_buffer, batch_size, experience_size, num_invalids)
+
     def _calculate_losses(self, mb, num_invalids):
-        res = list(super()._calculate_losses(mb, num_invalids))
+        if "head_outputs" in mb:  # the frozen encoder's output, computed once for the batch in ``_train``
+            ac = self.actor_critic
+            ac.forward_head = lambda _obs, out=mb["head_outputs"]: out  # shadows the method for this call only
+            try:
+                res = list(super()._calculate_losses(mb, num_invalids))
+            finally:
+                del ac.forward_head
+        else:
+            res = list(super()._calculate_losses(mb, num_invalids))
         online = None
         if self.retention.uses_online_states:  # the minibatch's valid steps, with both policies' outputs
             valid = mb.valids if "valids" in mb else slice(None)

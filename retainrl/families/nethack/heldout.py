@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from retainrl.core.config import ConfigError
-from retainrl.families.nethack.games import Progress, game_seeds, make_env, replay, reset_seeded
+from retainrl.families.nethack.games import Progress, cpu_cores, game_seeds, make_env, replay, reset_seeded
 from retainrl.families.nethack.params import Params
 
 log = logging.getLogger(__name__)
@@ -77,40 +77,127 @@ def expert_to_depth(env, expert, seeds, depth: int, cap: int) -> tuple[dict, lis
     return obs, actions
 
 
-def eval_starts(p: Params, paths, device=None) -> dict:
-    """Stage: ``evaluate.episodes`` held-out FAR starts, and the expert's CLOSE and FAR episodes."""
+class ExpertPlayer:
+    """One NLE env and the scripted expert, playing whole games of the protocol on request.
+
+    Each game starts from its own seeds with the expert reset, so a game's record does not depend
+    on which games this player played before: the stage can hand games to any process.
+    """
+
+    def __init__(self, character: str, max_steps: int):
+        from retainrl.families.nethack.expert import Expert
+
+        self.env = make_env(character, max_steps)
+        self.expert = Expert()
+
+    def far_game(self, seeds, depth: int, cap: int, max_steps: int) -> dict | None:
+        """A held-out FAR start (the expert's way down to Dlvl ``depth``) and the expert's episode
+        from it, or None when the game yields no start."""
+        got = expert_to_depth(self.env, self.expert, seeds, depth, cap)
+        if got is None:
+            return None
+        obs, prefix = got
+        return {"prefix": np.asarray(prefix, np.uint8), "episode": expert_episode(self.env, self.expert, obs, max_steps)}
+
+    def close_game(self, seeds, max_steps: int) -> dict:
+        """The expert's CLOSE episode: ``max_steps`` steps from the start of game ``seeds``."""
+        self.expert.reset()
+        return expert_episode(self.env, self.expert, reset_seeded(self.env, seeds), max_steps)
+
+    def close(self) -> None:
+        self.env.close()
+
+
+_PLAYER: ExpertPlayer | None = None  # a pool process's own player
+
+
+def _start_player(character: str, max_steps: int) -> None:
+    import atexit
+
+    global _PLAYER
+    _PLAYER = ExpertPlayer(character, max_steps)
+    atexit.register(_PLAYER.close)
+
+
+def _play(job: tuple[str, tuple]) -> dict | None:
+    assert _PLAYER is not None
+    name, args = job
+    return getattr(_PLAYER, name)(*args)
+
+
+def play_in_order(character: str, max_steps: int, jobs: list[tuple[str, tuple]], processes: int):
+    """Yield ``ExpertPlayer.<name>(*args)`` for each job, in job order, on ``processes`` processes.
+
+    The games are independent and deterministic, so the records are the same for any process
+    count. A caller may stop early (the FAR starts stop at the n-th success): closing the
+    generator cancels the games not yet started.
+    """
+    processes = max(1, min(processes, len(jobs)))
+    if processes == 1:
+        player = ExpertPlayer(character, max_steps)
+        try:
+            for name, args in jobs:
+                yield getattr(player, name)(*args)
+        finally:
+            player.close()
+        return
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    from retainrl.core.procs import pool_initializer
+
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process holding NLE
+    with ProcessPoolExecutor(processes, mp_context=ctx, initializer=pool_initializer,  # workers die with the stage
+                             initargs=(os.getpid(), _start_player, character, max_steps)) as pool:
+        futures = [pool.submit(_play, job) for job in jobs]
+        try:
+            for fut in futures:
+                yield fut.result()
+        finally:
+            for fut in futures:
+                fut.cancel()
+
+
+def eval_starts(p: Params, paths, device=None, processes: int | None = None) -> dict:
+    """Stage: ``evaluate.episodes`` held-out FAR starts, and the expert's CLOSE and FAR episodes.
+
+    The expert's games are independent, so they are played on every core (``processes`` None:
+    one per core); the FAR starts are the first ``evaluate.episodes`` candidate games, in seed
+    order, that reach Dlvl ``far.start_depth``, whatever the process count.
+    """
     from tqdm import tqdm
 
     from retainrl.core.artifacts import atomic_path, save_json
-    from retainrl.families.nethack.expert import Expert
 
     ev, depth, n = p.evaluate, p.far.start_depth, p.evaluate.episodes
-    env = make_env(p.env.character, p.env.max_steps + ev.max_steps)
-    expert = Expert()
+    character, env_steps = p.env.character, p.env.max_steps + ev.max_steps
+    processes = cpu_cores() if processes is None else processes
     candidates = game_seeds(ev.far_seed, MAX_GAMES_PER_START * n)
     seeds, prefixes, far_eps, tried = [], [], [], 0
+    games = play_in_order(character, env_steps, [("far_game", (s, depth, p.env.max_steps, ev.max_steps)) for s in candidates],
+                          processes)
+    with tqdm(total=n, desc="held-out FAR starts (expert games)", unit="start") as bar:
+        for s, got in zip(candidates, games):
+            tried += 1
+            if got is None:
+                continue
+            far_eps.append(got["episode"])
+            seeds.append(s)
+            prefixes.append(got["prefix"])
+            bar.update()
+            if len(seeds) == n:
+                break
+    games.close()
+    if len(seeds) < n:
+        raise ConfigError(f"evaluate.episodes: the expert reached Dlvl {depth} in only {len(seeds)} of {tried} held-out games "
+                          f"(evaluate.far_seed {ev.far_seed}); ask for fewer episodes or a lower far.start_depth")
+    close_jobs = [("close_game", (s, ev.max_steps)) for s in game_seeds(ev.seed, n)]
+    close_eps = list(tqdm(play_in_order(character, env_steps, close_jobs, processes), total=n, desc="the expert on CLOSE",
+                          unit="game"))
+    # the stored prefixes must bring a fresh replay to the expert's FAR start (as evaluate restores it)
+    env = make_env(character, env_steps)
     try:
-        with tqdm(total=n, desc="held-out FAR starts (expert games)", unit="start") as bar:
-            for s in candidates:
-                if len(seeds) == n:
-                    break
-                tried += 1
-                got = expert_to_depth(env, expert, s, depth, p.env.max_steps)
-                if got is None:
-                    continue
-                obs, prefix = got
-                far_eps.append(expert_episode(env, expert, obs, ev.max_steps))
-                seeds.append(s)
-                prefixes.append(np.asarray(prefix, np.uint8))
-                bar.update()
-        if len(seeds) < n:
-            raise ConfigError(f"evaluate.episodes: the expert reached Dlvl {depth} in only {len(seeds)} of {tried} held-out games "
-                              f"(evaluate.far_seed {ev.far_seed}); ask for fewer episodes or a lower far.start_depth")
-        close_eps = []
-        for s in tqdm(game_seeds(ev.seed, n), desc="the expert on CLOSE", unit="game"):
-            expert.reset()
-            close_eps.append(expert_episode(env, expert, reset_seeded(env, s), ev.max_steps))
-        # the stored prefixes must bring a fresh replay to the expert's FAR start (as evaluate restores it)
         for k in (0, n - 1):
             obs, _, done = replay(env, seeds[k], prefixes[k])
             if done or Progress.start(obs).max_depth < depth:
