@@ -172,6 +172,9 @@ def performance_rows(root: Path) -> list[tuple[str, str, str]]:
                           ("appo_vs_raw", "APPO training"), ("eval_lockstep_vs_one_at_a_time", "evaluation in lockstep (vs one game at a time)")):
             if key in d:
                 rows.append((f"NetHack: {what}" + ("" if "lockstep" in key else " steps/s vs raw NLE"), f"{d[key]:.3g}×", "nethack.json"))
+    if (d := _read(root, "benchmarks/results/appo_head_cache.json")) and d.get("same_final_weights"):
+        rows.append((f"NetHack: APPO env steps/s, a frozen encoder run once per batch vs once per SGD epoch "
+                     f"({d['settings']['epochs']} epochs; same final weights)", f"{d['cached_vs_uncached']:.2f}×", "appo_head_cache.json"))
     if (d := _read(root, "benchmarks/results/flows.json")):
         rows.append(("Prefect flow (CLI) wall time vs plain `dvc repro` on the smoke DAG", f"{d['ratio_flow_cli_over_dvc_repro']:.2f}×", "flows.json"))
     if (d := _read(root, "benchmarks/results/gpu.json")) and d.get("environment", {}).get("cuda_available") and not d.get("dry_run"):
