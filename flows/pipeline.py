@@ -206,7 +206,7 @@ def _run_dag(rootp: Path, cfg: FlowConfig, distributed: bool) -> dict:
     results: dict[str, dict] = {}
     inflight: dict = {}
     failed: list[tuple[str, BaseException]] = []
-    pending = list(names)
+    pending = dag.critical_order()  # the longest remaining chain first, when several stages are ready
     while pending or inflight:
         if not failed:  # after a failure, let running stages finish but start nothing new
             for name in list(pending):

@@ -20,6 +20,11 @@ from pathlib import Path
 
 log = logging.getLogger("retainrl.orchestration.dag")
 
+#: The last measured minutes of every family's stages (written by benchmarks/dag_minutes.py):
+#: the schedulers' cost hints (:meth:`Dag.critical_order`). Only an ordering hint: a missing or
+#: stale file changes which ready stage starts first, never what runs.
+COST_HINTS = Path("benchmarks") / "results" / "dag_default.json"
+
 
 class DagError(ValueError):
     """Bad selection (unknown stage or environment) or an unreadable dvc.yaml."""
@@ -56,6 +61,44 @@ class Dag:
 
     def downstream(self, name: str) -> list[str]:
         return [s.name for s in self.stages.values() if name in s.upstream]
+
+    def stage_costs(self, hints: Path | None = None) -> dict[str, float]:
+        """Each stage's expected minutes: its family's measured minutes for that kind of stage
+        (``minutes_per_stage`` in ``hints``, default ``root/COST_HINTS``), split evenly over a
+        matrix's items; 1 minute where nothing was measured."""
+        import json
+
+        path = hints if hints is not None else self.root / COST_HINTS
+        try:
+            families = json.loads(path.read_text()).get("families", {})
+        except (OSError, ValueError):
+            families = {}
+        items: dict[str, int] = {}
+        for s in self.stages.values():
+            items[s.group] = items.get(s.group, 0) + 1
+        costs = {}
+        for name, s in self.stages.items():
+            env, _, kind = s.group.partition("_")
+            minutes = (families.get(env) or {}).get("minutes_per_stage", {}).get(kind)
+            costs[name] = float(minutes) / items[s.group] if isinstance(minutes, (int, float)) else 1.0
+        return costs
+
+    def critical_order(self, costs: dict[str, float] | None = None) -> list[str]:
+        """The stages, the one with the longest expected path to the end of the DAG first
+        (critical-path list scheduling): a scheduler that starts the first ready stage of this
+        list keeps the longest chain (NetHack's pretrain → finetune → evaluate) going while the
+        short families fill the other core, instead of finishing in the longest chain's tail.
+        Ties keep the topological order; a stage never precedes its upstream."""
+        costs = self.stage_costs() if costs is None else costs
+        down: dict[str, list[str]] = {n: [] for n in self.stages}
+        for s in self.stages.values():
+            for u in s.upstream:
+                down[u].append(s.name)
+        tail: dict[str, float] = {}
+        for n in reversed(self.topological()):  # downstream stages first
+            tail[n] = costs.get(n, 1.0) + max((tail[d] for d in down[n]), default=0.0)
+        pos = {n: i for i, n in enumerate(self.topological())}
+        return sorted(self.stages, key=lambda n: (-tail[n], pos[n]))
 
     def select(self, targets: list[str] | None = None, envs: list[str] | None = None) -> "Dag":
         """The sub-DAG ``dvc repro TARGETS`` would consider, restricted to environment families.
