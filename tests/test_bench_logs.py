@@ -57,3 +57,27 @@ def test_dag_minutes_merge_carries_the_stages_a_partial_rerun_did_not_run():
     again = merge_family(got, {**new, "measured": "2026-12-09"})
     assert again["carried"] == {"pretrain": "2026-12-01"}
     assert merge_family(None, new) == new and merge_family(old, {**new, "minutes_per_stage": {"pretrain": 9.0, "finetune": 1.0}})["minutes"] == 5.0
+
+
+def test_dag_minutes_reads_make_runs_wall_clock_and_each_familys_span():
+    """The wall clock of a `make run` (two stages side by side) is what it reports, and each
+    family's span runs from its first stage line to its last, across midnight."""
+    import pytest
+    from dag_minutes import minutes, wall
+
+    run = """\
+23:50:00 retainrl: 3 stage(s) out of date: a_x, b_x, b_y; up to 2 at a time
+23:50:05 [1/3] b_x  (0.0 min so far)
+23:50:05 b_x | 23:50:05 INFO retainrl.core.stage: x[b] profile=default
+23:50:06 a_x | 23:50:06 INFO retainrl.core.stage: x[a] profile=default
+23:55:00 a_x | 23:55:00 INFO retainrl.core.stage: x[a] done in 294.0s
+00:20:05 b_x | 00:20:05 INFO retainrl.core.stage: x[b] done in 1800.0s
+00:20:07 b_y | 00:40:05 INFO retainrl.core.stage: y[b] done in 1198.0s
+00:40:06 b_y | Updating lock file 'dvc.lock'
+00:40:07 retainrl: done, 3 stage(s) ran in 50.1 min. Results: reports/index.md
+"""
+    got = wall(run)
+    assert got == {"minutes": 50.1, "jobs": 2, "stages": 3, "span_minutes": {"a": 4.9, "b": 50.0}}
+    assert minutes([]) == {}
+    with pytest.raises(SystemExit, match="no finished `make run`"):
+        wall(run.rsplit("\n", 2)[0])

@@ -71,7 +71,15 @@ def test_test_suite_minutes_join_the_dag_minutes_paragraph(tmp_path):
                          "(3.2 set-up + 24.3 tests, 375 passed; nothing beside it).") and alone[-2] == ""
     (res / "dag_default.json").write_text(json.dumps({"total_minutes": 6.2, "families": {}}))
     block = summary.performance_block(tmp_path).splitlines()
-    assert block[-1].startswith("The default-profile DAG: 6.2 compute minutes") and block[-1].endswith(alone[-1])
+    assert block[-1].startswith("Compute minutes (each stage's own time, summed): 6.2 in all") and block[-1].endswith(alone[-1])
+    fam = {"minutes": 3.1, "measured": "2026-12-07", "note": "idle"}
+    (res / "dag_default.json").write_text(json.dumps({"total_minutes": 6.2, "families": {"apple": fam, "minigrid": fam},
+                                                      "wall": {"minutes": 4.0, "jobs": 2, "stages": 9, "measured": "2026-12-07",
+                                                               "note": "idle", "span_minutes": {"apple": 1.5, "minigrid": 3.9}}}))
+    line = summary.performance_block(tmp_path).splitlines()[-1]
+    assert line.startswith("The default-profile DAG, `make run` from an empty cache: 4 min wall clock with 2 stages at a time")
+    assert "first to last stage: AppleRetrieval 1.5, MiniGrid RoomChain 3.9" in line
+    assert "AppleRetrieval 3.1, MiniGrid RoomChain 3.1 (measured 2026-12-07: idle)" in line  # one shared note, said once
 
 
 def test_the_claims_matrix_groups_each_familys_methods_by_verdict(tmp_path):
