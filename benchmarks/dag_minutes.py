@@ -43,18 +43,21 @@ def wall(text: str) -> dict:
     done, jobs = MAKE_RUN_DONE.search(text), JOBS.search(text)
     if not done or not jobs:
         raise SystemExit("--wall: no finished `make run` in the log (its 'out of date' and 'done, N stage(s) ran' lines)")
+    if len(MAKE_RUN_DONE.findall(text)) != 1:
+        raise SystemExit("--wall: the log must hold exactly one finished `make run`")
     spans: dict[str, list[int]] = {}
-    last = None
+    last, day = None, 0
     for line in text.splitlines():
         m = STAGE_LINE.match(line)
         if not m:
             continue
-        t = int(m[1]) * 3600 + int(m[2]) * 60 + int(m[3])
+        t = int(m[1]) * 3600 + int(m[2]) * 60 + int(m[3]) + day
         if last is not None and t < last - 12 * 3600:
-            t += 24 * 3600  # past midnight
+            day += 24 * 3600  # past midnight (once per day crossed)
+            t += 24 * 3600
         last = t
         first_last = spans.setdefault(m[4], [t, t])
-        first_last[1] = t
+        first_last[1] = max(first_last[1], t)
     return {"minutes": float(done[2]), "jobs": int(jobs[1]), "stages": int(done[1]),
             "span_minutes": {f: round((b - a) / 60, 1) for f, (a, b) in sorted(spans.items())}}
 
@@ -94,8 +97,8 @@ def main() -> None:
     ap.add_argument("--wall", action="store_true", help="also record the wall clock of the `make run` in the logs")
     args = ap.parse_args()
     fams = minutes(args.logs)
-    old_file = json.loads(args.out.read_text()) if args.out.exists() else {}
-    whole = old_file.get("wall") if args.merge else None
+    old_file = json.loads(args.out.read_text()) if args.merge and args.out.exists() else {}
+    whole = old_file.get("wall")
     if args.wall:
         whole = {**wall("\n".join(log.read_text(errors="replace") for log in args.logs)), "note": args.note,
                  "measured": date.today().isoformat()}

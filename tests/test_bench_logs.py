@@ -81,3 +81,8 @@ def test_dag_minutes_reads_make_runs_wall_clock_and_each_familys_span():
     assert minutes([]) == {}
     with pytest.raises(SystemExit, match="no finished `make run`"):
         wall(run.rsplit("\n", 2)[0])
+    with pytest.raises(SystemExit, match="exactly one finished"):
+        wall(run + run)
+    long = ("23:50:00 retainrl: 1 stage(s) out of date: b_x; up to 2 at a time\n23:50:05 b_x | start\n10:00:05 b_x | x\n"
+            "20:00:05 b_x | x\n05:50:05 b_x | end\n05:50:07 retainrl: done, 1 stage(s) ran in 1800.1 min.\n")
+    assert wall(long)["span_minutes"] == {"b": 30 * 60.0}  # 23:50:05 → 10:00, 20:00 the next day → 05:50:05 the day after

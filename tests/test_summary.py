@@ -77,7 +77,7 @@ def test_test_suite_minutes_join_the_dag_minutes_paragraph(tmp_path):
                                                       "wall": {"minutes": 4.0, "jobs": 2, "stages": 9, "measured": "2026-12-07",
                                                                "note": "idle", "span_minutes": {"apple": 1.5, "minigrid": 3.9}}}))
     line = summary.performance_block(tmp_path).splitlines()[-1]
-    assert line.startswith("The default-profile DAG, `make run` from an empty cache: 4 min wall clock with 2 stages at a time")
+    assert line.startswith("The default-profile DAG by `make run`: 4 min wall clock with 2 stages at a time")
     assert "first to last stage: AppleRetrieval 1.5, MiniGrid RoomChain 3.9" in line
     assert "AppleRetrieval 3.1, MiniGrid RoomChain 3.1 (measured 2026-12-07: idle)" in line  # one shared note, said once
 

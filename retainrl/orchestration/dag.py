@@ -67,10 +67,14 @@ class Dag:
         (``minutes_per_stage`` in ``hints``, default ``root/COST_HINTS``), split evenly over a
         matrix's items; 1 minute where nothing was measured."""
         import json
+        import math
+
+        def table(obj, key) -> dict:  # obj[key] if both are JSON objects, else {}: a bad file orders nothing
+            return obj.get(key) if isinstance(obj, dict) and isinstance(obj.get(key), dict) else {}
 
         path = hints if hints is not None else self.root / COST_HINTS
         try:
-            families = json.loads(path.read_text()).get("families", {})
+            families = table(json.loads(path.read_text()), "families")
         except (OSError, ValueError):
             families = {}
         items: dict[str, int] = {}
@@ -79,8 +83,9 @@ class Dag:
         costs = {}
         for name, s in self.stages.items():
             env, _, kind = s.group.partition("_")
-            minutes = (families.get(env) or {}).get("minutes_per_stage", {}).get(kind)
-            costs[name] = float(minutes) / items[s.group] if isinstance(minutes, (int, float)) else 1.0
+            minutes = table(table(families, env), "minutes_per_stage").get(kind)
+            ok = isinstance(minutes, (int, float)) and not isinstance(minutes, bool) and math.isfinite(minutes) and minutes >= 0
+            costs[name] = float(minutes) / items[s.group] if ok else 1.0
         return costs
 
     def critical_order(self, costs: dict[str, float] | None = None) -> list[str]:

@@ -200,10 +200,10 @@ def dag_sentence(d: dict) -> str:
     fams = "; ".join(f"{', '.join(names)} ({note})" for note, names in notes.items())
     text = ""
     if (w := d.get("wall")):
-        spans = ", ".join(f"{family_meta(f)['name']} {m:g}" for f, m in w["span_minutes"].items())
-        text = (f"The default-profile DAG, `make run` from an empty cache: {w['minutes']:g} min wall clock with {w['jobs']} "
-                f"stages at a time ({w['stages']} stages; measured {w['measured']}: {w['note']}; each family's first to last "
-                f"stage: {spans}). ")
+        spans = ", ".join(f"{family_meta(f)['name']} {m:g}" for f, m in w.get("span_minutes", {}).items())
+        text = (f"The default-profile DAG by `make run`: {w['minutes']:g} min wall clock with {w['jobs']} stages at a time "
+                f"({w['stages']} stages; measured {w['measured']}: {w['note']}"
+                + (f"; each family's first to last stage: {spans}" if spans else "") + "). ")
     return text + (f"Compute minutes (each stage's own time, summed): {d['total_minutes']:g} in all, from "
                    f"`benchmarks/results/dag_default.json`: {fams}.")
 
