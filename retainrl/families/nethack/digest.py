@@ -115,8 +115,14 @@ def sweep_paragraph(sweep: dict, coefs: dict[str, float]) -> str:
 def minutes_sentence(dag: dict) -> str:
     nh = dag["families"]["nethack"]
     stages = ", ".join(f"{k} {v:.1f}" for k, v in sorted(nh["minutes_per_stage"].items(), key=lambda kv: -kv[1]) if v >= 0.5)
-    return (f"**Cost** (`{DAG_MINUTES}`, measured {nh['measured']}): the default NetHack DAG took {nh['minutes']:.1f} "
+    text = (f"**Cost** (`{DAG_MINUTES}`, measured {nh['measured']}): the default NetHack DAG took {nh['minutes']:.1f} "
             f"compute minutes ({stages}; {nh['note']}).")
+    w = dag.get("wall") or {}
+    if "nethack" in w.get("span_minutes", {}):
+        text += (f" Wall clock, in `make run`'s whole default DAG ({w['jobs']} stages at a time, measured {w['measured']}): "
+                 f"{w['span_minutes']['nethack']:.1f} min from NetHack's first stage to its last, with the other families' "
+                 f"stages beside it; the whole DAG {w['minutes']:.1f} min.")
+    return text
 
 
 def block(root: Path = ROOT) -> str:
