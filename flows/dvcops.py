@@ -12,7 +12,6 @@ this way ran 129.4–135.4 s and 130.0–136.1 s (epoch tails), i.e. side by sid
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import subprocess
@@ -20,6 +19,8 @@ import sys
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
+
+from retainrl.orchestration.dvcstatus import parse_status
 
 log = logging.getLogger("retainrl.flows")
 
@@ -53,8 +54,10 @@ def changed(root: str | Path, stages: list[str]) -> set[str]:
     if not stages:
         return set()
     res = dvc(root, "status", "--json", *stages)
-    out = res.stdout.strip()
-    data = json.loads(out[out.index("{"):]) if "{" in out else {}
+    try:
+        data = parse_status(res.stdout)
+    except ValueError as err:
+        raise DvcError(f"`dvc status` in {root}: {err}") from err
     return {name for name in stages if name in data}
 
 

@@ -3,6 +3,8 @@
 import json
 from pathlib import Path
 
+import pytest
+
 from retainrl.orchestration.dag import Dag, StageInfo
 
 
@@ -113,3 +115,29 @@ def test_a_malformed_hints_file_orders_nothing_and_breaks_nothing(tmp_path):
                 '{"families": {"x": {"minutes_per_stage": {"pretrain": NaN, "demos": -5, "finetune": true}}}}', "not json"):
         (tmp_path / "hints.json").write_text(bad)
         assert d.stage_costs(tmp_path / "hints.json") == {n: 1.0 for n in EDGES}, bad
+
+
+def test_dvc_status_parsing_is_shared_and_strict():
+    """`make run` and the Prefect flow read `dvc status --json` through one parser: a warning line
+    before the JSON is skipped, `{}` is "up to date", and output with no JSON object is an error."""
+    from retainrl.orchestration.dvcstatus import parse_status
+
+    assert parse_status('WARNING: something\n{"a": [{"changed deps": {}}]}') == {"a": [{"changed deps": {}}]}
+    assert parse_status("{}\n") == {}
+    with pytest.raises(ValueError, match="no JSON object"):
+        parse_status("ERROR: unexpected error\n")
+    with pytest.raises(ValueError):  # a truncated object (json's own error is a ValueError)
+        parse_status('{"a": [')
+
+
+def test_flow_changed_raises_on_unreadable_status(monkeypatch, tmp_path):
+    """The flow's `changed` used to take status output without JSON as "nothing changed"."""
+    import subprocess
+
+    from flows import dvcops
+
+    monkeypatch.setattr(dvcops, "dvc", lambda *a, **k: subprocess.CompletedProcess([], 0, stdout="oops\n", stderr=""))
+    with pytest.raises(dvcops.DvcError, match="no JSON object"):
+        dvcops.changed(tmp_path, ["stage_a"])
+    monkeypatch.setattr(dvcops, "dvc", lambda *a, **k: subprocess.CompletedProcess([], 0, stdout='{"stage_a": []}', stderr=""))
+    assert dvcops.changed(tmp_path, ["stage_a", "stage_b"]) == {"stage_a"}

@@ -17,7 +17,6 @@ Each stage's output passes through, prefixed with its name when stages run side 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import subprocess
@@ -27,6 +26,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 from retainrl.orchestration.dag import Dag, DagError, load_dag
+from retainrl.orchestration.dvcstatus import parse_status
 
 RUNNING = re.compile(r"Running stage '([^']+)'")
 #: What `dvc repro --single-item` prints when a stage's inputs match dvc.lock: nothing was remade.
@@ -48,7 +48,7 @@ def stale_stages(dvc: list[str], targets: list[str] | None = None) -> list[str]:
     try:
         if res.returncode != 0:
             raise ValueError(f"exit status {res.returncode}")
-        data = json.loads(out[out.index("{"):])  # DVC may print a warning line before the JSON
+        data = parse_status(out)
     except ValueError as err:
         raise RunError(f"`dvc status` failed ({err}): {(res.stderr or out).strip()[-500:]}") from err
     return [name for name in data if not name.endswith(".dvc")]
