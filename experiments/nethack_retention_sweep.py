@@ -93,9 +93,9 @@ def episodes(rows: list[dict], policy: str, part: str, key: str) -> np.ndarray:
                                                 key=lambda r: r["episode"])] for k in seeds], float)
 
 
-def comparisons(rows: list[dict], policies: list[str]) -> list[dict]:
-    """Every policy against π* (score) and against the reference finetune (score, KL), CLOSE and
-    FAR (each FAR episode is its own held-out start: one start = one cluster).
+def comparisons(rows: list[dict], policies: list[str], base: str = BASE) -> list[dict]:
+    """Every policy against π* (score) and against ``base`` (score, KL; default the reference
+    finetune), CLOSE and FAR (each FAR episode is its own held-out start: one start = one cluster).
 
     Holm-corrected per question: the control's comparisons (variants that set
     ``finetune.far_share``) form one family, everything else (the coefficient sweep and the
@@ -103,8 +103,8 @@ def comparisons(rows: list[dict], policies: list[str]) -> list[dict]:
     from retainrl.pipeline.stats import holm, paired_difference
 
     plan = [("score_gain", a, PI_STAR) for a in policies]
-    if BASE in policies:
-        plan += [(key, a, BASE) for a in policies if a != BASE for key in ("score_gain", "kl_pi_star")]
+    if base in policies:
+        plan += [(key, a, base) for a in policies if a != base for key in ("score_gain", "kl_pi_star")]
     out = [{"part": part, "metric": key, "a": a, "b": b, "question": "control" if "finetune.far_share" in a else "sweep",
             **paired_difference(episodes(rows, a, part, key), episodes(rows, b, part, key))}
            for part in ("close", "far") for key, a, b in plan]
@@ -124,20 +124,27 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--variant", action="append", default=[], metavar="METHOD[:KEY=VALUE,...]")
     ap.add_argument("--reference", nargs="*", default=[BASE], help="the DAG's own runs of these methods, on the same episodes")
+    ap.add_argument("--base", default=BASE, help="the policy every other is compared with besides π* (a reference "
+                    "or a variant, e.g. 'finetune:finetune.env_steps=20000' to compare variants at a smaller budget)")
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--eval-episodes", type=int, default=None, help="default: the profile's (fewer is for a quick check of the script)")
+    ap.add_argument("--eval-max-steps", type=int, default=None,
+                    help="default: the profile's evaluate.max_steps (fewer: what a shorter evaluation would show)")
     ap.add_argument("--out", default="experiments/results/nethack_retention_sweep.json")
     args = ap.parse_args()
     setup_logging()
     torch.set_num_threads(1)
     started = time.perf_counter()
     _, base = variant_params(BASE, args.seeds)  # the evaluation protocol: the default profile's
-    if args.eval_episodes:
-        base = base.model_copy(update={"evaluate": base.evaluate.model_copy(update={"episodes": args.eval_episodes})})
+    ev = {k: v for k, v in (("episodes", args.eval_episodes), ("max_steps", args.eval_max_steps)) if v}
+    if ev:
+        base = base.model_copy(update={"evaluate": base.evaluate.model_copy(update=ev)})
     paths = Paths("nethack", root=ROOT)
     if len(set(args.variant) | set(args.reference)) < len(args.variant) + len(args.reference):
         raise SystemExit("a --variant repeats another or a --reference (a reference is the DAG's run: give a variant its overrides)")
+    if args.base not in set(args.variant) | set(args.reference):
+        raise SystemExit(f"--base {args.base!r} is neither a --variant nor a --reference")
     with tempfile.TemporaryDirectory(prefix="nethack-sweep-") as tmp:
         jobs = [(spec, i, k, args.seeds, tmp) for i, spec in enumerate(args.variant) for k in range(args.seeds)]
         with ProcessPoolExecutor(args.jobs) as pool:
@@ -156,8 +163,8 @@ def main() -> None:
     names = list(policies)
     summary = {name: {f"{part}_{key}": spread(episodes(rows, name, part, key).mean(axis=1).tolist())
                       for part in ("close", "far") for key in ("score_gain", "kl_pi_star")} for name in names}
-    cmps = [{**c, "verdict": verdict(c)} for c in comparisons(rows, [n for n in names if n != PI_STAR])]
-    result = {"seeds": args.seeds, "variants": args.variant, "reference": args.reference,
+    cmps = [{**c, "verdict": verdict(c)} for c in comparisons(rows, [n for n in names if n != PI_STAR], args.base)]
+    result = {"seeds": args.seeds, "variants": args.variant, "reference": args.reference, "base": args.base,
               "protocol": {"episodes": base.evaluate.episodes, "max_steps": base.evaluate.max_steps, "seed": base.evaluate.seed,
                            "env_steps": base.finetune.env_steps, "epochs": base.finetune.epochs},
               "seconds": round(time.perf_counter() - started, 1), "runs": runs, "policies": summary, "comparisons": cmps}
