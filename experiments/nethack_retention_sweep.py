@@ -93,22 +93,28 @@ def episodes(rows: list[dict], policy: str, part: str, key: str) -> np.ndarray:
                                                 key=lambda r: r["episode"])] for k in seeds], float)
 
 
-def comparisons(rows: list[dict], policies: list[str], base: str = BASE) -> list[dict]:
-    """Every policy against π* (score) and against ``base`` (score, KL; default the reference
-    finetune), CLOSE and FAR (each FAR episode is its own held-out start: one start = one cluster).
+def comparisons(rows: list[dict], policies: list[str], bases: tuple[str, ...] = (BASE,)) -> list[dict]:
+    """Every policy against π* (score) and against each of ``bases`` (score, KL; default the
+    reference finetune), CLOSE and FAR (each FAR episode is its own held-out start: one start = one
+    cluster).
 
     Holm-corrected per question: the control's comparisons (variants that set
-    ``finetune.far_share``) form one family, everything else (the coefficient sweep and the
-    references) the other; each comparison carries ``question``."""
+    ``finetune.far_share``) form one family; those against π* and the first base (the coefficient
+    sweep and the references) another; those against each further base (``vs <base>``) their own.
+    Each comparison carries ``question``."""
     from retainrl.pipeline.stats import holm, paired_difference
 
     plan = [("score_gain", a, PI_STAR) for a in policies]
-    if base in policies:
-        plan += [(key, a, base) for a in policies if a != base for key in ("score_gain", "kl_pi_star")]
-    out = [{"part": part, "metric": key, "a": a, "b": b, "question": "control" if "finetune.far_share" in a else "sweep",
+    plan += [(key, a, b) for b in bases if b in policies for a in policies if a != b for key in ("score_gain", "kl_pi_star")]
+
+    def question(a: str, b: str) -> str:
+        return "control" if "finetune.far_share" in a else "sweep" if b in (PI_STAR, bases[0]) else f"vs {b}"
+
+    out = [{"part": part, "metric": key, "a": a, "b": b, "question": question(a, b),
             **paired_difference(episodes(rows, a, part, key), episodes(rows, b, part, key))}
            for part in ("close", "far") for key, a, b in plan]
-    return [c for q in ("sweep", "control") for c in holm([c for c in out if c["question"] == q])]
+    order = ["sweep", *(f"vs {b}" for b in bases[1:]), "control"]
+    return [c for q in order for c in holm([c for c in out if c["question"] == q])]
 
 
 def main() -> None:
@@ -124,8 +130,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--variant", action="append", default=[], metavar="METHOD[:KEY=VALUE,...]")
     ap.add_argument("--reference", nargs="*", default=[BASE], help="the DAG's own runs of these methods, on the same episodes")
-    ap.add_argument("--base", default=BASE, help="the policy every other is compared with besides π* (a reference "
-                    "or a variant, e.g. 'finetune:finetune.env_steps=20000' to compare variants at a smaller budget)")
+    ap.add_argument("--base", nargs="+", default=[BASE], help="the policies every other is compared with besides π* "
+                    "(references or variants, e.g. 'finetune:finetune.env_steps=20000' to compare variants at a smaller budget)")
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--eval-episodes", type=int, default=None, help="default: the profile's (fewer is for a quick check of the script)")
@@ -143,8 +149,8 @@ def main() -> None:
     paths = Paths("nethack", root=ROOT)
     if len(set(args.variant) | set(args.reference)) < len(args.variant) + len(args.reference):
         raise SystemExit("a --variant repeats another or a --reference (a reference is the DAG's run: give a variant its overrides)")
-    if args.base not in set(args.variant) | set(args.reference):
-        raise SystemExit(f"--base {args.base!r} is neither a --variant nor a --reference")
+    if missing := [b for b in args.base if b not in set(args.variant) | set(args.reference)]:
+        raise SystemExit(f"--base {missing} is neither a --variant nor a --reference")
     with tempfile.TemporaryDirectory(prefix="nethack-sweep-") as tmp:
         jobs = [(spec, i, k, args.seeds, tmp) for i, spec in enumerate(args.variant) for k in range(args.seeds)]
         with ProcessPoolExecutor(args.jobs) as pool:
@@ -163,7 +169,7 @@ def main() -> None:
     names = list(policies)
     summary = {name: {f"{part}_{key}": spread(episodes(rows, name, part, key).mean(axis=1).tolist())
                       for part in ("close", "far") for key in ("score_gain", "kl_pi_star")} for name in names}
-    cmps = [{**c, "verdict": verdict(c)} for c in comparisons(rows, [n for n in names if n != PI_STAR], args.base)]
+    cmps = [{**c, "verdict": verdict(c)} for c in comparisons(rows, [n for n in names if n != PI_STAR], tuple(args.base))]
     result = {"seeds": args.seeds, "variants": args.variant, "reference": args.reference, "base": args.base,
               "protocol": {"episodes": base.evaluate.episodes, "max_steps": base.evaluate.max_steps, "seed": base.evaluate.seed,
                            "env_steps": base.finetune.env_steps, "epochs": base.finetune.epochs},
