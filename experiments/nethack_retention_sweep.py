@@ -161,11 +161,13 @@ def main() -> None:
         for i, spec in enumerate(args.variant):
             policies[spec] = [final_snapshot(Path(tmp) / str(i) / f"seed_{k}") for k in range(args.seeds)]
         play = [(name, k, snap) for name, snaps in policies.items() for k, snap in enumerate(snaps)]
+        trained = time.perf_counter()
         rows = []
         for (name, k, _), res in zip(play, play_all(base, paths, [(snap, k) for _, k, snap in play])):
             for part, eps in res.items():
                 rows += [{"policy": name, "seed": k, "part": part, "episode": e, **r} for e, r in enumerate(eps)]
             log.info("%s seed %d: CLOSE %.1f, FAR gain %.1f", name, k, *(np.mean([r["score_gain"] for r in res[p]]) for p in ("close", "far")))
+        played = time.perf_counter()
     names = list(policies)
     summary = {name: {f"{part}_{key}": spread(episodes(rows, name, part, key).mean(axis=1).tolist())
                       for part in ("close", "far") for key in ("score_gain", "kl_pi_star")} for name in names}
@@ -173,7 +175,8 @@ def main() -> None:
     result = {"seeds": args.seeds, "variants": args.variant, "reference": args.reference, "base": args.base,
               "protocol": {"episodes": base.evaluate.episodes, "max_steps": base.evaluate.max_steps, "seed": base.evaluate.seed,
                            "env_steps": base.finetune.env_steps, "epochs": base.finetune.epochs},
-              "seconds": round(time.perf_counter() - started, 1), "runs": runs, "policies": summary, "comparisons": cmps}
+              "seconds": round(time.perf_counter() - started, 1), "train_seconds": round(trained - started, 1),
+              "eval_seconds": round(played - trained, 1), "eval_jobs": len(play), "jobs": args.jobs, "runs": runs, "policies": summary, "comparisons": cmps}
     for c in cmps:
         log.info("%s %s %s vs %s: %+.3f [%+.3f, %+.3f] %s", c["part"], c["metric"], c["a"], c["b"], c["diff"], c["ci_low"], c["ci_high"], c["verdict"])
     save_json(ROOT / args.out, result)
