@@ -15,8 +15,9 @@ they miss keep their earlier minutes, listed under ``carried`` with the date the
 Compute minutes are not the wait: `make run` runs one stage per core. ``--wall`` reads the wall
 clock from a `make run` log with a time stamp on every line (the ``date +%H:%M:%S`` loop of
 ``benchmarks/suite_minutes.py``'s docstring) and records it under ``wall``: the minutes `make run`
-reports, its jobs, and per family the span from its first stage's first line to its last line
-(stages prefixed ``<stage> | ``, as `make run` prints them side by side):
+reports, its jobs, per family the span from its first stage's first line to its last line
+(stages prefixed ``<stage> | ``, as `make run` prints them side by side), and the same span per
+stage (a matrix stage's items together: how long the DAG spent in, say, NetHack's fine-tuning):
 
     make run 2>&1 | while IFS= read -r l; do printf '%s %s\\n' "$(date +%H:%M:%S)" "$l"; done | tee /tmp/run.log
     python benchmarks/dag_minutes.py /tmp/run.log --wall --note "idle, fresh clone"
@@ -35,7 +36,7 @@ from pathlib import Path
 DONE = re.compile(r"retainrl\.core\.stage: (\w+)\[(\w+)[^\]]*\] done in ([0-9.]+)s")
 MAKE_RUN_DONE = re.compile(r"retainrl: done, (\d+) stage\(s\) ran in ([0-9.]+) min")
 JOBS = re.compile(r"retainrl: \d+ stage\(s\) out of date.*; up to (\d+) at a time")
-STAGE_LINE = re.compile(r"^(\d\d):(\d\d):(\d\d) ([a-z0-9]+)_\S+ \| ")
+STAGE_LINE = re.compile(r"^(\d\d):(\d\d):(\d\d) (([a-z0-9]+)_[a-z0-9_]+)(?:@\S+)? \| ")
 
 
 def wall(text: str) -> dict:
@@ -46,6 +47,7 @@ def wall(text: str) -> dict:
     if len(MAKE_RUN_DONE.findall(text)) != 1:
         raise SystemExit("--wall: the log must hold exactly one finished `make run`")
     spans: dict[str, list[int]] = {}
+    stage_spans: dict[str, list[int]] = {}  # a matrix stage's items together (`nethack_finetune@ks` → nethack_finetune)
     last, day = None, 0
     for line in text.splitlines():
         m = STAGE_LINE.match(line)
@@ -56,10 +58,12 @@ def wall(text: str) -> dict:
             day += 24 * 3600  # past midnight (once per day crossed)
             t += 24 * 3600
         last = t
-        first_last = spans.setdefault(m[4], [t, t])
-        first_last[1] = max(first_last[1], t)
+        for key, table in ((m[5], spans), (m[4], stage_spans)):
+            first_last = table.setdefault(key, [t, t])
+            first_last[1] = max(first_last[1], t)
     return {"minutes": float(done[2]), "jobs": int(jobs[1]), "stages": int(done[1]),
-            "span_minutes": {f: round((b - a) / 60, 1) for f, (a, b) in sorted(spans.items())}}
+            "span_minutes": {f: round((b - a) / 60, 1) for f, (a, b) in sorted(spans.items())},
+            "stage_span_minutes": {f: round((b - a) / 60, 1) for f, (a, b) in sorted(stage_spans.items())}}
 
 
 def minutes(logs: list[Path]) -> dict:

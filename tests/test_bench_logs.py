@@ -77,7 +77,10 @@ def test_dag_minutes_reads_make_runs_wall_clock_and_each_familys_span():
 00:40:07 retainrl: done, 3 stage(s) ran in 50.1 min. Results: reports/index.md
 """
     got = wall(run)
-    assert got == {"minutes": 50.1, "jobs": 2, "stages": 3, "span_minutes": {"a": 4.9, "b": 50.0}}
+    assert got == {"minutes": 50.1, "jobs": 2, "stages": 3, "span_minutes": {"a": 4.9, "b": 50.0},
+                   "stage_span_minutes": {"a_x": 4.9, "b_x": 30.0, "b_y": 20.0}}
+    matrix = run.replace("b_x |", "b_x@k1 |").replace("b_y |", "b_x@k2 |")  # items of one matrix stage count together
+    assert wall(matrix)["stage_span_minutes"] == {"a_x": 4.9, "b_x": 50.0}
     assert minutes([]) == {}
     with pytest.raises(SystemExit, match="no finished `make run`"):
         wall(run.rsplit("\n", 2)[0])
