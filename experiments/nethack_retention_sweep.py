@@ -172,7 +172,11 @@ def main() -> None:
     summary = {name: {f"{part}_{key}": spread(episodes(rows, name, part, key).mean(axis=1).tolist())
                       for part in ("close", "far") for key in ("score_gain", "kl_pi_star")} for name in names}
     cmps = [{**c, "verdict": verdict(c)} for c in comparisons(rows, [n for n in names if n != PI_STAR], tuple(args.base))]
-    result = {"seeds": args.seeds, "variants": args.variant, "reference": args.reference, "base": args.base,
+    import hashlib
+
+    ckpts = sorted((paths.pretrained / "checkpoint_p0").glob("*.pth"))  # which π* every run started from and was scored against
+    pi_star_md5 = hashlib.md5(b"".join(f.read_bytes() for f in ckpts)).hexdigest()
+    result = {"seeds": args.seeds, "variants": args.variant, "reference": args.reference, "base": args.base, "pi_star_md5": pi_star_md5,
               "protocol": {"episodes": base.evaluate.episodes, "max_steps": base.evaluate.max_steps, "seed": base.evaluate.seed,
                            "env_steps": base.finetune.env_steps, "epochs": base.finetune.epochs},
               "seconds": round(time.perf_counter() - started, 1), "train_seconds": round(trained - started, 1),
