@@ -36,6 +36,12 @@ def _diff(c: dict, f: str = ".1f") -> str:
     return f"{c['diff']:+{f}} [{c['ci_low']:+{f}}, {c['ci_high']:+{f}}]"
 
 
+def _score_vs(cmps: list[dict], part: str, a: str, b: str) -> str:
+    """A probe's paired score comparison of ``a`` against ``b`` on ``part``, with its finding."""
+    c = probes.find(cmps, part, "score_gain", a, b)
+    return f"{_diff(c)} ({_finding(c)})"
+
+
 def _finding(c: dict) -> str:
     """A paired comparison's standing under the report's rule (Holm over all its comparisons)."""
     if c["verdict"] in ("higher", "lower"):  # pipeline.stats.verdict: the Holm-corrected p-value is below 0.05
@@ -180,8 +186,7 @@ def hour_paragraph(probe: dict, alone: dict, p) -> str:
     small = [v for v in probe["variants"] if v != base and probes.parse(v)[0] in REGISTRY and REGISTRY[probes.parse(v)[0]].retains]
 
     def one(part: str, a: str, b: str) -> str:
-        c = probes.find(cmps, part, "score_gain", a, b)
-        return f"{_diff(c)} ({_finding(c)})"
+        return _score_vs(cmps, part, a, b)
 
     def vs(b: str, names: list[str], part: str) -> str:
         return "; ".join(f"{probes.parse(v)[0]} {one(part, v, b)}" for v in names)
@@ -211,8 +216,7 @@ def budget_seeds_sentence(probe: dict) -> str:
     small = [v for v in probe["variants"] if v != base and REGISTRY[probes.parse(v)[0]].retains]
 
     def one(part: str, a: str, b: str) -> str:
-        c = probes.find(cmps, part, "score_gain", a, b)
-        return f"{_diff(c)} ({_finding(c)})"
+        return _score_vs(cmps, part, a, b)
 
     def vs(part: str) -> str:
         return "; ".join(f"{probes.parse(v)[0]} {one(part, v, base)}" for v in small)
