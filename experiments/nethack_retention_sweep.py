@@ -172,10 +172,9 @@ def main() -> None:
     summary = {name: {f"{part}_{key}": spread(episodes(rows, name, part, key).mean(axis=1).tolist())
                       for part in ("close", "far") for key in ("score_gain", "kl_pi_star")} for name in names}
     cmps = [{**c, "verdict": verdict(c)} for c in comparisons(rows, [n for n in names if n != PI_STAR], tuple(args.base))]
-    import hashlib
+    from retainrl.families.nethack.probes import pi_star_md5 as fingerprint
 
-    ckpts = sorted((paths.pretrained / "checkpoint_p0").glob("*.pth"))  # which π* every run started from and was scored against
-    pi_star_md5 = hashlib.md5(b"".join(f.read_bytes() for f in ckpts)).hexdigest()
+    pi_star_md5 = fingerprint(paths.pretrained)  # which π* every run started from and was scored against
     result = {"seeds": args.seeds, "variants": args.variant, "reference": args.reference, "base": args.base, "pi_star_md5": pi_star_md5,
               "protocol": {"episodes": base.evaluate.episodes, "max_steps": base.evaluate.max_steps, "seed": base.evaluate.seed,
                            "env_steps": base.finetune.env_steps, "epochs": base.finetune.epochs},

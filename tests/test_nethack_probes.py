@@ -68,6 +68,37 @@ def test_the_report_sections_name_the_pick_and_the_reading(tmp_path):
     assert "l2 (coef 0.1)" in text
 
 
+def test_provenance_says_when_the_sweep_did_not_run_on_the_dags_pi_star_or_protocol(tmp_path):
+    """A pick holds for the π* and budget it was swept on; the report must say when either differs."""
+    from retainrl.core.config import load_params
+    from retainrl.pipeline.report import Report, render
+
+    p = load_params(str(ROOT / "params.yaml"), only="nethack").section("nethack")
+    ckpt = tmp_path / "pretrained" / "checkpoint_p0"
+    ckpt.mkdir(parents=True)
+    (ckpt / "a.pth").write_bytes(b"pi*")
+    md5 = probes.pi_star_md5(tmp_path / "pretrained")
+    proto = {k: getattr(getattr(p, sec), key) for k, (sec, key) in probes.PROTOCOL.items()}
+    s = {**sweep((-10, -15, -5, "lower"), (2, -3, 7, "no difference shown")), "protocol": proto, "pi_star_md5": md5}
+    assert probes.provenance(s, p, md5)["matches_dag"]
+    other = probes.provenance({**s, "protocol": {**proto, "env_steps": proto["env_steps"] + 1}}, p, md5)
+    assert not other["matches_dag"] and other["same_pi_star"] and list(other["protocol_differs"]) == ["env_steps"]
+    (ckpt / "a.pth").write_bytes(b"another pi*")
+    moved = probes.provenance(s, p, probes.pi_star_md5(tmp_path / "pretrained"))
+    assert not moved["matches_dag"] and not moved["same_pi_star"] and moved["same_protocol"]
+    assert not probes.provenance({k: v for k, v in s.items() if k != "pi_star_md5"}, p, md5)["same_pi_star"]
+    text = render(Report("t", probes.sections(s, {"l2": 0.3, "ewc": 1.0}, other)), tmp_path)
+    assert "**The sweep did not run on this DAG**" in text and f"env_steps {proto['env_steps'] + 1}" in text
+    assert probes.metrics(s, moved)["sweep"]["same_pi_star"] is False
+
+
+def test_the_committed_report_says_its_sweep_ran_on_the_dags_pi_star_and_protocol():
+    """The report stage checks the sweep's π* md5 and protocol against the DAG's (it has π* as a
+    dep); the committed metrics must say they match, or params.yaml's picks rest on another π*."""
+    m = json.loads((ROOT / probes.METRICS_FILE).read_text())
+    assert m["sweep"]["matches_dag"] is True, m["sweep"]
+
+
 def test_params_yaml_coefficients_are_the_committed_sweeps_choice():
     from retainrl.core.config import load_params
 

@@ -17,6 +17,9 @@ SWEEP_FILE = Path("experiments/results/nethack_retention_sweep.json")
 METRICS_FILE = Path("reports/nethack/probes.json")  # what `dvc metrics show` reads of it (the report stage writes it)
 PI_STAR, BASE, KS = "pretrained", "finetune", "ks"
 KL_FACTOR = 3.0  # "KL on the order of KS's": within this factor of KS's CLOSE KL, either way
+# the sweep's protocol key → (params section, key) of the DAG it must match for its pick to apply
+PROTOCOL = {"env_steps": ("finetune", "env_steps"), "epochs": ("finetune", "epochs"),
+            "episodes": ("evaluate", "episodes"), "max_steps": ("evaluate", "max_steps"), "seed": ("evaluate", "seed")}
 
 
 def parse(spec: str) -> tuple[str, dict[str, str]]:
@@ -34,6 +37,31 @@ def label(spec: str) -> str:
 
 def find(cmps: list[dict], part: str, metric: str, a: str, b: str) -> dict | None:
     return next((c for c in cmps if (c["part"], c["metric"], c["a"], c["b"]) == (part, metric, a, b)), None)
+
+
+def pi_star_md5(pretrained: Path) -> str:
+    """π*'s fingerprint: md5 over its sample-factory checkpoint files in name order.
+
+    Why: a coefficient picked by the sweep holds for the π* it ran from, and π* is not the same
+    bits on another kind of CPU (docs/orchestration.md), so the sweep records it and the report
+    checks it against the DAG's."""
+    import hashlib
+
+    ckpts = sorted((Path(pretrained) / "checkpoint_p0").glob("*.pth"))
+    if not ckpts:
+        raise FileNotFoundError(f"no π* checkpoint under {pretrained}/checkpoint_p0")
+    return hashlib.md5(b"".join(f.read_bytes() for f in ckpts)).hexdigest()
+
+
+def provenance(sweep: dict, p, pi_md5: str) -> dict:
+    """Did the sweep run on this DAG's π* and protocol (``p``: the nethack params)? Its pick is
+    evidence for the DAG's coefficients only if both match; a sweep without ``pi_star_md5``
+    (older files) cannot say, which counts as not matching."""
+    differs = {k: {"sweep": sweep["protocol"].get(k), "dag": getattr(getattr(p, sec), key)}
+               for k, (sec, key) in PROTOCOL.items() if sweep["protocol"].get(k) != getattr(getattr(p, sec), key)}
+    same_pi = sweep.get("pi_star_md5") == pi_md5
+    return {"same_pi_star": same_pi, "same_protocol": not differs, "protocol_differs": differs,
+            "matches_dag": same_pi and not differs}
 
 
 def coefficient_rows(sweep: dict, method: str) -> list[dict]:
@@ -87,12 +115,14 @@ def control(sweep: dict) -> dict | None:
             "still_falls_on_close": falls, "reading": reading}
 
 
-def metrics(sweep: dict | None) -> dict:
+def metrics(sweep: dict | None, prov: dict | None = None) -> dict:
     """For ``dvc metrics show``: per swept coefficient its CLOSE KL / CLOSE score / FAR score, the
-    chosen coefficient per method (None: none does both), the control's reading."""
+    chosen coefficient per method (None: none does both), the control's reading, and whether the
+    sweep ran on the DAG's π* and protocol (``prov``: :func:`provenance`)."""
     if sweep is None:
         return {}
-    out = {"sweep": {"seeds": sweep["seeds"], "ks_close_kl": sweep["policies"].get(KS, {}).get("close_kl_pi_star", {}).get("mean")}}
+    out = {"sweep": {"seeds": sweep["seeds"], "ks_close_kl": sweep["policies"].get(KS, {}).get("close_kl_pi_star", {}).get("mean"),
+                     **({} if prov is None else {k: prov[k] for k in ("matches_dag", "same_pi_star", "same_protocol")})}}
     for method in ("l2", "ewc"):
         rows = coefficient_rows(sweep, method)
         if rows:
@@ -107,8 +137,18 @@ def metrics(sweep: dict | None) -> dict:
     return out
 
 
-def sections(sweep: dict | None, coefs: dict[str, float]) -> list:
-    """The report's sweep and control sections (``coefs``: the coefficients the DAG ran with)."""
+def provenance_sentence(prov: dict) -> str:
+    if prov["matches_dag"]:
+        return "The sweep ran from this DAG's π* (the same checkpoint md5) on its protocol, so its pick applies to it."
+    why = ([] if prov["same_pi_star"] else ["from another π* (checkpoint md5 differs or was not recorded)"]) + [
+        f"with {k} {v['sweep']} (the DAG: {v['dag']})" for k, v in prov["protocol_differs"].items()]
+    return ("**The sweep did not run on this DAG**: " + "; ".join(why) + ". Its pick is no evidence for the DAG's "
+            "coefficients until it is rerun (docs/nethack.md).")
+
+
+def sections(sweep: dict | None, coefs: dict[str, float], prov: dict | None = None) -> list:
+    """The report's sweep and control sections (``coefs``: the coefficients the DAG ran with;
+    ``prov``: :func:`provenance` of the sweep against the DAG)."""
     from retainrl.pipeline.report import Section, Table
 
     if sweep is None:
@@ -144,7 +184,8 @@ def sections(sweep: dict | None, coefs: dict[str, float]) -> list:
         f"0–{sweep['seeds'] - 1}) play as references. Differences: paired bootstrap over episodes (FAR: start states) and "
         f"seeds, Holm-corrected over the sweep's {sum(c.get('question') == 'sweep' for c in cmps)} comparisons (the control's "
         f"{sum(c.get('question') == 'control' for c in cmps)} are a family of their own). Rule for a default (`retainrl/families/nethack/probes.py`, "
-        f"`choose`): FAR not shown below π*, and CLOSE KL within {KL_FACTOR:g}× of KS's; of those, the KL nearest KS's.",
+        f"`choose`): FAR not shown below π*, and CLOSE KL within {KL_FACTOR:g}× of KS's; of those, the KL nearest KS's."
+        + ("" if prov is None else " " + provenance_sentence(prov)),
         Table(["policy", "CLOSE KL(π*‖π)", "CLOSE score", "FAR score gained", "CLOSE − π*", "FAR − π*", "FAR − finetune",
                "CLOSE KL − finetune"], rows),
         "Chosen: " + " ".join(picks)])]

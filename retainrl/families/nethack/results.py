@@ -535,9 +535,10 @@ def report(p: Params, paths) -> None:
 
     sweep_file = Path(paths.root) / probes.SWEEP_FILE
     sweep = load_json(sweep_file, "NetHack retention sweep") if sweep_file.exists() else None
-    sections += probes.sections(sweep, {"l2": p.retention.l2.coef, "ewc": p.retention.ewc.coef})
+    prov = None if sweep is None else probes.provenance(sweep, p, probes.pi_star_md5(paths.pretrained))
+    sections += probes.sections(sweep, {"l2": p.retention.l2.coef, "ewc": p.retention.ewc.coef}, prov)
     sections.append(Section(None, [
         figure("close", "close_score.png", "CLOSE: score from the start of a game", "score"),
         figure("far", "far_score.png", f"FAR: score gained from the expert's first arrival on Dlvl {depth}", "score gained")]))
     write(Report("NetHack (Human Monk): forgetting of pre-trained capabilities", sections), paths.report)
-    save_json(Path(paths.root) / probes.METRICS_FILE, probes.metrics(sweep))
+    save_json(Path(paths.root) / probes.METRICS_FILE, probes.metrics(sweep, prov))
