@@ -281,6 +281,17 @@ def test_bc_pretrain_writes_a_sample_factory_policy_and_far_buffer(tmp_path, mon
     last = "snapshots/step_000000256.pth"
     a, b = torch.load(tmp_path / "alone" / last)["model"], torch.load(paths.finetune("bc") / "seed_1" / last)["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
+    # ... and the same bytes, file for file, though it ran elsewhere (another directory, another
+    # process, another moment): no timing, no working directory, no commit stamp in the artifact.
+    def files(d):
+        return {f.relative_to(d).as_posix(): f.read_bytes() for f in sorted(d.rglob("*")) if f.is_file()}
+
+    alone_files, stage_files = files(tmp_path / "alone"), files(paths.finetune("bc") / "seed_1")
+    assert alone_files.keys() == stage_files.keys() and "sf_log.txt" not in alone_files
+    assert [f for f in alone_files if alone_files[f] != stage_files[f]] == []
+    saved = json.loads(alone_files["config.json"])
+    assert saved["git_hash"] == "unknown" and "train_dir" not in saved and not saved["nethack_teacher"].startswith("/")
+    assert "env_steps_per_s" not in json.loads(alone_files["retention.json"])
     # The step-0 snapshot is π* itself; the last one is what sample-factory saved last.
     snap0, _ = sf.load_snapshot(paths.finetune("bc") / "seed_0", paths.finetune("bc") / "seed_0" / "snapshots" / "step_000000000.pth")
     pi_star, _ = sf.load_sf_policy(paths.pretrained)

@@ -345,7 +345,28 @@ def sf_config(train_dir: Path, experiment: str, extra: list[str] | None = None):
     parser.add_argument("--nethack_steps_offset", default=0, type=int, help="each env's step count at a resumed checkpoint")
     parser.add_argument("--nethack_far_share", default=0.0, type=float, help="share of training episodes from FAR start states")
     parser.add_argument("--nethack_demos", default="", type=str, help="demos dir whose FAR start states those episodes use")
-    return parse_full_cfg(parser, argv)
+    cfg = parse_full_cfg(parser, argv)
+    # sample-factory stamps the checkout's commit into every config.json it saves; DVC already pins
+    # the code, and the stamp made the same weights hash differently at every commit.
+    cfg.git_hash, cfg.git_repo_name = "unknown", "not a git repository"  # its own values outside a checkout
+    return cfg
+
+
+#: config.json keys that say where a run ran (its temporary or resumable directory), not what it is
+WHERE_KEYS = ("train_dir", "experiment", "nethack_episode_log")
+
+
+def portable_config(exp_dir: Path) -> None:
+    """Make a finished run's config.json the same bytes wherever and whenever it ran: drop the keys
+    that name its working directory, and write the paths it read (π*, the demos) relative to the
+    working directory (the repository root for a stage). Why: the run directory is a DVC output, and
+    an absolute path or a resumable-checkpoint key in it made every rerun, and every clone, a
+    different artifact, so every stage downstream reran though the weights were the same bits."""
+    f = Path(exp_dir) / "config.json"
+    cfg = json.loads(f.read_text())
+    cwd = str(Path.cwd().resolve()) + os.sep
+    cfg = {k: (v.removeprefix(cwd) if isinstance(v, str) else v) for k, v in cfg.items() if k not in WHERE_KEYS}
+    f.write_text(json.dumps(cfg, indent=2) + "\n")
 
 
 # --------------------------------------------------------------------------- BC
@@ -584,6 +605,12 @@ def run_appo(pretrained: Path | None, exp_dir: Path, retention, *, env_steps: in
     # uncommitted work, unrelated to the run (DVC already pins the code a stage depends on), would
     # otherwise ship inside the cached, pushed artifact.
     (exp_dir / "git.diff").unlink(missing_ok=True)
+    if status == ExperimentStatus.SUCCESS:  # a failed run keeps its log and config for a look
+        # sample-factory's own log and TensorBoard events carry wall-clock times (the events also the
+        # host name): the stage logs what matters, and the artifact must be the same bytes on a rerun
+        (exp_dir / "sf_log.txt").unlink(missing_ok=True)
+        shutil.rmtree(exp_dir / ".summary", ignore_errors=True)
+        portable_config(exp_dir)
     # Only the final checkpoint stays: π*'s copy the run started from (snapshots/step_000000000.pth
     # holds the same weights) and the periodic ones are gone, however many were written.
     for old in sorted((exp_dir / "checkpoint_p0").glob("checkpoint_*.pth"))[:-1]:

@@ -361,7 +361,8 @@ def critic_warmup(p: Params, exp_dir: Path, cfg, device=None) -> dict:
                 raise RuntimeError(f"critic warm-up: sample-factory exited with status {res['status']} after {res['env_steps']} env steps")
             ac.load_state_dict(torch.load(snaps[-1], map_location="cpu")["model"])
         out["after"] = fit(ac)
-        out.update(env_steps=res["env_steps"], env_steps_per_s=res["env_steps_per_s"])
+        out.update(env_steps=res["env_steps"])  # not its speed: the artifact must not depend on the machine's load
+        log.info("critic warm-up: %.0f env steps/s", res["env_steps_per_s"])
         sf.save_sf_checkpoint(ac, cfg, exp_dir, cfg.learning_rate)
     env.close()
     moved = [k for k, v in actor.items() if not torch.equal(v, ac.state_dict()[k])]
@@ -506,6 +507,9 @@ def _retention(p: Params, paths, method: str, seed: int):
     return retention_for(method, seed, p, retention_loaders(sys.modules[__name__], p, paths, None))
 
 
+TIMING = ("wall_s", "env_steps_per_s")  # what run_appo measures of the machine, not of the run
+
+
 def finetune_seed(p: Params, paths, device, method: str, k: int, run_dir: Path, threads: int | None = None) -> dict:
     """One APPO run of ``method`` (seed ``finetune.seed + k``) into ``run_dir``; its ``retention.json``.
 
@@ -537,7 +541,8 @@ def finetune_seed(p: Params, paths, device, method: str, k: int, run_dir: Path, 
         raise RuntimeError(f"sample-factory APPO exited with status {res['status']} ({method}, seed {seed})")
     res = {"method": method, "seed": seed, "coef": retention.coef(0), **res}
     tmp = run_dir / ".retention.json.tmp"  # written last and atomically: it marks the run finished
-    tmp.write_text(json.dumps(res) + "\n")
+    # the run's speed is logged, not stored: the same run must be the same bytes on a loaded machine
+    tmp.write_text(json.dumps({k: v for k, v in res.items() if k not in TIMING}) + "\n")
     tmp.replace(done)
     log.info("finetune[%s] seed %d: %.0f env steps/s, %d training episodes", method, seed, res["env_steps_per_s"], res["train_episodes"])
     return res
