@@ -1,8 +1,9 @@
 """docs/nethack.md's generated block: what the committed NetHack results say, in sentences.
 
 Why generated: the page's findings used to be typed in by hand and went stale with every rerun.
-``python -m retainrl.families.nethack.digest`` writes the block from three committed files (the
-evaluation's ``metrics.json``, the coefficient sweep, and the DAG minutes), and
+``python -m retainrl.families.nethack.digest`` writes the block from committed files (the
+evaluation's ``metrics.json``, the coefficient sweep and the report's check of it, the DAG
+minutes, the probe that chose the budget, and the previous budget's runs), and
 ``tests/test_nethack_probes.py`` checks that the block is what those files give. No stage imports
 this module, so a change to the wording reruns nothing.
 """
@@ -51,9 +52,10 @@ def _finding(c: dict) -> str:
     return "not shown"
 
 
-def results_paragraph(metrics: dict) -> str:
-    """The evaluation's findings: vanilla fine-tuning against π*, each retention method against
-    vanilla fine-tuning and π*, π* against the expert, and the study's claims by verdict."""
+def results_paragraph(metrics: dict, p) -> str:
+    """The evaluation's findings (``p``: the nethack params the DAG ran): vanilla fine-tuning
+    against π*, each retention method against vanilla fine-tuning and π*, π* against the expert,
+    and the study's claims by verdict."""
     paired, protocol, study = metrics["paired"], metrics["protocol"], metrics["study"]
     seeds = study[BASE]["forgetting"]["seeds"]
     methods = [m for m in study if m in REGISTRY and REGISTRY[m].retains]
@@ -63,8 +65,9 @@ def results_paragraph(metrics: dict) -> str:
 
     ft_far, ft_close = get("far", BASE, PI_STAR), get("close", BASE, PI_STAR)
     lines = [
-        f"**On this protocol** (`{METRICS}`: {seeds} seeds per method, {protocol['far_starts']} distinct held-out FAR "
-        f"starts, Holm over the report's {protocol['holm_comparisons']} paired comparisons): vanilla fine-tuning ends "
+        f"**On this protocol** (`{METRICS}`: {seeds} seeds per method fine-tuned for {p.finetune.env_steps:,} env steps, "
+        f"{protocol['far_starts']} distinct held-out FAR starts and as many CLOSE games played for at most "
+        f"{p.evaluate.max_steps} steps, Holm over the report's {protocol['holm_comparisons']} paired comparisons): vanilla fine-tuning ends "
         f"{'below' if ft_far['diff'] < 0 else 'above'} π* on FAR by {_diff(ft_far)}, {_finding(ft_far)}, and on CLOSE by "
         f"{_diff(ft_close)}, {_finding(ft_close)}."]
     vs_ft = [f"{m} {_diff(get('far', m, BASE))} ({_finding(get('far', m, BASE))})" for m in methods]
@@ -100,28 +103,51 @@ def claims_sentence(study: dict) -> str:
             + "".join(f"; {n}" for n in named) + ".")
 
 
-def second_pistar_paragraph(metrics: dict, first: dict, provenance: dict) -> str:
-    """The same DAG on a CPU whose kernels round differently: another π*, the same questions."""
-    paired = metrics["paired"]
+def _close_ratio(m: dict) -> str:
+    r = m["protocol"]["expert"]["close"]["pi_star_over_expert"]
+    return f"{r['ratio']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]"
+
+
+def _dag_pi_star(root: Path) -> str | None:
+    """The committed π*'s DVC md5 (dvc.lock), to tell whether a committed probe ran from it."""
+    import yaml
+
+    lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"].get("nethack_pretrain", {})
+    return next((o["md5"] for o in lock.get("outs", []) if o["path"] == "models/nethack/pretrained"), None)
+
+
+def previous_budget_paragraph(second: dict, first: dict, provenance: dict, metrics: dict, dag_pi_star: str | None) -> str:
+    """The DAG at the budget before the current one, on this π* and on another CPU's π*.
+
+    Why kept: the current budget was cut to fit the ≈60-min DAG; these say what the longer budget
+    showed, and that the same code on a CPU whose kernels round differently made another π* with
+    the same findings (docs/orchestration.md, *Bit for bit on one kind of CPU*)."""
+    b = provenance["budget"]
+    pi = provenance["outputs"]["models/nethack/pretrained"]
     same = [f"`{path}`" for path, o in provenance["outputs"].items() if o["identical"] and path.startswith("data/")]
-    ft_far, ft_close = paired[f"far/score_gain/{BASE}-vs-{PI_STAR}"], paired[f"close/score_gain/{BASE}-vs-{PI_STAR}"]
+    which = "this DAG's π*" if pi["second"] == dag_pi_star else "another π* than this DAG's (md5 differs)"
 
-    def close(m: dict) -> str:
-        r = m["protocol"]["expert"]["close"]["pi_star_over_expert"]
-        return f"{r['ratio']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]"
+    def ft(m: dict) -> str:
+        far, close = (m["paired"][f"{part}/score_gain/{BASE}-vs-{PI_STAR}"] for part in ("far", "close"))
+        return f"vanilla fine-tuning − π* FAR {_diff(far)} ({_finding(far)}), CLOSE {_diff(close)} ({_finding(close)})"
 
-    return (f"**A second π*** (`{SECOND_PI_STAR}`): the same commit, params and seeds, run on a CPU whose vector kernels "
-            f"round differently (see *Bitwise reproducibility* below), so BC made another π* (CLOSE {close(metrics)} of the "
-            f"expert's, against {close(first)} above); of its data and models only {' and '.join(same)} came out byte-identical "
-            f"(`{SECOND_PI_STAR.parent / 'provenance.json'}`: every output's md5 in both runs). Vanilla "
-            f"fine-tuning − π*: FAR {_diff(ft_far)} ({_finding(ft_far)}), CLOSE {_diff(ft_close)} ({_finding(ft_close)}). "
-            + claims_sentence(metrics["study"]))
+    return (f"**The previous budget** ({b['env_steps']:,} env steps, episodes of at most {b['max_steps']} steps; "
+            f"`{SECOND_PI_STAR.parent / 'provenance.json'}`). From {which} (`{SECOND_PI_STAR}`; π* reaches {_close_ratio(second)} "
+            f"of the expert's CLOSE score, against {_close_ratio(metrics)} above): {ft(second)}. "
+            + claims_sentence(second["study"]) + " The same commit on a CPU whose vector kernels round differently "
+            "([orchestration.md](orchestration.md), *Bit for bit on one kind of CPU*) "
+            f"(`{SECOND_PI_STAR.parent / 'first_metrics.json'}`, the DAG committed until {b['commit'][:7]}) made another π* "
+            f"({_close_ratio(first)} of the expert's CLOSE score): {ft(first)}. " + claims_sentence(first["study"])
+            + f" {' and '.join(same)} came out byte-identical on the two CPUs; π*'s scores differ, so its weights do.")
 
 
-def sweep_paragraph(sweep: dict, coefs: dict[str, float]) -> str:
-    """The coefficient sweep's picks by ``probes.choose`` and the 16-epoch control's reading."""
+def sweep_paragraph(sweep: dict, coefs: dict[str, float], matches_dag: bool | None) -> str:
+    """The coefficient sweep's picks by ``probes.choose`` and the 16-epoch control's reading
+    (``matches_dag``: the report's check that the sweep ran from the DAG's π* on its protocol)."""
     ks = sweep["policies"].get(probes.KS, {}).get("close_kl_pi_star", {}).get("mean")
-    lines = [f"**The sweep** (`{probes.SWEEP_FILE}`, {sweep['seeds']} seeds per variant; KS's CLOSE KL(π*‖π) "
+    ran = {True: "from this DAG's π* on its protocol, as the report checks", False: "**not** from this DAG's π* and "
+           "protocol (the report's check), so its picks are no evidence for the DAG's coefficients"}.get(matches_dag, "")
+    lines = [f"**The sweep** (`{probes.SWEEP_FILE}`, {sweep['seeds']} seeds per variant{', ' + ran if ran else ''}; KS's CLOSE KL(π*‖π) "
              + (f"{ks:.3f}" if ks is not None else "not measured") + ", vanilla fine-tuning's "
              f"{sweep['policies'][BASE]['close_kl_pi_star']['mean']:.3f}):"]
     for method in ("l2", "ewc"):
@@ -152,8 +178,8 @@ def sweep_paragraph(sweep: dict, coefs: dict[str, float]) -> str:
 def minutes_sentence(dag: dict) -> str:
     nh = dag["families"]["nethack"]
     stages = ", ".join(f"{k} {v:.1f}" for k, v in sorted(nh["minutes_per_stage"].items(), key=lambda kv: -kv[1]) if v >= 0.5)
-    text = (f"**Cost** (`{DAG_MINUTES}`, measured {nh['measured']}): the default NetHack DAG took {nh['minutes']:.1f} "
-            f"compute minutes ({stages}; {nh['note']}).")
+    text = (f"In `make run`'s whole default DAG as last measured (`{DAG_MINUTES}`, {nh['measured']}; {nh['note']}), NetHack "
+            f"took {nh['minutes']:.1f} compute minutes ({stages}).")
     w = dag.get("wall") or {}
     if "nethack" in w.get("span_minutes", {}):
         text += (f" Wall clock, in `make run`'s whole default DAG ({w['jobs']} stages at a time, measured {w['measured']}): "
@@ -166,53 +192,15 @@ def alone_sentence(alone: dict) -> str:
     """The NetHack DAG's wall clock when it ran by itself: what the ≈60-min budget is held to."""
     nh, w = alone["families"]["nethack"], alone["wall"]
     stages = ", ".join(f"{k} {v:.1f}" for k, v in sorted(nh["minutes_per_stage"].items(), key=lambda kv: -kv[1]) if v >= 0.5)
-    return (f"Alone (`{ALONE_MINUTES}`, {w['jobs']} stages at a time; {w['note']}): **{w['minutes']:.1f} min wall** for its "
-            f"{w['stages']} stages; their own minutes: {stages}.")
+    return (f"**Cost.** The NetHack DAG alone (`{ALONE_MINUTES}`, {w['jobs']} stages at a time; {w['note']}): "
+            f"**{w['minutes']:.1f} min wall** for its {w['stages']} stages; their own minutes: {stages}.")
 
 
-def hour_paragraph(probe: dict, alone: dict, p) -> str:
-    """What a smaller NetHack budget keeps (the probe), and what its DAG would take alone.
-
-    The probe's first base is vanilla fine-tuning at the smaller budget (``finetune:finetune.env_steps=N``);
-    its references are the DAG's own runs, played on the probe's (shorter) episodes too. The time is an
-    estimate from measurements: the alone run's wall clock, less the share of its fine-tuning span that
-    the fewer env steps save (a run's env steps/s does not depend on its length), less the share of its
-    evaluation span that the shorter episodes save (the probe's seconds per evaluated policy against the
-    DAG's, both on every core).
-    """
+def budget_probe_sentence(probe: dict, sweep: dict) -> str:
+    """The probe that chose the current budget (run before it was adopted), on as many seeds as the DAG."""
     cmps, base = probe["comparisons"], probe["base"][0]
     n = int(probes.parse(base)[1]["finetune.env_steps"])
-    steps, default_steps = probe["protocol"]["max_steps"], p.evaluate.max_steps
-    small = [v for v in probe["variants"] if v != base and probes.parse(v)[0] in REGISTRY and REGISTRY[probes.parse(v)[0]].retains]
-
-    def one(part: str, a: str, b: str) -> str:
-        return _score_vs(cmps, part, a, b)
-
-    def vs(b: str, names: list[str], part: str) -> str:
-        return "; ".join(f"{probes.parse(v)[0]} {one(part, v, b)}" for v in names)
-
-    refs = [r for r in probe["reference"] if r != BASE and REGISTRY[r].retains]
-    w, spans = alone["wall"], alone["wall"]["stage_span_minutes"]
-    ft, ev = spans["nethack_finetune"], spans["nethack_evaluate"]
-    seeds, methods = p.finetune.seeds, p.finetune.methods
-    dag_jobs = seeds * (1 + len(methods) + sum(not REGISTRY[m].starts_from_pretrained for m in methods))
-    ev_ratio = (probe["eval_seconds"] / probe["eval_jobs"]) / (ev * 60 / dag_jobs)
-    est = w["minutes"] - ft * (1 - n / p.finetune.env_steps) - ev * (1 - ev_ratio)
-    return (f"**A smaller budget** (`{HOUR_PROBE}`, {probe['seeds']} seeds per policy, the same CLOSE games and held-out FAR "
-            f"starts played for {steps} steps instead of {default_steps}, Holm per question): fine-tuned for {n:,} env steps "
-            f"instead of {p.finetune.env_steps:,}, vanilla fine-tuning − π* is {one('close', base, PI_STAR)} on CLOSE and "
-            f"{one('far', base, PI_STAR)} on FAR; against it, FAR score gained: {vs(base, small, 'far')}; CLOSE: "
-            f"{vs(base, small, 'close')}. The DAG's own {p.finetune.env_steps:,}-step runs on these {steps}-step episodes: vanilla "
-            f"fine-tuning − π* {one('close', BASE, PI_STAR)} on CLOSE and {one('far', BASE, PI_STAR)} on FAR; against it, FAR: "
-            f"{vs(BASE, refs, 'far')}. The NetHack DAG at that budget would take an estimated **{est:.0f} min** alone: the "
-            f"{w['minutes']:.1f} measured, less {1 - n / p.finetune.env_steps:.0%} of its {ft:.1f}-min fine-tuning span and "
-            f"{1 - ev_ratio:.0%} of its {ev:.1f}-min evaluation (the probe's {probe['eval_seconds'] / probe['eval_jobs']:.0f} s per "
-            f"policy against the DAG's {ev * 60 / dag_jobs:.0f} s).")
-
-
-def budget_seeds_sentence(probe: dict) -> str:
-    """The smaller budget's comparisons again, on more seeds (a probe without the DAG's runs)."""
-    cmps, base = probe["comparisons"], probe["base"][0]
+    which = "this DAG's π*" if probe.get("pi_star_md5") and probe.get("pi_star_md5") == sweep.get("pi_star_md5") else "another π*"
     small = [v for v in probe["variants"] if v != base and REGISTRY[probes.parse(v)[0]].retains]
 
     def one(part: str, a: str, b: str) -> str:
@@ -221,8 +209,9 @@ def budget_seeds_sentence(probe: dict) -> str:
     def vs(part: str) -> str:
         return "; ".join(f"{probes.parse(v)[0]} {one(part, v, base)}" for v in small)
 
-    return (f"On {probe['seeds']} seeds (`{HOUR_PROBE_SEEDS}`, the same budget and episodes, the same π*, Holm over its "
-            f"{sum(c['question'] == 'sweep' for c in cmps)} comparisons): vanilla fine-tuning − π* {one('close', base, PI_STAR)} on CLOSE and "
+    return (f"**Why this budget**: the probe that chose it (`{HOUR_PROBE_SEEDS}`, {probe['seeds']} seeds, {n:,} env steps, "
+            f"{probe['protocol']['max_steps']}-step episodes, from {which}, Holm over its {sum(c['question'] == 'sweep' for c in cmps)} "
+            f"comparisons; 2 seeds: `{HOUR_PROBE}`): vanilla fine-tuning − π* {one('close', base, PI_STAR)} on CLOSE and "
             f"{one('far', base, PI_STAR)} on FAR; against it, FAR: {vs('far')}; CLOSE: {vs('close')}.")
 
 
@@ -231,20 +220,20 @@ def block(root: Path = ROOT) -> str:
 
     metrics = json.loads((root / METRICS).read_text())
     sweep = json.loads((root / probes.SWEEP_FILE).read_text())
-    dag = json.loads((root / DAG_MINUTES).read_text())
+    prov = json.loads((root / probes.METRICS_FILE).read_text()).get("sweep", {})
     nh = load_params(str(root / "params.yaml"), only="nethack").section("nethack")  # the DAG's default profile
     ret = nh.retention
-    cost = minutes_sentence(dag)
-    if (root / ALONE_MINUTES).exists():
-        cost += " " + alone_sentence(json.loads((root / ALONE_MINUTES).read_text()))
-    paras = [results_paragraph(metrics), sweep_paragraph(sweep, {m: float(getattr(ret, m).coef) for m in ("l2", "ewc")}), cost]
+    cost = [alone_sentence(json.loads((root / ALONE_MINUTES).read_text()))] if (root / ALONE_MINUTES).exists() else []
+    cost.append(minutes_sentence(json.loads((root / DAG_MINUTES).read_text())))
+    paras = [results_paragraph(metrics, nh),
+             sweep_paragraph(sweep, {m: float(getattr(ret, m).coef) for m in ("l2", "ewc")}, prov.get("matches_dag")), " ".join(cost)]
+    if (root / HOUR_PROBE_SEEDS).exists():
+        paras.append(budget_probe_sentence(json.loads((root / HOUR_PROBE_SEEDS).read_text()), sweep))
     if (root / SECOND_PI_STAR).exists():
-        paras.append(second_pistar_paragraph(json.loads((root / SECOND_PI_STAR).read_text()), metrics,
-                                             json.loads((root / SECOND_PI_STAR.parent / "provenance.json").read_text())))
-    if (root / HOUR_PROBE).exists() and (root / ALONE_MINUTES).exists():
-        paras.append(hour_paragraph(json.loads((root / HOUR_PROBE).read_text()), json.loads((root / ALONE_MINUTES).read_text()), nh))
-        if (root / HOUR_PROBE_SEEDS).exists():
-            paras[-1] += " " + budget_seeds_sentence(json.loads((root / HOUR_PROBE_SEEDS).read_text()))
+        d = root / SECOND_PI_STAR.parent
+        paras.append(previous_budget_paragraph(json.loads((root / SECOND_PI_STAR).read_text()),
+                                               json.loads((d / "first_metrics.json").read_text()),
+                                               json.loads((d / "provenance.json").read_text()), metrics, _dag_pi_star(root)))
     return "\n\n".join(paras) + "\n"
 
 
