@@ -108,32 +108,25 @@ def _close_ratio(m: dict) -> str:
     return f"{r['ratio']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]"
 
 
-def _dag_pi_star(root: Path) -> str | None:
-    """The committed π*'s DVC md5 (dvc.lock), to tell whether a committed probe ran from it."""
-    import yaml
-
-    lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"].get("nethack_pretrain", {})
-    return next((o["md5"] for o in lock.get("outs", []) if o["path"] == "models/nethack/pretrained"), None)
-
-
-def previous_budget_paragraph(second: dict, first: dict, provenance: dict, metrics: dict, dag_pi_star: str | None) -> str:
+def previous_budget_paragraph(second: dict, first: dict, provenance: dict, sweep: dict, matches_dag: bool | None) -> str:
     """The DAG at the budget before the current one, on this π* and on another CPU's π*.
 
     Why kept: the current budget was cut to fit the ≈60-min DAG; these say what the longer budget
     showed, and that the same code on a CPU whose kernels round differently made another π* with
     the same findings (docs/orchestration.md, *Bit for bit on one kind of CPU*)."""
     b = provenance["budget"]
-    pi = provenance["outputs"]["models/nethack/pretrained"]
     same = [f"`{path}`" for path, o in provenance["outputs"].items() if o["identical"] and path.startswith("data/")]
-    which = "this DAG's π*" if pi["second"] == dag_pi_star else "another π* than this DAG's (md5 differs)"
+    # π*'s weights file: the sweep recorded this DAG's (the report checks it), provenance.json the second run's
+    this = matches_dag and provenance["pi_star_checkpoint_md5"]["second"] == sweep.get("pi_star_md5")
+    which = "this DAG's π* (the same weights file md5)" if this else "another π* than this DAG's"
 
     def ft(m: dict) -> str:
         far, close = (m["paired"][f"{part}/score_gain/{BASE}-vs-{PI_STAR}"] for part in ("far", "close"))
         return f"vanilla fine-tuning − π* FAR {_diff(far)} ({_finding(far)}), CLOSE {_diff(close)} ({_finding(close)})"
 
     return (f"**The previous budget** ({b['env_steps']:,} env steps, episodes of at most {b['max_steps']} steps; "
-            f"`{SECOND_PI_STAR.parent / 'provenance.json'}`). From {which} (`{SECOND_PI_STAR}`; π* reaches {_close_ratio(second)} "
-            f"of the expert's CLOSE score, against {_close_ratio(metrics)} above): {ft(second)}. "
+            f"`{SECOND_PI_STAR.parent / 'provenance.json'}`). From {which} (`{SECOND_PI_STAR}`; on those episodes π* reaches "
+            f"{_close_ratio(second)} of the expert's CLOSE score): {ft(second)}. "
             + claims_sentence(second["study"]) + " The same commit on a CPU whose vector kernels round differently "
             "([orchestration.md](orchestration.md), *Bit for bit on one kind of CPU*) "
             f"(`{SECOND_PI_STAR.parent / 'first_metrics.json'}`, the DAG committed until {b['commit'][:7]}) made another π* "
@@ -196,7 +189,7 @@ def alone_sentence(alone: dict) -> str:
             f"**{w['minutes']:.1f} min wall** for its {w['stages']} stages; their own minutes: {stages}.")
 
 
-def budget_probe_sentence(probe: dict, sweep: dict) -> str:
+def budget_probe_sentence(probe: dict, sweep: dict, metrics: dict) -> str:
     """The probe that chose the current budget (run before it was adopted), on as many seeds as the DAG."""
     cmps, base = probe["comparisons"], probe["base"][0]
     n = int(probes.parse(base)[1]["finetune.env_steps"])
@@ -209,10 +202,17 @@ def budget_probe_sentence(probe: dict, sweep: dict) -> str:
     def vs(part: str) -> str:
         return "; ".join(f"{probes.parse(v)[0]} {one(part, v, base)}" for v in small)
 
+    def same(v: str) -> bool:  # the probe's comparison against its vanilla fine-tuning is the DAG's, to the digit
+        c, d = probes.find(cmps, "far", "score_gain", v, base), metrics["paired"].get(f"far/score_gain/{probes.parse(v)[0]}-vs-{BASE}")
+        return d is not None and all(round(c[k], 6) == round(d[k], 6) for k in ("diff", "ci_low", "ci_high"))
+
+    alike = [probes.parse(v)[0] for v in small if same(v)]
+    again = (f" The DAG's own runs of {', '.join(alike)} give the same FAR comparisons to the last digit: the same π*, seeds and "
+             "budget make the same runs." if alike else "")
     return (f"**Why this budget**: the probe that chose it (`{HOUR_PROBE_SEEDS}`, {probe['seeds']} seeds, {n:,} env steps, "
             f"{probe['protocol']['max_steps']}-step episodes, from {which}, Holm over its {sum(c['question'] == 'sweep' for c in cmps)} "
             f"comparisons; 2 seeds: `{HOUR_PROBE}`): vanilla fine-tuning − π* {one('close', base, PI_STAR)} on CLOSE and "
-            f"{one('far', base, PI_STAR)} on FAR; against it, FAR: {vs('far')}; CLOSE: {vs('close')}.")
+            f"{one('far', base, PI_STAR)} on FAR; against it, FAR: {vs('far')}; CLOSE: {vs('close')}." + again)
 
 
 def block(root: Path = ROOT) -> str:
@@ -228,12 +228,12 @@ def block(root: Path = ROOT) -> str:
     paras = [results_paragraph(metrics, nh),
              sweep_paragraph(sweep, {m: float(getattr(ret, m).coef) for m in ("l2", "ewc")}, prov.get("matches_dag")), " ".join(cost)]
     if (root / HOUR_PROBE_SEEDS).exists():
-        paras.append(budget_probe_sentence(json.loads((root / HOUR_PROBE_SEEDS).read_text()), sweep))
+        paras.append(budget_probe_sentence(json.loads((root / HOUR_PROBE_SEEDS).read_text()), sweep, metrics))
     if (root / SECOND_PI_STAR).exists():
         d = root / SECOND_PI_STAR.parent
         paras.append(previous_budget_paragraph(json.loads((root / SECOND_PI_STAR).read_text()),
                                                json.loads((d / "first_metrics.json").read_text()),
-                                               json.loads((d / "provenance.json").read_text()), metrics, _dag_pi_star(root)))
+                                               json.loads((d / "provenance.json").read_text()), sweep, prov.get("matches_dag")))
     return "\n\n".join(paras) + "\n"
 
 
