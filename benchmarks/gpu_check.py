@@ -688,11 +688,13 @@ def section_finetune_montezuma(c: Check) -> dict:
         torch.manual_seed(cfg.seed)
         rnd, model = RND(), copy.deepcopy(pi)
         envs = [mz.MontezumaEnv(p.env, seed=cfg.seed * 100 + i) for i in range(cfg.envs)]
+        t0 = time.perf_counter()
         curves = ppo_rnd.train(model, rnd, envs, cfg, retention, gen, device=dev, progress=False)
+        seconds = time.perf_counter() - t0
         weights = torch.cat([v.flatten().cpu() for v in model.state_dict().values() if v.is_floating_point()])
         return ({"episode_return": curves["episode_return"], "rooms_visited": curves["rooms_visited"],
                  "intrinsic": curves["intrinsic"], "weights": weights},
-                {"frames_per_s": curves["frames_per_s"], "actor_updates": curves["actor_updates"]})
+                {"frames_per_s": curves["frames"][-1] / seconds, "actor_updates": curves["actor_updates"]})
 
     return _ft_record(c, run, True, "ppo_rnd samples actions and minibatches with one CPU generator on both devices: only "
                                     "float rounding separates the runs",

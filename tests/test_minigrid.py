@@ -197,7 +197,7 @@ def test_ppo_on_roomchain_resumes_bit_for_bit(method, tmp_path, monkeypatch):
     model, curves = run(ckpt)
     for k, v in ref_model.state_dict().items():
         assert torch.equal(v, model.state_dict()[k]), k
-    assert curves["eval"] == ref_curves["eval"] and curves["episode_return"] == ref_curves["episode_return"]
+    assert curves == ref_curves  # the whole dict: no wall-clock may make the finetune stage's curves.json differ
 
 
 def test_bad_params_name_the_key():

@@ -204,7 +204,7 @@ KILLABLE = {
               ("curves.npz", "agent.safetensors", "checkpoints/actor_00000300.safetensors",
                "checkpoints/actor_00000600.safetensors", "live/metrics.json")),
     "montezuma": ("montezuma_finetune@ks", {"seeds": 2, "updates": 12, "eval_every": 4}, "seed1.pt", "update", 4,
-                  ("policy_seed0.safetensors", "policy_seed1.safetensors")),
+                  ("policy_seed0.safetensors", "policy_seed1.safetensors", "curves.json")),
 }
 
 
@@ -251,8 +251,8 @@ def test_sigkilled_dvc_stage_resumes_to_the_uninterrupted_bytes(family, tmp_path
 @pytest.mark.parametrize("method", ["finetune", "ks"])
 def test_ppo_rnd_resumes_bit_for_bit(method, tmp_path):
     """PPO+RND on real Montezuma envs (sticky actions: the emulator's RNG is part of the state),
-    interrupted at update 4 of 6 and resumed: the weights, RND statistics and every curve equal
-    the uninterrupted run's exactly."""
+    interrupted at update 4 of 6 and resumed: the weights, RND statistics and the whole curves dict
+    equal the uninterrupted run's exactly."""
     import copy
 
     from retainrl.families.montezuma import stages as M
@@ -289,8 +289,7 @@ def test_ppo_rnd_resumes_bit_for_bit(method, tmp_path):
         run(ck, stop_at=4)
     assert torch.load(ck.file, weights_only=False)["update"] == 3
     curves, model, rnd = run(ck)
-    for key in ("update", "frames", "episode_return", "rooms_visited", "intrinsic", "eval", "rooms_seen", "actor_updates"):
-        assert curves[key] == ref_curves[key], key
+    assert curves == ref_curves  # every key: the curves are a DVC artifact, so they hold no wall-clock
     for a, b in ((model, ref_model), (rnd, ref_rnd)):
         sa, sb = a.state_dict(), b.state_dict()
         assert all(torch.equal(sa[k], sb[k]) for k in sa)

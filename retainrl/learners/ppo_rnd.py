@@ -92,9 +92,9 @@ def train(
     finished: list[float] = []
     rooms_seen: set[int] = set()
     frames = 0
-    t0 = time.perf_counter()
+    t0 = time.perf_counter()  # for the log line only: curves hold what the run did, not how fast this machine is
     actor_updates = 0  # optimiser steps so far: the retention methods' step (KS's decay)
-    start, elapsed_before = 0, 0.0
+    start = 0
     saved = checkpoint.load() if checkpoint is not None else None
     if saved is not None:
         model.load_state_dict(saved["model"])
@@ -107,7 +107,7 @@ def train(
         gen.set_state(saved["generator"])
         torch.set_rng_state(saved["torch_rng"])
         curves, finished, rooms_seen = saved["curves"], saved["finished"], set(saved["rooms_seen"])
-        frames, actor_updates, elapsed_before = saved["frames"], saved["actor_updates"], saved["seconds"]
+        frames, actor_updates = saved["frames"], saved["actor_updates"]
         start = saved["update"] + 1
 
     def state(update: int) -> dict:
@@ -116,7 +116,7 @@ def train(
                 "int_running": int_running.copy(), "obs": obs.copy(), "ep_return": ep_return.copy(),
                 "envs": [env.get_state() for env in envs], "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
                 "curves": curves, "finished": finished, "rooms_seen": sorted(rooms_seen), "frames": frames,
-                "actor_updates": actor_updates, "seconds": elapsed_before + time.perf_counter() - t0}
+                "actor_updates": actor_updates}
 
     for update in tqdm(range(start, cfg.updates), desc=desc, disable=not progress, mininterval=5.0,
                        initial=start, total=cfg.updates):
@@ -207,8 +207,7 @@ def train(
     if on_eval is not None:
         curves["eval"].append({"update": cfg.updates, "frames": frames, **on_eval(cfg.updates, model)})
     curves["rooms_seen"] = sorted(rooms_seen)
-    curves["seconds"] = elapsed_before + time.perf_counter() - t0
     curves["actor_updates"] = actor_updates
-    curves["frames_per_s"] = frames / curves["seconds"]  # env frames, updates and evaluation included
-    log.info("%s: %d frames in %.0fs, rooms seen %s", desc, frames, curves["seconds"], sorted(rooms_seen))
+    # no wall-clock in the curves: they are a DVC artifact and must be byte-identical run to run
+    log.info("%s: %d frames (%.0fs in this process), rooms seen %s", desc, frames, time.perf_counter() - t0, sorted(rooms_seen))
     return curves

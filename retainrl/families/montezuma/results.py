@@ -37,7 +37,6 @@ def _load_curves(p: Params, paths) -> dict[str, dict[str, np.ndarray]]:
             "rooms_visited": np.asarray([r["rooms_visited"] for r in runs], dtype=float),
             "far_rooms": [[e["far_rooms"] for e in r["eval"]] for r in runs],
             "rooms_seen": [r["rooms_seen"] for r in runs],
-            "frames_per_s": np.asarray([r["frames_per_s"] for r in runs], dtype=float),
         }
     return out
 
@@ -79,7 +78,6 @@ def evaluate(p: Params, paths, device=None) -> Path:
         row["episode_return_final"] = _spread(c["episode_return"][:, -1])
         row["rooms_visited_final"] = _spread(c["rooms_visited"][:, -1])
         row["rooms_seen"] = sorted({r for seen in c["rooms_seen"] for r in seen})
-        row["train_frames_per_s"] = _spread(c["frames_per_s"])
         methods[m] = row
     from retainrl.families.montezuma.stages import frozen_curves
     from retainrl.pipeline.study import Curves, frozen_row, study_metrics
