@@ -11,7 +11,11 @@ training. Scratch is the hardest case: fine-tuning from π* starts with π*'s cr
     python experiments/probe_robot_close.py [--tasks reach drawer-close ...] [--steps 3000] [--seeds 3]
     python experiments/probe_robot_close.py --docs   # docs/robot.md's table from the results
 
-Writes experiments/results/robot_close_probe.json.
+Writes experiments/results/robot_close_probe.json. The budget probe (what budget would let the
+payoff show: the default's 3000 steps do not) runs the same at 5× the steps into its own file:
+
+    python experiments/probe_robot_close.py --tasks reach drawer-close --steps 15000 --eval-every 3000 \
+        --out experiments/results/robot_close_budget.json
 """
 
 from __future__ import annotations
@@ -33,14 +37,15 @@ log = logging.getLogger("probe_robot_close")
 CANDIDATES = ["reach", "drawer-close", "button-press-topdown", "window-close"]
 
 
-def probe(task: str, steps: int, seeds: int) -> dict:
+def probe(task: str, steps: int, seeds: int, eval_every: int | None = None) -> dict:
     from retainrl.core.config import load_params
     from retainrl.families.robot.stages import agent_spec, finetune_seeds
     from retainrl.learners.sac import SACAgent
 
     base = load_params(ROOT / "params.yaml", only="robot").section("robot")
     far = list(base.env.far)
-    p = base.model_copy(update={"env": base.env.model_copy(update={"tasks": [task, *far]})})
+    ft = base.finetune.model_copy(update={"eval_every": eval_every}) if eval_every else base.finetune
+    p = base.model_copy(update={"env": base.env.model_copy(update={"tasks": [task, *far]}), "finetune": ft})
     # scratch takes only π*'s fixed input scaling from ``pretrained``: identity here (no π* for this sequence)
     placeholder = SACAgent(agent_spec(p), 1)
     t0 = time.perf_counter()
@@ -78,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tasks", nargs="+", default=CANDIDATES)
     ap.add_argument("--steps", type=int, default=None, help="env steps per seed (default: robot.finetune.steps)")
     ap.add_argument("--seeds", type=int, default=None, help="default: robot.finetune.seeds")
+    ap.add_argument("--eval-every", type=int, default=None, help="env steps between evaluations (default: robot.finetune.eval_every)")
+    ap.add_argument("--out", type=Path, default=OUT, help="result file (the default one feeds docs/robot.md's table)")
     ap.add_argument("--docs", action="store_true", help="only regenerate docs/robot.md's table from the committed results")
     args = ap.parse_args(argv)
     setup_logging()
@@ -88,13 +95,13 @@ def main(argv: list[str] | None = None) -> int:
     steps, seeds = args.steps or ft.steps, args.seeds or ft.seeds
     rows = []
     for task in args.tasks:
-        rows.append(probe(task, steps, seeds))
+        rows.append(probe(task, steps, seeds, args.eval_every))
         log.info("%s: CLOSE success over training %s (%.1f min)", task, np.round(rows[-1]["close_success_mean"], 2).tolist(), rows[-1]["minutes"])
         out = {"what": __doc__.splitlines()[0], "measured": str(date.today()), "method": "scratch",
-               "steps_per_seed": steps, "seeds": seeds, "eval_every": ft.eval_every, "eval_episodes": ft.eval_episodes,
+               "steps_per_seed": steps, "seeds": seeds, "eval_every": args.eval_every or ft.eval_every, "eval_episodes": ft.eval_episodes,
                "updates_per_step": ft.updates_per_step, "random_steps": ft.random_steps, "candidates": rows}
-        save_json(OUT, out)  # after every candidate: a long probe keeps what it measured
-    log.info("wrote %s", OUT)
+        save_json(args.out, out)  # after every candidate: a long probe keeps what it measured
+    log.info("wrote %s", args.out)
     return 0
 
 
